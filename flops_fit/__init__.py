@@ -1,0 +1,18 @@
+"""flops-fit: compute-optimal model size, data and loss for your architecture and dataset.
+
+Plan an IsoFLOP sweep from a TOML spec, train it, fit Chinchilla scaling laws and predict
+the optimal N, D and loss for any compute budget::
+
+    from flops_fit import Spec
+    result = Spec.load("specs/quickstart.toml").run()
+    print(result.chinchilla_table().to_markdown())
+"""
+
+from ._version import __version__
+
+from .analysis import Point, Points  # noqa: E402
+from .api import Spec, find_optimal, fit  # noqa: E402
+from .errors import FlopsFitError, SpecError  # noqa: E402
+from .report import Result  # noqa: E402
+
+__all__ = ["Spec", "find_optimal", "fit", "Result", "Points", "Point", "FlopsFitError", "SpecError", "__version__"]

@@ -1,0 +1,212 @@
+"""Fit every requested approach to Points, with outlier rules, bootstrap intervals and a backtest.
+
+``fit_points(points, ...) -> Fits`` is pure.  Intervals are percentile bootstrap intervals
+over points (seeded): the parametric fit resamples all points and refits from the
+full-data optimum; the IsoFLOP fit resamples points within each budget and refits the
+parabolas and the power law.  The backtest refits without the largest budget and compares
+the prediction at that budget with what was measured there.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from .envelope import envelope
+from .isoflop import budget_minima, loss_law, parabola_residuals, power_law
+from .parametric import fit_parametric, named, predict_loss, refit_fast
+from .points import Point, Points
+
+__all__ = ["Fits", "fit_points", "optimal_allocation", "flops_per_unit_law"]
+
+
+class Fits(BaseModel):
+    """Every fit of one analysis; JSON round-trip (``model_dump_json``/``model_validate_json``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    isoflop: Optional[dict] = None
+    parametric: Optional[dict] = None
+    envelope: Optional[dict] = None
+    excluded: list[dict] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    flops_per_unit: dict = Field(default_factory=lambda: {"coef": 6.0, "exponent": 1.0})
+    backtest: Optional[dict] = None
+    num_points: int = 0
+
+
+def flops_per_unit_law(points: list[Point]) -> dict:
+    """FLOPs per data unit as a power law of N (exactly 6·N under the 6N rule)."""
+    N = np.array([p.num_params for p in points], dtype=float)
+    f = np.array([p.flops / p.num_tokens for p in points], dtype=float)
+    if len(np.unique(N)) < 2:
+        return {"coef": float(np.mean(f / N)), "exponent": 1.0}
+    slope, icpt = np.polyfit(np.log(N), np.log(f), 1)
+    return {"coef": float(math.exp(icpt)), "exponent": float(slope)}
+
+
+def optimal_allocation(params: dict, C: float, fpu: dict) -> tuple[float, float, float]:
+    """Minimise L(N, D) subject to C = fpu(N)·D; returns (N_opt, D_opt, L_opt)."""
+    from scipy.optimize import minimize_scalar
+
+    def loss_at(lnN: float) -> float:
+        N = math.exp(lnN)
+        D = C / (fpu["coef"] * N ** fpu["exponent"])
+        return float(predict_loss(params, np.array(N), np.array(D)))
+
+    with np.errstate(all="ignore"):
+        res = minimize_scalar(loss_at, bounds=(0.0, 70.0), method="bounded", options={"xatol": 1e-9})
+    N = math.exp(res.x)
+    return N, C / (fpu["coef"] * N ** fpu["exponent"]), res.fun
+
+
+def _exclusions(points: Points, keep_outliers: bool, outlier_z: float) -> tuple[list[Point], list[dict]]:
+    excluded = [{"id": p.id, "reason": p.status + (f": {p.reason}" if p.reason else "")}
+                for p in points.points if p not in points.usable()]
+    usable = points.usable()
+    if keep_outliers or len(usable) < 5:
+        return usable, excluded
+    N, D, L, budgets, _ = points.arrays(usable)
+    r = parabola_residuals(np.log(N), L, budgets)
+    finite = np.isfinite(r)
+    if finite.sum() >= 8:
+        med = np.median(r[finite])
+        mad = np.median(np.abs(r[finite] - med))
+        if mad > 0:
+            z = 0.6745 * (r - med) / mad
+            keep = []
+            for p, zi in zip(usable, z):
+                if np.isfinite(zi) and abs(zi) > outlier_z:
+                    excluded.append({"id": p.id, "reason": f"off its budget's parabola (robust z = {zi:.1f} > {outlier_z:g})"})
+                else:
+                    keep.append(p)
+            usable = keep
+    return usable, excluded
+
+
+def _fit_isoflop(N, D, L, budgets) -> tuple[dict | None, str | None]:
+    minima, dropped = budget_minima(np.log(N), np.log(D), L, budgets)
+    if len(minima) < 2:
+        return None, f"isoflop: {len(minima)} budget(s) with a bracketed minimum (need 2): " + \
+            "; ".join(f"{d['budget_flops']:.3g}: {d['reason']}" for d in dropped)
+    C = np.array([m["budget_flops"] for m in minima])
+    fit = {"n_opt": power_law(C, np.array([m["n_opt"] for m in minima])),
+           "d_opt": power_law(C, np.array([m["d_opt"] for m in minima])),
+           "loss_opt": loss_law(C, np.array([m["loss"] for m in minima])),
+           "minima": minima, "dropped_budgets": dropped}
+    return fit, None
+
+
+def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator) -> list[list[float]]:
+    """Resample points within each budget; (ln k, a, ln k', b) per resample."""
+    lnN, lnD = np.log(N), np.log(D)
+    groups = [np.flatnonzero(budgets == C) for C in np.unique(budgets)]
+    samples = []
+    for _ in range(n):
+        Cs, xs, ds = [], [], []
+        for g in groups:
+            idx = rng.choice(g, size=len(g))
+            x, y = lnN[idx], L[idx]
+            if len(np.unique(x)) < 3:
+                continue
+            p2, p1, _ = np.polyfit(x, y, 2)
+            if p2 <= 0 or not (x.min() <= -p1 / (2 * p2) <= x.max()):
+                continue
+            xstar = -p1 / (2 * p2)
+            s, c = np.polyfit(lnN[g], lnD[g], 1)
+            Cs.append(budgets[g[0]]), xs.append(xstar), ds.append(c + s * xstar)
+        if len(Cs) >= 2 and len(set(Cs)) >= 2:
+            lc = np.log(Cs)
+            a, lk = np.polyfit(lc, xs, 1)
+            b, lk2 = np.polyfit(lc, ds, 1)
+            samples.append([float(lk), float(a), float(lk2), float(b)])
+    return samples
+
+
+def _boot_parametric(theta, N, D, L, n: int, rng: np.random.Generator) -> list[list[float]]:
+    lnN, lnD, lnL = np.log(N), np.log(D), np.log(L)
+    out = []
+    for _ in range(n):
+        idx = rng.integers(0, len(L), len(L))
+        out.append(refit_fast(np.asarray(theta), lnN[idx], lnD[idx], lnL[idx]).tolist())
+    return out
+
+
+def _ci(values: np.ndarray) -> list[float]:
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def fit_points(points: Points, approaches: list[str] = ("isoflop", "parametric"), bootstrap: int = 200, seed: int = 0,
+               keep_outliers: bool = False, outlier_z: float = 3.5, backtest: bool = True) -> Fits:
+    """Fit the requested approaches; pure function of its inputs."""
+    rng = np.random.default_rng(seed)
+    usable, excluded = _exclusions(points, keep_outliers, outlier_z)
+    notes: list[str] = []
+    fits: dict[str, Any] = {}
+    if not usable:
+        return Fits(excluded=excluded, notes=["no usable points"], num_points=0)
+    N, D, L, budgets, _ = points.arrays(usable)
+    fpu = flops_per_unit_law(usable)
+    if "isoflop" in approaches:
+        iso, why = _fit_isoflop(N, D, L, budgets)
+        if iso is not None and bootstrap:
+            samples = _boot_isoflop(N, D, L, budgets, bootstrap, rng)
+            if len(samples) >= 10:
+                s = np.array(samples)
+                iso["n_opt"]["exponent_boot_ci"], iso["d_opt"]["exponent_boot_ci"] = _ci(s[:, 1]), _ci(s[:, 3])
+            iso["samples"] = samples
+        fits["isoflop"] = iso
+        if why:
+            notes.append(why)
+    if "parametric" in approaches:
+        fits["parametric"] = _parametric(N, D, L, bootstrap, rng, notes)
+    if "envelope" in approaches:
+        env = envelope([(p.num_params, p.curve) for p in usable])
+        fits["envelope"] = env
+        if env is None:
+            notes.append("envelope: too few logged curve points (Approach 1 needs training curves)")
+    bt = _backtest(points, usable, approaches, fpu) if backtest else None
+    return Fits(**fits, excluded=excluded, notes=notes, flops_per_unit=fpu, backtest=bt, num_points=len(usable))
+
+
+def _parametric(N, D, L, bootstrap: int, rng, notes: list[str]) -> dict | None:
+    if len(L) < 5:
+        notes.append(f"parametric: {len(L)} points (need 5)")
+        return None
+    fit = fit_parametric(N, D, L)
+    if bootstrap:
+        samples = _boot_parametric(fit["theta"], N, D, L, bootstrap, rng)
+        params = [named(t) for t in samples]
+        fit["ci"] = {k: _ci(np.array([p[k] for p in params])) for k in ("E", "A", "B", "alpha", "beta", "a", "b")}
+        fit["samples"] = samples
+    return fit
+
+
+def _backtest(points: Points, usable: list[Point], approaches, fpu: dict) -> dict | None:
+    """Refit without the largest budget; compare the prediction there with the measurement."""
+    budgets = sorted({p.budget_flops for p in usable})
+    if len(budgets) < 3:
+        return None
+    held = budgets[-1]
+    train = [p for p in usable if p.budget_flops < held]
+    test = [p for p in usable if p.budget_flops == held]
+    sub = fit_points(Points(points=train, sizes=points.sizes, flop_rule=points.flop_rule), approaches, bootstrap=0,
+                     keep_outliers=True, backtest=False)
+    N, D, L, B, _ = points.arrays(test)
+    measured = {"loss_min": float(L.min()), "num_params_at_min": float(N[np.argmin(L)])}
+    minima, _ = budget_minima(np.log(N), np.log(D), L, B)
+    if minima:
+        measured.update(loss=minima[0]["loss"], num_params=minima[0]["n_opt"])
+    predicted = {}
+    if sub.parametric:
+        n, d, loss = optimal_allocation(sub.parametric, held, fpu)
+        predicted["parametric"] = {"num_params": n, "num_tokens": d, "loss": loss}
+    if sub.isoflop:
+        iso = sub.isoflop
+        predicted["isoflop"] = {"num_params": iso["n_opt"]["coef"] * held ** iso["n_opt"]["exponent"],
+                                "num_tokens": iso["d_opt"]["coef"] * held ** iso["d_opt"]["exponent"],
+                                "loss": (iso["loss_opt"]["E"] + iso["loss_opt"]["coef"] * held ** -iso["loss_opt"]["exponent"])
+                                if iso["loss_opt"] else None}
+    return {"held_out_budget": held, "fit_budgets": budgets[:-1], "measured": measured, "predicted": predicted}

@@ -1,0 +1,167 @@
+"""The Python facade: ``Spec.load(path).run()``, ``find_optimal(...)``, ``fit(points)``.
+
+This module sits on top of every stage (spec → plan → execute → store → analysis → report)
+and is the only place that strings them together, with the CLI.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+from . import spec as _spec
+from .analysis import Points, fit_points
+from .errors import Problem, SpecError
+from .estimate import Estimate, estimate_plan
+from .execute.runner import RunEvent, make_accelerator, run_plan
+from .imports import import_path_of, register
+from .plan import Plan, compile_plan
+from .report import Result
+from .store import Store, atomic_write_text
+from .validate import check
+
+__all__ = ["Spec", "find_optimal", "fit", "analyze_plan", "write_report"]
+
+
+class Spec(_spec.Spec):
+    """A validated spec with the verbs of the pipeline.
+
+    ``Spec.load(path)`` → ``spec.check()`` (every pre-training check) → ``spec.plan()`` →
+    ``spec.estimate()`` (dry run) → ``spec.run()`` (train what is pending, fit, report).
+    """
+
+    def check(self) -> Plan:
+        """Every check that can fail before training (imports, signatures, smoke step); the Plan."""
+        return check(self)
+
+    def plan(self) -> Plan:
+        """The immutable Plan (models built on the meta device only)."""
+        return compile_plan(self)
+
+    def estimate(self, retry_failed: bool = False) -> Estimate:
+        """Dry run: per-experiment action and reason, FLOPs and wall-clock estimates.  Writes nothing."""
+        return estimate_plan(self, check(self), retry_failed)
+
+    def run(self, retry_failed: bool = False, on_event: Callable[[RunEvent], None] | None = None,
+            report: bool = True) -> Result:
+        """Train every pending experiment (cached ones are reused), fit and report."""
+        plan = check(self)
+        store = Store(Path(plan.run_dir))
+        t = self.train
+        accelerator = make_accelerator(t.precision, t.device, list(t.log_with), str(store.root / "tracking"))
+        run_plan(plan, store, accelerator, retry_failed, on_event)
+        if not accelerator.is_main_process:
+            return None
+        result = analyze_plan(self, plan)
+        if report:
+            write_report(result, store.root / "report")
+        return result
+
+    def analyze(self, report: bool = True) -> Result:
+        """Fit and report from whatever the store holds now (nothing is trained)."""
+        plan = compile_plan(self)
+        result = analyze_plan(self, plan)
+        if report:
+            write_report(result, Path(plan.run_dir) / "report")
+        return result
+
+
+def analyze_plan(spec: _spec.Spec, plan: Plan) -> Result:
+    """Collect the plan's finished experiments from the store and fit them."""
+    store = Store(Path(plan.run_dir))
+    results = []
+    for exp in plan.experiments:
+        r = store.read_result(exp.id)
+        if r is not None:
+            results.append({**r, "budget_flops": exp.budget_flops})
+    if not results:
+        raise SpecError([Problem(f"the store {plan.run_dir} holds no finished experiment of this plan",
+                                 hint="run `flops-fit run` first")])
+    points = Points.from_results(results, [(s.size, s.num_params) for s in plan.sizes], plan.flop_rule, plan.run_dir)
+    a = spec.analysis
+    fits = fit_points(points, a.approaches, a.bootstrap, a.seed, a.keep_outliers, a.outlier_z)
+    return Result(fits=fits, points=points, budgets=plan.budgets, predict_budgets=a.predict,
+                  size_param=plan.size_param, flop_rule=plan.flop_rule)
+
+
+def write_report(result: Result, folder: Path) -> Path:
+    """fits.json, result.json, chinchilla_table.md/.csv and the PNG plots under ``folder``."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "fits.json", json.dumps(result.summary(), indent=2, default=float) + "\n")
+    atomic_write_text(folder / "result.json", result.to_json())
+    table = result.chinchilla_table()
+    atomic_write_text(folder / "chinchilla_table.md", table.to_markdown())
+    atomic_write_text(folder / "chinchilla_table.csv", table.to_csv())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        figures = result.plot(folder)
+    import matplotlib.pyplot as plt
+
+    for fig in figures.values():
+        plt.close(fig)
+    return folder
+
+
+def fit(points: Points | str | Path | Iterable[dict], approaches: Iterable[str] = ("isoflop", "parametric"),
+        bootstrap: int = 200, seed: int = 0, predict: Iterable[float] = (), keep_outliers: bool = False) -> Result:
+    """Fit measurements made elsewhere: a Points, a CSV path, or dicts with params, tokens, loss[, flops]."""
+    if isinstance(points, (str, Path)):
+        pts = Points.from_csv(points)
+    elif isinstance(points, Points):
+        pts = points
+    else:
+        import csv
+        import tempfile
+
+        rows = list(points)
+        with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False, newline="") as f:
+            keys = ["params", "tokens", "loss"] + (["flops"] if all("flops" in r for r in rows) else [])
+            w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        pts = Points.from_csv(f.name)
+        Path(f.name).unlink()
+    fits = fit_points(pts, list(approaches), bootstrap, seed, keep_outliers)
+    budgets = sorted({p.budget_flops for p in pts.usable()})
+    return Result(fits=fits, points=pts, budgets=budgets, predict_budgets=list(predict), flop_rule=pts.flop_rule)
+
+
+def _path_or_key(obj: Any, key: str, cache_key: str | None, role: str) -> str:
+    if isinstance(obj, str):
+        return obj
+    path = import_path_of(obj)
+    if path is not None:
+        return path
+    if cache_key is None:
+        raise SpecError([Problem(f"{role} {obj!r} has no stable import path (a lambda, a local, an instance or "
+                                 f"something defined in __main__), so results cannot be cached by identity",
+                                 key=key, hint="move it into an importable module, or pass cache_key='...' "
+                                               "(change it whenever the object changes)")])
+    return register(obj, f"{cache_key}.{role}")
+
+
+def find_optimal(model_cls: Any, model_size_param: str, model_sizes: list, dataset: Any, loss_fn: Any,
+                 compute_budgets: list[float], model_kwargs: dict | None = None, dataset_kwargs: dict | None = None,
+                 tokens_per_sample: float = 1.0, name: str = "find_optimal", runs_dir: str = "runs",
+                 cache_key: str | None = None, retry_failed: bool = False,
+                 on_event: Callable[[RunEvent], None] | None = None, **options: Any) -> Result:
+    """Plan, train, fit and report from Python objects; returns the same Result as ``Spec.run``.
+
+    Objects are identified in the content hash by their import path; one without (a lambda,
+    an instance, something defined in ``__main__``) needs ``cache_key``.  ``options`` are the
+    spec's tables: ``train={...}``, ``sweep={...}``, ``analysis={...}``, ``flops={...}``.
+    """
+    data = {
+        "name": name, "runs_dir": runs_dir,
+        "model": {"target": _path_or_key(model_cls, "model_cls", cache_key, "model"), "size_param": model_size_param,
+                  "sizes": list(model_sizes), "kwargs": dict(model_kwargs or {})},
+        "data": {"target": _path_or_key(dataset, "dataset", cache_key, "data"), "kwargs": dict(dataset_kwargs or {}),
+                 "tokens_per_sample": tokens_per_sample},
+        "loss": {"target": _path_or_key(loss_fn, "loss_fn", cache_key, "loss")},
+        "sweep": {"budgets": list(compute_budgets), **options.pop("sweep", {})},
+    }
+    data.update(options)
+    return Spec.from_dict(data).run(retry_failed=retry_failed, on_event=on_event)

@@ -1,0 +1,238 @@
+"""The ``flops-fit`` command line (typer + rich).
+
+Exit codes: 0 success; 1 a user error (bad spec, bad CSV, contract violation, failed run),
+printed one problem per line without a traceback (``--verbose`` shows it); 2 usage.
+With ``--json`` stdout holds only the JSON document; everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import FlopsFitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Plan, train and fit compute-optimal scaling laws for your model and data.")
+err = Console(stderr=True)
+out = Console()
+
+SpecArg = typer.Argument(..., help="Path of the spec TOML file.", exists=False)
+JsonOpt = typer.Option(False, "--json", help="Print only the JSON document on stdout.")
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show tracebacks of errors.")
+
+
+def _guard(fn: Callable[[], None], verbose: bool) -> None:
+    """Run ``fn``; user errors become one line per problem on stderr and exit code 1."""
+    try:
+        fn()
+    except FlopsFitError as exc:
+        for problem in exc.problems:
+            err.print(f"[bold red]error:[/] {problem.format()}", highlight=False, soft_wrap=True)
+        if verbose:
+            err.print(traceback.format_exc())
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted: finished experiments are kept; rerun to resume[/]")
+        raise typer.Exit(130)
+
+
+def _load(path: str):
+    from .api import Spec
+
+    return Spec.load(path)
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None or not math.isfinite(s):
+        return "–"
+    if s < 120:
+        return f"{s:.1f} s"
+    return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+@app.command()
+def validate(spec: str = SpecArg, verbose: bool = VerboseOpt) -> None:
+    """Check everything that can fail before training; writes nothing."""
+    def go() -> None:
+        t0 = time.perf_counter()
+        plan = _load(spec).check()
+        err.print(f"[green]ok[/] {spec}: {len(plan.experiments)} experiments over {len(plan.budgets)} budgets, "
+                  f"{len(plan.dropped)} dropped, FLOP rule {plan.flop_rule} ({time.perf_counter() - t0:.2f} s)")
+    _guard(go, verbose)
+
+
+@app.command()
+def estimate(spec: str = SpecArg, as_json: bool = JsonOpt, retry_failed: bool = typer.Option(False, "--retry-failed"),
+             verbose: bool = VerboseOpt) -> None:
+    """Dry run: experiments, FLOPs, time estimate, and run/skip/resume with the reason."""
+    def go() -> None:
+        est = _load(spec).estimate(retry_failed)
+        if as_json:
+            doc = est.model_dump(mode="json")
+            doc["experiments"] = [{k: r[k] for k in ("id", "budget_flops", "size", "num_params", "num_tokens", "steps",
+                                                     "flops", "action", "reason", "est_seconds")} for r in doc["experiments"]]
+            print(json.dumps(doc, indent=2))
+            return
+        t = Table(title=f"Plan of {spec}  (FLOP rule: {est.flop_rule_description})")
+        for col in ("id", "C", "size", "N", "D", "steps", "FLOPs", "time", "action", "reason"):
+            t.add_column(col, justify="right" if col not in ("id", "action", "reason") else "left")
+        for r in est.experiments:
+            t.add_row(r.id, f"{r.budget_flops:.2g}", str(r.size), f"{r.num_params:,}", f"{r.num_tokens:.3g}",
+                      str(r.steps), f"{r.flops:.3g}", _fmt_seconds(r.est_seconds), r.action, r.reason)
+        err.print(t)
+        for d in est.dropped:
+            err.print(f"[dim]dropped C={d['budget_flops']:.2g} size={d['size']}: {d['reason']}[/]")
+        err.print(f"total {est.total_flops:.3g} FLOPs, {est.remaining_flops:.3g} to train; "
+                  f"~{_fmt_seconds(est.est_seconds)} on {est.device}; "
+                  f"~{_fmt_seconds(est.gpu_est_seconds)} on one {est.gpu} at {est.gpu_mfu:.0%} MFU")
+    _guard(go, verbose)
+
+
+def _progress_handler(console: Console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        TextColumn("{task.fields[info]}"), console=console, transient=False)
+    state = {"sweep": None, "exp": None, "t": 0.0}
+
+    def handle(event) -> None:
+        if state["sweep"] is None:
+            progress.start()
+            state["sweep"] = progress.add_task("sweep", total=event.total, info="")
+        exp = event.experiment
+        if event.kind == "decision":
+            if event.decision.action == "skip":
+                progress.advance(state["sweep"])
+                progress.console.print(f"[dim]skip {exp.id}: {event.decision.reason}[/]")
+            else:
+                progress.console.print(f"{event.decision.action} {exp.id}: {event.decision.reason}")
+                if state["exp"] is not None:
+                    progress.remove_task(state["exp"])
+                state["exp"] = progress.add_task(f"  {exp.id}", total=exp.steps, info="")
+                state["t"] = time.perf_counter()
+        elif event.kind == "log":
+            p = event.point
+            rate = p["tokens"] / max(1e-9, time.perf_counter() - state["t"])
+            progress.update(state["exp"], completed=p["step"], info=f"loss {p['train_loss']:.4f}  {rate:,.0f} units/s")
+        elif event.kind == "result":
+            r = event.result
+            progress.advance(state["sweep"])
+            color = "green" if r["status"] == "ok" else "red"
+            loss = f"{r['loss']:.4f}" if r.get("loss") is not None else "–"
+            progress.console.print(f"[{color}]{r['status']}[/] {exp.id}: loss {loss} "
+                                   f"({_fmt_seconds(r.get('train_seconds'))}) {r.get('reason', '')}")
+    return progress, handle
+
+
+def _print_result(result, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.summary(), indent=2, default=float))
+        return
+    from .flops import RULE_DESCRIPTIONS
+
+    err.print(result.chinchilla_table())
+    s = result.summary()
+    for name, fit in s["fits"].items():
+        if name == "parametric":
+            ci = fit.get("ci", {})
+            err.print(f"parametric: L = {fit['E']:.4g} + {fit['A']:.4g}/N^{fit['alpha']:.4f} + {fit['B']:.4g}/D^{fit['beta']:.4f};"
+                      f" a = {fit['a']:.3f} {_ci(ci.get('a'))}, b = {fit['b']:.3f} {_ci(ci.get('b'))}")
+        else:
+            n = fit["n_opt"]
+            err.print(f"{name}: N_opt ∝ C^{n['exponent']:.3f} {_ci(n.get('exponent_boot_ci') or n.get('exponent_ci'))}, "
+                      f"D_opt ∝ C^{fit['d_opt']['exponent']:.3f}, R² {n['r2']:.3f}")
+    for e in s["excluded"]:
+        err.print(f"[yellow]excluded {e['id']}: {e['reason']}[/]")
+    for note in s["notes"]:
+        err.print(f"[yellow]note: {note}[/]")
+    bt = s.get("backtest")
+    if bt:
+        m = bt["measured"]
+        for name, p in bt["predicted"].items():
+            loss = f"{p['loss']:.4g}" if p.get("loss") is not None else "–"
+            err.print(f"backtest ({name}, fit without C={bt['held_out_budget']:.2g}): predicted loss {loss} vs measured "
+                      f"{m.get('loss', m['loss_min']):.4g}; N_opt {p['num_params']:.3g} vs {m.get('num_params', m['num_params_at_min']):.3g}")
+    err.print(f"FLOP rule: {RULE_DESCRIPTIONS.get(result.flop_rule, result.flop_rule)}")
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
+@app.command()
+def run(spec: str = SpecArg, as_json: bool = JsonOpt,
+        retry_failed: bool = typer.Option(False, "--retry-failed", help="Train again experiments that diverged or failed."),
+        verbose: bool = VerboseOpt) -> None:
+    """Train what is pending (cached results are reused), fit and report."""
+    def go() -> None:
+        s = _load(spec)
+        progress, handle = _progress_handler(err)
+        try:
+            result = s.run(retry_failed=retry_failed, on_event=handle)
+        finally:
+            progress.stop()
+        if result is None:  # a non-main process of `accelerate launch`
+            return
+        _print_result(result, as_json)
+        err.print(f"report: {s.run_dir / 'report'}")
+        failed = [e for e in result.fits.excluded if e["reason"].startswith("failed")]
+        if failed:
+            err.print(f"[red]{len(failed)} experiment(s) failed; see their result.json; --retry-failed trains them again[/]")
+            raise typer.Exit(1)
+    _guard(go, verbose)
+
+
+@app.command()
+def analyze(spec: str = SpecArg, as_json: bool = JsonOpt, verbose: bool = VerboseOpt) -> None:
+    """Fit and report from whatever the store holds now."""
+    def go() -> None:
+        s = _load(spec)
+        _print_result(s.analyze(), as_json)
+        err.print(f"report: {s.run_dir / 'report'}")
+    _guard(go, verbose)
+
+
+@app.command("fit")
+def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,tokens,loss[,flops]."), as_json: bool = JsonOpt,
+            predict: Optional[List[float]] = typer.Option(None, "--predict", help="Budgets (FLOPs) to predict."),
+            approach: Optional[List[str]] = typer.Option(None, "--approach", help="isoflop, parametric (default both)."),
+            bootstrap: int = typer.Option(200, help="Bootstrap resamples."),
+            report: Optional[str] = typer.Option(None, help="Folder for fits.json, tables and plots."),
+            verbose: bool = VerboseOpt) -> None:
+    """Fit measurements made elsewhere."""
+    def go() -> None:
+        from .api import fit, write_report
+
+        result = fit(points, approaches=approach or ("isoflop", "parametric"), bootstrap=bootstrap, predict=predict or ())
+        _print_result(result, as_json)
+        if report:
+            write_report(result, Path(report))
+    _guard(go, verbose)
+
+
+@app.command()
+def schema(output: str = typer.Option("schemas/spec.schema.json", help="Where to write the JSON Schema.")) -> None:
+    """Write the JSON Schema of the spec (for editors and CI)."""
+    from .schema import spec_schema
+
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(spec_schema(), indent=2) + "\n")
+    err.print(f"wrote {output}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

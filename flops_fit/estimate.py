@@ -1,0 +1,124 @@
+"""Dry run: what ``run`` would do with each experiment, what it costs, how long it takes.
+
+Each experiment's action and reason come from :func:`flops_fit.store.decide`, the code
+``run`` uses.  Wall-clock on this machine is calibrated by training the smallest and the
+largest model for a few real steps with the real worker (in a temporary folder: the run
+directory is never touched) and interpolating seconds per step log-linearly in N.  The
+GPU figure is ``remaining FLOPs / (peak FLOP/s × MFU)`` for the GPU named in
+``[estimate]``.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict
+
+from .flops import PEAK_FLOPS, RULE_DESCRIPTIONS
+from .plan import Experiment, Plan
+from .spec import Spec
+from .store import Store, decide
+
+__all__ = ["EstimateRow", "Estimate", "estimate_plan", "calibrate"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EstimateRow(_Frozen):
+    id: str
+    budget_flops: float
+    size: object
+    num_params: int
+    num_tokens: float
+    steps: int
+    flops: float
+    action: str
+    reason: str
+    est_seconds: Optional[float] = None
+
+
+class Estimate(_Frozen):
+    """The dry run (``estimate --json`` prints this)."""
+
+    flop_rule: str
+    flop_rule_description: str
+    experiments: list[EstimateRow]
+    dropped: list[dict]
+    total_flops: float
+    remaining_flops: float
+    est_seconds: Optional[float]
+    device: str
+    calibration: dict
+    gpu: str
+    gpu_mfu: float
+    gpu_est_seconds: float
+
+
+def calibrate(plan: Plan, steps: int) -> dict:
+    """Seconds per step of the smallest and largest planned models, from real steps."""
+    from .execute.runner import make_accelerator
+    from .execute.worker import train_experiment
+
+    if not plan.experiments:
+        return {}
+    by_n = sorted(plan.experiments, key=lambda e: e.num_params)
+    picks = {by_n[0].num_params: by_n[0], by_n[-1].num_params: by_n[-1]}
+    job0 = by_n[0].job
+    accelerator = make_accelerator(job0.train.precision, job0.train.device, [], tempfile.gettempdir())
+    out = {"device": str(accelerator.device), "points": []}
+    with tempfile.TemporaryDirectory(prefix="flops-fit-calibrate-") as tmp:
+        for n, exp in picks.items():
+            train = exp.job.train.model_copy(update={"log_points": 4, "eval_points": 0, "checkpoint_seconds": 1e9,
+                                                     "checkpoint_steps": None, "log_with": []})
+            job = exp.job.model_copy(update={"steps": steps + 1, "warmup_steps": 1, "train": train, "eval_batches": 1,
+                                             "experiment_id": f"calibrate-{n}"})
+            result = train_experiment(job, Store(Path(tmp)), accelerator)
+            first = result["curve"][0]
+            timed = result["train_seconds"]
+            out["points"].append({"num_params": n, "seconds_per_step": timed / job.steps, "first_step": bool(first)})
+    return out
+
+
+def _seconds_per_step(calibration: dict, num_params: int) -> float | None:
+    points = sorted((p["num_params"], p["seconds_per_step"]) for p in calibration.get("points", []))
+    if not points:
+        return None
+    if len(points) == 1 or points[0][0] == points[-1][0]:
+        return points[0][1]
+    (n0, s0), (n1, s1) = points[0], points[-1]
+    w = (math.log(num_params) - math.log(n0)) / (math.log(n1) - math.log(n0))
+    return math.exp(math.log(s0) + w * (math.log(s1) - math.log(s0)))
+
+
+def _remaining_steps(exp: Experiment, action: str, checkpoint_step: int | None) -> int:
+    if action == "skip":
+        return 0
+    return exp.steps - (checkpoint_step or 0)
+
+
+def estimate_plan(spec: Spec, plan: Plan, retry_failed: bool = False, calibrate_steps: int | None = None) -> Estimate:
+    """The dry-run report for ``plan`` against the store in ``spec.run_dir``."""
+    store = Store(Path(plan.run_dir))
+    calib = calibrate(plan, calibrate_steps or spec.cost.calibrate_steps) if spec.cost.calibrate else {}
+    rows, remaining_flops, total_seconds = [], 0.0, 0.0
+    for exp in plan.experiments:
+        d = decide(store, exp, retry_failed)
+        left = _remaining_steps(exp, d.action, d.checkpoint_step)
+        sps = _seconds_per_step(calib, exp.num_params)
+        seconds = left * sps if sps is not None else None
+        remaining_flops += exp.flops * left / exp.steps
+        total_seconds += seconds or 0.0
+        rows.append(EstimateRow(id=exp.id, budget_flops=exp.budget_flops, size=exp.size, num_params=exp.num_params,
+                                num_tokens=exp.num_tokens, steps=exp.steps, flops=exp.flops, action=d.action,
+                                reason=d.reason, est_seconds=seconds))
+    peak = PEAK_FLOPS[spec.cost.gpu][spec.train.precision]
+    return Estimate(flop_rule=plan.flop_rule, flop_rule_description=RULE_DESCRIPTIONS[plan.flop_rule], experiments=rows,
+                    dropped=[d.model_dump() for d in plan.dropped], total_flops=sum(e.flops for e in plan.experiments),
+                    remaining_flops=remaining_flops, est_seconds=total_seconds if calib else None,
+                    device=calib.get("device", "not calibrated"), calibration=calib, gpu=spec.cost.gpu,
+                    gpu_mfu=spec.cost.mfu, gpu_est_seconds=remaining_flops / (peak * spec.cost.mfu))

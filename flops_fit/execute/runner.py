@@ -1,0 +1,110 @@
+"""Run a Plan: decide per experiment (the same ``decide`` as ``estimate``), lock, train, store.
+
+Several ``run`` processes may share a store: each experiment is trained under its file
+lock, and the decision is re-read once the lock is held, so none is trained twice.  Under
+``accelerate launch`` every process trains each experiment data-parallel; only the main
+process decides, locks and writes, and its decision is broadcast to the others.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from filelock import Timeout
+
+from ..plan import Experiment, Plan
+from ..store import Decision, Store, decide
+from .worker import train_experiment
+
+__all__ = ["RunEvent", "run_plan", "make_accelerator"]
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """A progress event: ``kind`` is "decision", "log" or "result"."""
+
+    kind: str
+    experiment: Experiment
+    decision: Optional[Decision] = None
+    point: Optional[dict] = None
+    result: Optional[dict] = None
+    index: int = 0
+    total: int = 0
+
+
+def make_accelerator(precision: str, device: str, log_with: list[str], project_dir: str) -> Accelerator:
+    """The Accelerator of a run: CUDA when present (unless device = "cpu"), else CPU."""
+    import torch
+
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    return Accelerator(cpu=cpu, mixed_precision=mixed, log_with=log_with or None, project_dir=project_dir)
+
+
+def _claim(store: Store, exp: Experiment, retry_failed: bool):
+    """Main process: the decision and, when training, the held lock."""
+    decision = decide(store, exp, retry_failed)
+    if decision.action == "skip":
+        return decision, None
+    lock = store.lock(exp.id)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return Decision("skip", "being trained by another process (locked)"), None
+    decision = decide(store, exp, retry_failed, holding_lock=True)  # re-read under the lock: another run may have finished it
+    if decision.action == "skip":
+        lock.release()
+        return decision, None
+    return decision, lock
+
+
+def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: Accelerator, emit) -> dict:
+    if accelerator.trackers is not None and accelerator.log_with:
+        accelerator.init_trackers(exp.id)
+    try:
+        return train_experiment(exp.job, store, accelerator, resume_from=decision.checkpoint,
+                                on_log=lambda p: emit("log", point=p))
+    except Exception as exc:  # the user's code failed: record it, the sweep goes on
+        return {"id": exp.id, "status": "failed", "reason": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(), "loss": None, "size": exp.size, "num_params": exp.num_params,
+                "num_tokens": exp.num_tokens, "flops": exp.flops, "steps": 0, "curve": []}
+    finally:
+        if accelerator.log_with:
+            accelerator.end_training()
+
+
+def run_plan(plan: Plan, store: Store, accelerator: Accelerator, retry_failed: bool = False,
+             on_event: Callable[[RunEvent], None] | None = None) -> list[dict]:
+    """Train every pending experiment of ``plan``; return the results of those trained now."""
+    trained = []
+    total = len(plan.experiments)
+    if accelerator.is_main_process:
+        store.write_plan_json(plan.to_json())
+    for index, exp in enumerate(plan.experiments):
+        def emit(kind: str, **kw: Any) -> None:
+            if on_event is not None and accelerator.is_main_process:
+                on_event(RunEvent(kind, exp, index=index, total=total, **kw))
+
+        decision, lock = _claim(store, exp, retry_failed) if accelerator.is_main_process else (None, None)
+        if accelerator.num_processes > 1:
+            decision = broadcast_object_list([decision])[0]
+        emit("decision", decision=decision)
+        if decision.action == "skip":
+            continue
+        try:
+            result = {**_train_one(exp, decision, store, accelerator, emit), "budget_flops": exp.budget_flops,
+                      "hash": exp.hash}
+            if accelerator.is_main_process:
+                store.write_result(exp.id, result)  # "done": written last, atomically
+                store.clear_checkpoints(exp.id)
+            trained.append(result)
+            emit("result", result=result)
+        finally:
+            if lock is not None:
+                lock.release()
+    accelerator.wait_for_everyone()
+    return trained

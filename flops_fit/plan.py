@@ -1,0 +1,259 @@
+"""Compile a Spec into an immutable, hashed IsoFLOP Plan.  Pure: no training, no writes.
+
+For each budget C and size s the planner builds the model on the ``meta`` device (no
+memory, no time) to get N, takes the FLOPs per sample f from the FLOP rule, and sets
+
+    samples = C / f,   steps = round(samples / batch_size),   D = steps · batch_size · tokens_per_sample,
+
+so the FLOPs actually executed, ``steps · batch_size · f``, sit next to the budget.  An
+experiment with fewer than ``sweep.min_steps`` steps is infeasible and dropped with a
+reason.  With ``sweep.sizes_per_budget = k`` the k feasible sizes nearest (in log space) to
+the expected optimum D/N = ``sweep.tokens_per_param`` are kept, a contiguous window.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .components import build_data, build_loss, build_model, first_batch, forward_loss, split_batch
+from .errors import Problem, SpecError
+from .flops import count_params, flops_per_sample, measure_flops_per_sample, to_meta
+from .hashing import HASH_VERSION, content_hash
+from .imports import resolve
+from .spec import Spec, TrainSpec
+
+__all__ = ["Component", "Job", "Experiment", "Dropped", "SizeInfo", "Plan", "compile_plan", "size_infos", "experiment_id"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Component(_Frozen):
+    """A user object named by import path, with its keyword arguments."""
+
+    target: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class Job(_Frozen):
+    """Everything a worker needs to train one experiment (and nothing of the Spec)."""
+
+    experiment_id: str
+    model: Component
+    size_param: str
+    size: Any
+    data: Component
+    eval_data: Optional[Component] = None
+    eval_fraction: float
+    eval_batches: int
+    loss: Component
+    tokens_per_sample: float
+    steps: int
+    warmup_steps: int
+    num_params: int
+    flops_per_sample: float
+    train: TrainSpec
+    search_path: list[str] = Field(default_factory=list)
+
+
+class Experiment(_Frozen):
+    """One (budget, size) point of the sweep."""
+
+    id: str
+    hash: str
+    budget_flops: float
+    size: Any
+    num_params: int
+    num_tokens: float
+    num_samples: int
+    steps: int
+    flops: float
+    job: Job
+
+
+class Dropped(_Frozen):
+    budget_flops: float
+    size: Any
+    num_params: int
+    reason: str
+
+
+class SizeInfo(_Frozen):
+    size: Any
+    num_params: int
+    flops_per_sample: float
+
+
+class Plan(_Frozen):
+    """The compiled sweep: experiments, dropped (infeasible) points, and the size table."""
+
+    name: str
+    run_dir: str
+    flop_rule: str
+    size_param: str
+    tokens_per_sample: float
+    budgets: list[float]
+    sizes: list[SizeInfo]
+    experiments: list[Experiment]
+    dropped: list[Dropped]
+    approaches: list[str]
+    predict: list[float]
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        return cls.model_validate_json(text)
+
+    def for_budget(self, budget_flops: float) -> list[Experiment]:
+        return [e for e in self.experiments if e.budget_flops == budget_flops]
+
+
+def _fmt_number(value: float) -> str:
+    text = f"{value:.3g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+    return text
+
+
+def experiment_id(budget_flops: float, size_param: str, size: Any, digest: str) -> str:
+    """Readable prefix plus content hash, e.g. ``c1e13-d128-3f2a9c1b07de``."""
+    return f"c{_fmt_number(budget_flops)}-{size_param[:1]}{_fmt_number(size) if isinstance(size, float) else size}-{digest}"
+
+
+def size_infos(spec: Spec) -> list[SizeInfo]:
+    """N and FLOPs per sample for every size: models built on the meta device."""
+    folders = [str(spec.folder)]
+    batch = None
+    if spec.flops.rule != "6N":
+        data = build_data(spec.data.target, spec.data.kwargs, folders)
+        batch = first_batch(data, min(spec.train.batch_size, 8))
+    infos = []
+    for size in spec.model.sizes:
+        model = build_model(spec.model.target, spec.model.size_param, size, spec.model.kwargs, folders, device="meta")
+        n = count_params(model)
+        measured = _measured(spec, model, batch, folders) if batch is not None else None
+        infos.append(SizeInfo(size=size, num_params=n,
+                              flops_per_sample=flops_per_sample(spec.flops.rule, n, spec.data.tokens_per_sample, measured)))
+    return infos
+
+
+def _measured(spec: Spec, model: Any, batch: Any, folders: list[str]) -> float:
+    inputs, targets = split_batch(batch)
+    rows = _batch_rows(targets)
+    if spec.flops.rule == "function":
+        fn = resolve(spec.flops.target, folders)
+        return float(fn(model, to_meta(batch)))
+    loss_fn = build_loss(spec.loss.target, spec.loss.kwargs, folders)
+    return measure_flops_per_sample(model, lambda m, i, t: forward_loss(m, i, t, loss_fn), to_meta(inputs), to_meta(targets), rows)
+
+
+def _batch_rows(value: Any) -> int:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return int(value.shape[0])
+    if isinstance(value, dict):
+        return _batch_rows(next(iter(value.values())))
+    if isinstance(value, (list, tuple)):
+        return _batch_rows(value[0])
+    raise TypeError(f"cannot tell the batch size of {type(value).__name__}")
+
+
+def _hash_payload(spec: Spec, size: Any, steps: int, warmup_steps: int) -> dict:
+    """Exactly what changes an experiment's loss (DESIGN.md principle 2)."""
+    t = spec.train
+    return {
+        "version": HASH_VERSION,
+        "model": {"target": spec.model.target, "kwargs": spec.model.kwargs, "size_param": spec.model.size_param, "size": size},
+        "data": {"target": spec.data.target, "kwargs": spec.data.kwargs, "tokens_per_sample": spec.data.tokens_per_sample,
+                 "eval_target": spec.data.eval_target, "eval_kwargs": spec.data.eval_kwargs,
+                 "eval_fraction": spec.data.eval_fraction, "eval_batches": spec.data.eval_batches},
+        "loss": {"target": spec.loss.target, "kwargs": spec.loss.kwargs},
+        "steps": steps, "batch_size": t.batch_size, "warmup_steps": warmup_steps,
+        "optimizer": {"target": t.optimizer, "lr": t.learning_rate, "weight_decay": t.weight_decay, "betas": list(t.betas),
+                      "eps": t.eps, "grad_clip": t.grad_clip},
+        "schedule": {"kind": t.schedule, "min_lr_ratio": t.min_lr_ratio, "decay_fraction": t.decay_fraction},
+        "seed": t.seed, "precision": t.precision, "divergence_factor": t.divergence_factor,
+    }
+
+
+def _warmup_steps(spec: Spec, num_params: int, steps: int) -> int:
+    t = spec.train
+    if t.warmup_fraction is not None:
+        return int(round(t.warmup_fraction * steps))
+    tokens = t.warmup_tokens if t.warmup_tokens is not None else float(num_params)
+    per_step = t.batch_size * spec.data.tokens_per_sample
+    return int(min(math.ceil(tokens / per_step), t.max_warmup_fraction * steps))
+
+
+def _centred(candidates: list[tuple[SizeInfo, int]], budget: float, spec: Spec) -> set:
+    """The k sizes whose D/N is nearest the expected optimum, as a contiguous window."""
+    k = spec.sweep.sizes_per_budget
+    if k is None or len(candidates) <= k:
+        return {c[0].size for c in candidates}
+    target = math.log(spec.sweep.tokens_per_param)
+
+    def ratio(item: tuple[SizeInfo, int]) -> float:
+        info, steps = item
+        return abs(math.log(steps * spec.train.batch_size * spec.data.tokens_per_sample / info.num_params) - target)
+
+    best = min(range(len(candidates)), key=lambda i: ratio(candidates[i]))
+    start = min(max(0, best - k // 2), len(candidates) - k)
+    return {c[0].size for c in candidates[start:start + k]}
+
+
+def compile_plan(spec: Spec, sizes: list[SizeInfo] | None = None) -> Plan:
+    """Compile ``spec`` into a :class:`Plan`; raises SpecError when a budget fits no size."""
+    sizes = sizes if sizes is not None else size_infos(spec)
+    experiments, dropped, problems = [], [], []
+    for budget in spec.sweep.budgets:
+        feasible = []
+        for info in sizes:
+            steps = int(round(budget / info.flops_per_sample / spec.train.batch_size))
+            if steps < spec.sweep.min_steps:
+                dropped.append(Dropped(budget_flops=budget, size=info.size, num_params=info.num_params,
+                                       reason=f"{steps} steps < sweep.min_steps = {spec.sweep.min_steps}"))
+            else:
+                feasible.append((info, steps))
+        keep = _centred(feasible, budget, spec)
+        for info, steps in feasible:
+            if info.size not in keep:
+                dropped.append(Dropped(budget_flops=budget, size=info.size, num_params=info.num_params,
+                                       reason=f"outside the {spec.sweep.sizes_per_budget} sizes centred on D/N = {spec.sweep.tokens_per_param:g}"))
+                continue
+            experiments.append(_experiment(spec, budget, info, steps))
+        if not feasible:
+            problems.append(Problem(f"budget {budget:.3g} FLOPs fits no size: even the smallest model "
+                                    f"(N = {sizes[0].num_params:,}) gets fewer than {spec.sweep.min_steps} steps",
+                                    key=f"sweep.budgets[{spec.sweep.budgets.index(budget)}]", file=spec.source,
+                                    value=budget, has_value=True,
+                                    hint="raise the budget, add smaller sizes, or lower train.batch_size / sweep.min_steps"))
+    if problems:
+        raise SpecError(problems)
+    return Plan(name=spec.name, run_dir=str(spec.run_dir), flop_rule=spec.flops.rule, size_param=spec.model.size_param,
+                tokens_per_sample=spec.data.tokens_per_sample, budgets=list(spec.sweep.budgets), sizes=sizes,
+                experiments=experiments, dropped=dropped, approaches=list(spec.analysis.approaches),
+                predict=list(spec.analysis.predict))
+
+
+def _experiment(spec: Spec, budget: float, info: SizeInfo, steps: int) -> Experiment:
+    warmup = _warmup_steps(spec, info.num_params, steps)
+    digest = content_hash(_hash_payload(spec, info.size, steps, warmup))
+    exp_id = experiment_id(budget, spec.model.size_param, info.size, digest)
+    samples = steps * spec.train.batch_size
+    d = spec.data
+    job = Job(experiment_id=exp_id, model=Component(target=spec.model.target, kwargs=spec.model.kwargs),
+              size_param=spec.model.size_param, size=info.size, data=Component(target=d.target, kwargs=d.kwargs),
+              eval_data=Component(target=d.eval_target, kwargs=d.eval_kwargs) if d.eval_target else None,
+              eval_fraction=d.eval_fraction, eval_batches=d.eval_batches,
+              loss=Component(target=spec.loss.target, kwargs=spec.loss.kwargs), tokens_per_sample=d.tokens_per_sample,
+              steps=steps, warmup_steps=warmup, num_params=info.num_params, flops_per_sample=info.flops_per_sample,
+              train=spec.train, search_path=[str(Path(spec.folder).resolve())])
+    return Experiment(id=exp_id, hash=digest, budget_flops=budget, size=info.size, num_params=info.num_params,
+                      num_tokens=samples * d.tokens_per_sample, num_samples=samples, steps=steps,
+                      flops=samples * info.flops_per_sample, job=job)

@@ -1,0 +1,149 @@
+"""Figures of a Result (matplotlib, Agg backend): IsoFLOP curves, scaling laws, iso-loss contours."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .report import Result
+
+__all__ = ["make_figures"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _isoflop(result: "Result", plt):
+    fig, ax = plt.subplots(figsize=(7, 5))
+    pts = result.points.usable()
+    budgets = sorted({p.budget_flops for p in pts})
+    cmap = plt.get_cmap("viridis")
+    minima = {m["budget_flops"]: m for m in (result.fits.isoflop or {}).get("minima", [])}
+    for i, C in enumerate(budgets):
+        color = cmap(i / max(1, len(budgets) - 1))
+        mine = sorted((p.num_params, p.loss) for p in pts if p.budget_flops == C)
+        ax.scatter([m[0] for m in mine], [m[1] for m in mine], color=color, label=f"C = {C:.2g}", zorder=3)
+        if C in minima:
+            p2, p1, p0 = minima[C]["coef"]
+            x = np.linspace(math.log(mine[0][0]), math.log(mine[-1][0]), 100)
+            ax.plot(np.exp(x), p2 * x**2 + p1 * x + p0, color=color, lw=1)
+            ax.scatter([minima[C]["n_opt"]], [minima[C]["loss"]], marker="*", s=160, color=color, edgecolor="k", zorder=4)
+    excluded = {e["id"] for e in result.fits.excluded}
+    bad = [p for p in result.points.points if p.id in excluded and p.loss is not None]
+    if bad:
+        ax.scatter([p.num_params for p in bad], [p.loss for p in bad], marker="x", color="red", label="excluded")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters N")
+    ax.set_ylabel("final held-out loss")
+    ax.set_title("IsoFLOP profiles (Approach 2): parabolas in ln N, minima starred")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _scaling(result: "Result", plt):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    budgets = sorted(set(result.budgets) | set(result.predict_budgets)) or sorted({p.budget_flops for p in result.points.usable()})
+    grid = np.logspace(math.log10(min(budgets)) - 0.3, math.log10(max(budgets)) + 0.3, 40)
+    preds = [result.predict(C) for C in grid]
+    colors = {"isoflop": "C0", "parametric": "C1", "envelope": "C2"}
+    for ax, key, label in zip(axes, ("num_params", "num_tokens", "loss"), ("N_opt", "D_opt", "L_opt")):
+        for approach in colors:
+            ys = [p.get(approach, {}).get(key) for p in preds]
+            if all(y is None for y in ys):
+                continue
+            ax.plot(grid, [np.nan if y is None else y for y in ys], color=colors[approach], label=approach)
+            cis = [p.get(approach, {}).get(f"{key}_ci") for p in preds]
+            if all(c is not None for c in cis):
+                ax.fill_between(grid, [c[0] for c in cis], [c[1] for c in cis], color=colors[approach], alpha=0.2)
+        minima = (result.fits.isoflop or {}).get("minima", [])
+        mkey = {"num_params": "n_opt", "num_tokens": "d_opt", "loss": "loss"}[key]
+        if minima:
+            ax.scatter([m["budget_flops"] for m in minima], [m[mkey] for m in minima], color="k", zorder=3,
+                       label="IsoFLOP minima")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("compute C (FLOPs)")
+        ax.set_title(f"{label} vs C (95% bands)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _contours(result: "Result", plt):
+    par = result.fits.parametric
+    if not par:
+        return None
+    from .analysis.parametric import predict_loss
+
+    pts = result.points.usable()
+    N = np.array([p.num_params for p in pts])
+    D = np.array([p.num_tokens for p in pts])
+    n_grid = np.logspace(math.log10(N.min()) - 0.5, math.log10(N.max()) + 0.5, 200)
+    d_grid = np.logspace(math.log10(D.min()) - 0.5, math.log10(D.max()) + 0.5, 200)
+    NN, DD = np.meshgrid(n_grid, d_grid)
+    LL = predict_loss(par, NN, DD)
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    cs = ax.contour(NN, DD, LL, levels=15, cmap="viridis")
+    ax.clabel(cs, fontsize=7, fmt="%.2f")
+    Cs = np.logspace(math.log10(min(p.flops for p in pts)) - 0.5, math.log10(max(p.flops for p in pts)) + 0.5, 30)
+    frontier = np.array([result.predict(C)["parametric"] and (result.predict(C)["parametric"]["num_params"],
+                                                             result.predict(C)["parametric"]["num_tokens"]) for C in Cs])
+    ax.plot(frontier[:, 0], frontier[:, 1], "r-", lw=2, label="efficient frontier")
+    sc = ax.scatter(N, D, c=[p.loss for p in pts], cmap="viridis", edgecolor="k", zorder=3, label="runs")
+    fig.colorbar(sc, ax=ax, label="measured loss")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters N")
+    ax.set_ylabel("data D")
+    ax.set_title(f"Iso-loss contours of L(N,D) = E + A/N^α + B/D^β (α={par['alpha']:.3f}, β={par['beta']:.3f})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _envelope(result: "Result", plt):
+    env = result.fits.envelope
+    pts = [p for p in result.points.usable() if p.curve]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 5))
+    norm = plt.Normalize(math.log10(min(p.num_params for p in pts)), math.log10(max(p.num_params for p in pts)))
+    for p in pts:
+        ax.plot([c["flops"] for c in p.curve], [c["train_loss"] for c in p.curve], color=plt.cm.viridis(norm(math.log10(p.num_params))),
+                lw=0.8, alpha=0.7)
+    if env:
+        ax.plot([e["flops"] for e in env["points"]], [e["loss"] for e in env["points"]], "r.-", label="lower envelope")
+        ax.legend()
+    ax.set_xscale("log")
+    ax.set_xlabel("FLOPs so far")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training curves and their lower envelope (Approach 1)")
+    fig.tight_layout()
+    return fig
+
+
+def make_figures(result: "Result", path: str | Path | None = None) -> dict:
+    """Build every figure that the fits support; save ``<name>.png`` under ``path`` if given."""
+    plt = _plt()
+    figures = {"isoflop": _isoflop(result, plt), "scaling": _scaling(result, plt)}
+    for name, fn in (("contours", _contours), ("envelope", _envelope)):
+        fig = fn(result, plt)
+        if fig is not None:
+            figures[name] = fig
+    if path is not None:
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, fig in figures.items():
+            fig.savefig(folder / f"{name}.png", dpi=110)
+    return figures

@@ -1,0 +1,307 @@
+"""The spec: pydantic models of the TOML file, ``Spec.load`` and ``spec.save``.
+
+Every model is frozen and forbids unknown keys.  ``Spec.load(path)`` reads TOML with
+``tomllib`` and reports *every* problem at once as a :class:`~flops_fit.errors.SpecError`,
+each naming the file, line, dotted key (``sweep.budgets[1]``), the bad value and what is
+expected.  ``spec.save(path)`` writes it back with ``tomli-w``; the two round-trip.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+import math
+from typing import Annotated, Any, Literal, Optional, Union
+
+import tomli_w
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import Problem, SpecError
+from .imports import IMPORT_PATH_RE
+from .tomlpos import key_lines, format_loc
+
+__all__ = [
+    "Spec", "ModelSpec", "DataSpec", "LossSpec", "SweepSpec", "FlopsSpec", "TrainSpec",
+    "AnalysisSpec", "EstimateSpec", "ImportPath",
+]
+
+
+def _check_import_path(value: str) -> str:
+    if not IMPORT_PATH_RE.match(value):
+        raise ValueError("expected an import path like 'package.module:name' or 'package.module.name'")
+    return value
+
+
+def _positive(value: float) -> float:
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError("expected a positive, finite number")
+    return value
+
+
+ImportPath = Annotated[str, Field(min_length=1, json_schema_extra={"pattern": IMPORT_PATH_RE.pattern})]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, populate_by_name=True)
+
+
+class ModelSpec(_Frozen):
+    """``[model]``: the user's model class and the sizes to sweep."""
+
+    target: ImportPath = Field(description="Import path of the model class or factory, 'module:attr'.")
+    size_param: str = Field(min_length=1, description="Constructor argument that sets the model size.")
+    sizes: list[Annotated[Union[int, float], AfterValidator(_positive)]] = Field(
+        min_length=2, description="Candidate values of size_param (positive, distinct; at least 2).")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Other constructor arguments.")
+
+    _v_target = field_validator("target")(_check_import_path)
+
+    @field_validator("sizes")
+    @classmethod
+    def _distinct(cls, sizes: list) -> list:
+        if len(set(sizes)) != len(sizes):
+            raise ValueError("sizes must be distinct")
+        return sorted(sizes)
+
+
+class DataSpec(_Frozen):
+    """``[data]``: the dataset and how much data one sample counts for."""
+
+    target: ImportPath = Field(description="Callable or class returning a Dataset, IterableDataset or DataLoader.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Arguments of the data target.")
+    tokens_per_sample: float = Field(default=1.0, gt=0, description="Data units D in one sample (1 when D counts samples).")
+    eval_target: Optional[ImportPath] = Field(default=None, description="Separate held-out dataset; default: split off eval_fraction.")
+    eval_kwargs: dict[str, Any] = Field(default_factory=dict, description="Arguments of eval_target.")
+    eval_fraction: float = Field(default=0.05, gt=0, lt=0.5, description="Share of a map-style dataset held out for the eval loss.")
+    eval_batches: int = Field(default=8, ge=1, description="Number of fixed held-out batches averaged for the final loss.")
+
+    _v_target = field_validator("target", "eval_target")(lambda v: v if v is None else _check_import_path(v))
+
+
+class LossSpec(_Frozen):
+    """``[loss]``: ``loss(outputs, targets) -> scalar tensor``."""
+
+    target: ImportPath = Field(description="Import path of the loss function.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments bound to the loss function.")
+
+    _v_target = field_validator("target")(_check_import_path)
+
+
+class SweepSpec(_Frozen):
+    """``[sweep]``: the IsoFLOP budgets."""
+
+    budgets: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        min_length=1, description="Compute budgets in FLOPs (positive, distinct).")
+    sizes_per_budget: Optional[int] = Field(default=None, ge=3, description="Sizes run per budget, centred on the expected optimum; default: every feasible size.")
+    min_steps: int = Field(default=20, ge=1, description="An experiment with fewer optimizer steps is infeasible and dropped.")
+    tokens_per_param: float = Field(default=20.0, gt=0, description="Expected optimal D/N used to centre sizes_per_budget (Chinchilla: 20).")
+
+    @field_validator("budgets")
+    @classmethod
+    def _distinct(cls, budgets: list) -> list:
+        if len(set(budgets)) != len(budgets):
+            raise ValueError("budgets must be distinct")
+        return sorted(budgets)
+
+
+class FlopsSpec(_Frozen):
+    """``[flops]``: how training FLOPs are counted."""
+
+    rule: Literal["6N", "measured", "function"] = Field(default="6N", description="'6N': C = 6·N·D (Chinchilla); 'measured': torch.utils.flop_counter on one batch, forward+backward; 'function': target(model, batch) -> FLOPs per sample.")
+    target: Optional[ImportPath] = Field(default=None, description="Import path of fn(model, batch) -> FLOPs per sample; required when rule = 'function'.")
+
+    @model_validator(mode="after")
+    def _needs_target(self) -> "FlopsSpec":
+        if self.rule == "function" and not self.target:
+            raise ValueError("rule = 'function' needs flops.target = 'module:fn'")
+        if self.target is not None:
+            _check_import_path(self.target)
+        return self
+
+
+class TrainSpec(_Frozen):
+    """``[train]``: the training recipe; every key optional."""
+
+    batch_size: int = Field(default=32, ge=1, description="Global batch size in samples.")
+    micro_batch_size: Optional[int] = Field(default=None, ge=1, description="Per-process micro-batch; gradients are accumulated to batch_size.")
+    learning_rate: float = Field(default=3e-3, gt=0, le=10, description="Peak learning rate.")
+    weight_decay: float = Field(default=0.1, ge=0, description="AdamW weight decay (matrices only).")
+    betas: tuple[float, float] = Field(default=(0.9, 0.95), description="AdamW betas.")
+    eps: float = Field(default=1e-8, gt=0, description="AdamW epsilon.")
+    grad_clip: Optional[float] = Field(default=1.0, gt=0, description="Clip the global gradient norm; unset to disable.")
+    optimizer: Optional[ImportPath] = Field(default=None, description="Import path of factory(params, lr) -> optimizer; default AdamW.")
+    schedule: Literal["cosine", "constant", "wsd"] = Field(default="cosine", description="Warmup then cosine to min_lr_ratio, constant, or warmup-stable-decay.")
+    warmup_tokens: Optional[float] = Field(default=None, ge=0, description="Warmup length in data units; default N (the model's parameter count).")
+    warmup_fraction: Optional[float] = Field(default=None, ge=0, lt=1, description="Warmup as a fraction of the run; overrides warmup_tokens.")
+    max_warmup_fraction: float = Field(default=0.25, gt=0, le=1, description="Cap on warmup as a fraction of the run.")
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="Final LR / peak LR for cosine and wsd.")
+    decay_fraction: float = Field(default=0.2, gt=0, le=1, description="Cooldown share of the run for wsd (1-sqrt shape).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="Mixed precision through accelerate.")
+    seed: int = Field(default=0, ge=0, description="Seed of python, numpy, torch and the data order.")
+    compile: bool = Field(default=False, description="torch.compile the model.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="'auto': CUDA when present, else CPU.")
+    log_with: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list, description="Accelerate trackers; metrics.jsonl is always written.")
+    log_points: int = Field(default=40, ge=4, description="Points of the loss curve, spaced in FLOPs (half geometric, half linear).")
+    eval_points: int = Field(default=4, ge=0, description="Held-out evaluations during training, besides the final one.")
+    checkpoint_seconds: float = Field(default=600.0, gt=0, description="Checkpoint at most this often (seconds).")
+    checkpoint_steps: Optional[int] = Field(default=None, ge=1, description="Also checkpoint every this many steps.")
+    keep_checkpoints: int = Field(default=1, ge=1, description="Complete checkpoints kept per experiment.")
+    divergence_factor: float = Field(default=3.0, gt=1, description="Loss above this times its initial value is divergence.")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError("betas must lie in [0, 1)")
+        return betas
+
+    @model_validator(mode="after")
+    def _micro(self) -> "TrainSpec":
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}")
+        return self
+
+
+class AnalysisSpec(_Frozen):
+    """``[analysis]``: which fits to make and which budgets to predict."""
+
+    approaches: list[Literal["isoflop", "parametric", "envelope"]] = Field(
+        default_factory=lambda: ["isoflop", "parametric"], min_length=1, description="Chinchilla Approach 2 ('isoflop'), 3 ('parametric'), 1 ('envelope').")
+    predict: list[Annotated[float, Field(gt=0)]] = Field(default_factory=list, description="Extra budgets (FLOPs) for the Chinchilla table.")
+    bootstrap: int = Field(default=200, ge=0, description="Bootstrap resamples for intervals (0: none).")
+    seed: int = Field(default=0, ge=0, description="Seed of the bootstrap.")
+    keep_outliers: bool = Field(default=False, description="Keep points the outlier rules would exclude.")
+    outlier_z: float = Field(default=3.5, gt=0, description="Robust z-score beyond which a point is off its budget's parabola.")
+
+
+class EstimateSpec(_Frozen):
+    """``[estimate]``: how ``flops-fit estimate`` turns FLOPs into time."""
+
+    gpu: Literal["H100", "H200", "A100", "L4", "RTX4090"] = Field(default="H100", description="GPU for the stated-MFU estimate.")
+    mfu: float = Field(default=0.3, gt=0, le=1, description="Model FLOP utilisation assumed on that GPU.")
+    calibrate: bool = Field(default=True, description="Time a few real steps on this machine.")
+    calibrate_steps: int = Field(default=3, ge=1, description="Timed steps per calibration model.")
+
+
+class Spec(_Frozen):
+    """A flops-fit spec: everything needed to plan, train and fit an IsoFLOP sweep."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Names the run directory <runs_dir>/<name>.")
+    runs_dir: str = Field(default="runs", min_length=1, description="Folder of run directories, relative to the working directory.")
+    model: ModelSpec = Field(description="The model class and sizes.")
+    data: DataSpec = Field(description="The dataset.")
+    loss: LossSpec = Field(description="The loss function.")
+    sweep: SweepSpec = Field(description="The compute budgets.")
+    flops: FlopsSpec = Field(default_factory=FlopsSpec, description="The FLOP counting rule.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="The training recipe.")
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="The fits.")
+    cost: EstimateSpec = Field(default_factory=EstimateSpec, alias="estimate", description="[estimate]: the dry-run cost model.")
+    source: Optional[str] = Field(default=None, exclude=True, description="File the spec was read from (not a TOML key).")
+
+    @property
+    def folder(self) -> Path:
+        """The spec file's folder (import paths resolve from it), else the working directory."""
+        return Path(self.source).parent if self.source else Path.cwd()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str | None = None, text: str | None = None):
+        """Validate a dict; every problem is raised at once, with lines when ``text`` is given."""
+        lines = key_lines(text) if text else {}
+        try:
+            return cls.model_validate({**data, "source": source} if source else data)
+        except ValidationError as exc:
+            raise SpecError([_problem(err, cls, source, lines) for err in exc.errors()]) from None
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """Read and validate a TOML spec file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SpecError([Problem(f"cannot read spec: {exc.strerror}", file=str(path))]) from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            line, col = getattr(exc, "lineno", None), getattr(exc, "colno", None)
+            msg = str(exc).split(" (at line")[0]
+            raise SpecError([Problem(f"TOML syntax error: {msg}", file=str(path), line=line, column=col,
+                                     hint="fix the TOML syntax")]) from None
+        if "source" in data:
+            raise SpecError([Problem("unknown key 'source'", key="source", file=str(path), line=key_lines(text).get(("source",)))])
+        return cls.from_dict(data, source=str(path), text=text)
+
+    def to_toml_dict(self) -> dict:
+        """The spec as TOML-ready data (no nulls: TOML has none)."""
+        return _drop_none(self.model_dump(mode="json", exclude={"source"}, by_alias=True))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the spec as TOML (with a ``#:schema`` line); ``Spec.load`` reads it back equal."""
+        path = Path(path)
+        header = "#:schema https://flops-fit.dev/schemas/spec.schema.json\n"
+        path.write_text(header + tomli_w.dumps(self.to_toml_dict()), encoding="utf-8")
+        return path
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Known keys of the table that ``loc`` points into (for 'did you mean')."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return [k for k in getattr(current, "model_fields", {}) if k != "source"]
+
+
+def _field_description(model: type[BaseModel], loc: tuple) -> str | None:
+    current: Any = model
+    field = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        current = field.annotation
+    return field.description if field else None
+
+
+def _problem(err: dict, model: type[BaseModel], source: str | None, lines: dict) -> Problem:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+    key = format_loc(loc)
+    line = _line_for(loc, lines)
+    if err["type"] == "extra_forbidden":
+        near = difflib.get_close_matches(str(loc[-1]), _fields_at(model, loc), n=1)
+        hint = f"did you mean '{near[0]}'?" if near else f"known keys: {', '.join(_fields_at(model, loc))}"
+        return Problem(f"unknown key '{loc[-1]}'", key=key, file=source, line=line, hint=hint)
+    if err["type"] == "missing":
+        desc = _field_description(model, loc)
+        return Problem("required key is missing", key=key, file=source, line=line,
+                       hint=f"add it: {desc}" if desc else None)
+    msg = err["msg"].removeprefix("Value error, ")
+    desc = _field_description(model, loc)
+    return Problem(msg, key=key, file=source, line=line, value=err.get("input"), has_value=True,
+                   hint=f"expected: {desc}" if desc else None)
+
+
+def _line_for(loc: tuple, lines: dict) -> int | None:
+    keys = tuple(p for p in loc if isinstance(p, str))
+    while keys:
+        if keys in lines:
+            return lines[keys]
+        keys = keys[:-1]
+    return None

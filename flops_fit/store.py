@@ -1,0 +1,168 @@
+"""The content-addressed results store of one run directory.
+
+Layout (DESIGN.md)::
+
+    <runs_dir>/<name>/plan.json
+    <runs_dir>/<name>/experiments/<id>/result.json      # written last: the experiment is done
+    <runs_dir>/<name>/experiments/<id>/metrics.jsonl    # every logged point, always
+    <runs_dir>/<name>/experiments/<id>/checkpoints/step-00000123/{state.pt,trainer.json,COMPLETE}
+    <runs_dir>/<name>/experiments/<id>/lock             # held while one process trains it
+
+``result.json`` and the ``COMPLETE`` marker are written through a temporary file and
+``os.replace``, so a reader never sees half a file.  A checkpoint without its marker does
+not exist.  ``decide`` is the one run/skip/resume decision, shared by ``run`` and
+``estimate``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from filelock import FileLock, Timeout
+
+from .plan import Experiment
+
+__all__ = ["Store", "Decision", "decide", "atomic_write_text", "atomic_write_json"]
+
+RESULT = "result.json"
+MARKER = "COMPLETE"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2, allow_nan=True) + "\n")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What ``run`` will do with one experiment, and why."""
+
+    action: str  # "run" | "resume" | "skip"
+    reason: str
+    checkpoint: Optional[str] = None
+    checkpoint_step: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Store:
+    """The store rooted at a run directory; every method reads or writes disk, no state."""
+
+    root: Path
+
+    def exp_dir(self, exp_id: str) -> Path:
+        return self.root / "experiments" / exp_id
+
+    def result_path(self, exp_id: str) -> Path:
+        return self.exp_dir(exp_id) / RESULT
+
+    def read_result(self, exp_id: str) -> dict | None:
+        path = self.result_path(exp_id)
+        if not path.exists():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def write_result(self, exp_id: str, result: dict) -> None:
+        atomic_write_json(self.result_path(exp_id), result)
+
+    def results(self) -> Iterator[dict]:
+        """Every finished experiment in the store, in id order."""
+        folder = self.root / "experiments"
+        if folder.is_dir():
+            for path in sorted(folder.glob(f"*/{RESULT}")):
+                yield json.loads(path.read_text(encoding="utf-8"))
+
+    # -- checkpoints ------------------------------------------------------------------
+    def checkpoints_dir(self, exp_id: str) -> Path:
+        return self.exp_dir(exp_id) / "checkpoints"
+
+    def new_checkpoint_dir(self, exp_id: str, step: int) -> Path:
+        path = self.checkpoints_dir(exp_id) / f"step-{step:08d}"
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
+
+    def mark_complete(self, checkpoint: Path, keep: int) -> None:
+        """Write the completion marker last, then prune older complete checkpoints."""
+        atomic_write_text(checkpoint / MARKER, "ok\n")
+        complete = self.complete_checkpoints(checkpoint.parent.parent.name)
+        for old in complete[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        for partial in checkpoint.parent.iterdir():
+            if partial.is_dir() and not (partial / MARKER).exists() and partial != checkpoint:
+                shutil.rmtree(partial, ignore_errors=True)
+
+    def complete_checkpoints(self, exp_id: str) -> list[Path]:
+        folder = self.checkpoints_dir(exp_id)
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if p.is_dir() and (p / MARKER).exists())
+
+    def latest_checkpoint(self, exp_id: str) -> Path | None:
+        complete = self.complete_checkpoints(exp_id)
+        return complete[-1] if complete else None
+
+    def clear_checkpoints(self, exp_id: str) -> None:
+        shutil.rmtree(self.checkpoints_dir(exp_id), ignore_errors=True)
+
+    # -- locks ------------------------------------------------------------------------
+    def lock(self, exp_id: str) -> FileLock:
+        """A per-experiment file lock; acquire with ``timeout=0`` to skip a busy one."""
+        self.exp_dir(exp_id).mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.exp_dir(exp_id) / "lock"))
+
+    def is_locked(self, exp_id: str) -> bool:
+        if not (self.exp_dir(exp_id) / "lock").exists():
+            return False
+        lock = FileLock(str(self.exp_dir(exp_id) / "lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+
+    def write_plan_json(self, text: str) -> None:
+        atomic_write_text(self.root / "plan.json", text)
+
+
+def decide(store: Store, experiment: Experiment, retry_failed: bool = False, holding_lock: bool = False) -> Decision:
+    """The run/skip/resume decision for one experiment, with its reason (read-only).
+
+    ``holding_lock``: the caller holds the experiment's lock, so it is not "another process".
+    """
+    result = store.read_result(experiment.id)
+    if result is not None:
+        status = result.get("status")
+        if status == "ok":
+            return Decision("skip", f"done: loss {result.get('loss'):.4g} ({RESULT} present)")
+        if not retry_failed:
+            return Decision("skip", f"{status}: {result.get('reason', '')} (use --retry-failed to train again)".strip())
+        return Decision("run", f"retry after {status} (--retry-failed)")
+    if not holding_lock and store.is_locked(experiment.id):
+        return Decision("skip", "being trained by another process (locked)")
+    checkpoint = store.latest_checkpoint(experiment.id)
+    if checkpoint is not None:
+        step = int(checkpoint.name.split("-")[1])
+        return Decision("resume", f"checkpoint at step {step}/{experiment.steps}", str(checkpoint), step)
+    return Decision("run", "not trained yet")

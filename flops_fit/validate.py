@@ -1,0 +1,232 @@
+"""Fail fast, all at once: every check that can fail before any training.
+
+``check(spec)`` resolves every import path, checks the model constructor's signature
+against ``size_param`` and ``kwargs``, builds the data and checks what it yields, builds
+every size on the meta device, compiles the plan (a budget that fits no size is an
+error), then runs a real smoke step on the smallest model: one small batch, forward,
+loss (a finite scalar tensor), backward.  Problems from the user's code carry the spec
+key that led to them.  It writes nothing; it returns the Plan when all is well and
+raises :class:`SpecError` with every problem otherwise.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import inspect
+import math
+import traceback
+from typing import Any, Callable
+
+import torch
+
+from .components import build_data, build_loss, build_model, call_model, first_batch, is_data_source, split_batch
+from .errors import FlopsFitError, Problem, SpecError
+from .imports import ImportPathError, resolve
+from .plan import Plan, compile_plan, size_infos
+from .spec import Spec
+
+__all__ = ["check"]
+
+
+class _Checker:
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.folders = [str(spec.folder)]
+        self.problems: list[Problem] = []
+
+    def add(self, key: str, message: str, hint: str | None = None, **kw: Any) -> None:
+        self.problems.append(Problem(message, key=key, file=self.spec.source, hint=hint, **kw))
+
+    def user_error(self, key: str, what: str, exc: BaseException) -> None:
+        if isinstance(exc, FlopsFitError):
+            for p in exc.problems:
+                self.add(p.key or key, p.message, p.hint)
+            return
+        frame = _user_frame(exc)
+        self.add(key, f"{what} raised {type(exc).__name__}: {exc}{frame}")
+
+    def resolve(self, key: str, path: str | None) -> Any:
+        if path is None:
+            return None
+        try:
+            return resolve(path, self.folders)
+        except ImportPathError as exc:
+            self.add(key, str(exc), value=path, has_value=True, hint="check the import path 'module:attr'")
+            return None
+
+
+def _user_frame(exc: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename and "flops_fit" not in f.filename]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def _check_signature(c: _Checker, key: str, factory: Callable, given: dict[str, Any], what: str) -> bool:
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return True
+    params = sig.parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    names = [n for n, p in params.items() if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    ok = True
+    for name, source_key in given.items():
+        if name not in params and not takes_any:
+            near = difflib.get_close_matches(name, names, n=1)
+            c.add(source_key, f"{what} accepts no argument '{name}'",
+                  hint=f"did you mean '{near[0]}'?" if near else f"it accepts: {', '.join(names) or 'nothing'}")
+            ok = False
+    for name, p in params.items():
+        if p.default is inspect.Parameter.empty and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY) \
+                and name not in given:
+            c.add(key, f"{what} requires argument '{name}', which the spec does not give",
+                  hint=f"add it to {key.rsplit('.', 1)[0]}.kwargs")
+            ok = False
+    return ok
+
+
+def _check_model(c: _Checker) -> bool:
+    m = c.spec.model
+    factory = c.resolve("model.target", m.target)
+    if factory is None:
+        return False
+    if not callable(factory):
+        c.add("model.target", f"{m.target!r} is not callable", hint="name a torch.nn.Module class or a factory function")
+        return False
+    given = {k: f"model.kwargs.{k}" for k in m.kwargs}
+    if m.size_param in m.kwargs:
+        c.add(f"model.kwargs.{m.size_param}", "the size parameter is also given in kwargs", hint="remove it: model.sizes sets it")
+        return False
+    given[m.size_param] = "model.size_param"
+    return _check_signature(c, "model.target", factory, given, f"model {m.target!r}")
+
+
+def _check_data(c: _Checker, key: str, path: str | None, kwargs: dict) -> Any:
+    obj = c.resolve(f"{key}", path)
+    if obj is None:
+        return None
+    if not is_data_source(obj):
+        if not callable(obj):
+            c.add(key, f"{path!r} is neither a dataset nor callable", hint="name a function or class returning a Dataset, IterableDataset or DataLoader")
+            return None
+        prefix = "data.kwargs" if key == "data.target" else "data.eval_kwargs"
+        if not _check_signature(c, key, obj, {k: f"{prefix}.{k}" for k in kwargs}, f"data target {path!r}"):
+            return None
+    try:
+        data = build_data(obj, kwargs, c.folders)
+    except Exception as exc:  # the user's loader failed
+        c.user_error(key, f"data target {path!r}", exc)
+        return None
+    if not is_data_source(data):
+        c.add(key, f"data target returned {type(data).__name__}, expected a torch Dataset, IterableDataset or DataLoader")
+        return None
+    if hasattr(data, "__len__") and not isinstance(data, torch.utils.data.IterableDataset):
+        try:
+            if len(data) == 0:
+                c.add(key, "the dataset is empty")
+                return None
+        except TypeError:
+            pass
+    return data
+
+
+def _check_loss(c: _Checker) -> Callable | None:
+    fn = c.resolve("loss.target", c.spec.loss.target)
+    if fn is None:
+        return None
+    if not callable(fn):
+        c.add("loss.target", f"{c.spec.loss.target!r} is not callable", hint="name a function loss(outputs, targets) -> scalar tensor")
+        return None
+    return build_loss(fn, c.spec.loss.kwargs)
+
+
+def _check_trackers(c: _Checker) -> None:
+    modules = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+    for i, name in enumerate(c.spec.train.log_with):
+        if importlib.util.find_spec(modules[name]) is None:
+            c.add(f"train.log_with[{i}]", f"tracker {name!r} is not installed", hint=f"pip install {name}, or remove it")
+
+
+def _smoke(c: _Checker, data: Any, loss_fn: Callable) -> None:
+    """Smallest model on CPU: one batch of 2, forward, loss, backward."""
+    spec = c.spec
+    size = spec.model.sizes[0]
+    try:
+        batch = first_batch(data, 2)
+        inputs, targets = split_batch(batch)
+    except Exception as exc:
+        c.user_error("data.target", "taking one batch from the data", exc)
+        return
+    try:
+        model = build_model(spec.model.target, spec.model.size_param, size, spec.model.kwargs, c.folders)
+        outputs = call_model(model, inputs)
+    except Exception as exc:
+        c.user_error("model.target", f"the model at {spec.model.size_param}={size} on one batch", exc)
+        return
+    try:
+        loss = loss_fn(outputs, targets)
+    except Exception as exc:
+        c.user_error("loss.target", "the loss on the model's outputs", exc)
+        return
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        c.add("loss.target", f"the loss must return a scalar tensor, got {shape}", hint="reduce it, e.g. with .mean()")
+        return
+    if not math.isfinite(float(loss.detach())):
+        c.add("loss.target", f"the loss on the first batch is not finite ({float(loss.detach())})")
+        return
+    if not loss.requires_grad:
+        c.add("loss.target", "the loss does not depend on the model's parameters (no gradient)")
+        return
+    try:
+        loss.backward()
+    except Exception as exc:
+        c.user_error("loss.target", "backward through the loss", exc)
+
+
+def check(spec: Spec, smoke: bool = True) -> Plan:
+    """Run every check; return the Plan, or raise SpecError listing every problem."""
+    c = _Checker(spec)
+    model_ok = _check_model(c)
+    data = _check_data(c, "data.target", spec.data.target, spec.data.kwargs)
+    if spec.data.eval_target:
+        _check_data(c, "data.eval_target", spec.data.eval_target, spec.data.eval_kwargs)
+    loss_fn = _check_loss(c)
+    for key, path in (("flops.target", spec.flops.target), ("train.optimizer", spec.train.optimizer)):
+        obj = c.resolve(key, path)
+        if path and obj is not None and not callable(obj):
+            c.add(key, f"{path!r} is not callable")
+    _check_trackers(c)
+    plan = None
+    if model_ok:
+        plan = _compile(c, data is not None)
+    if plan is not None and smoke and data is not None and loss_fn is not None:
+        _smoke(c, data, loss_fn)
+    if c.problems:
+        raise SpecError(c.problems)
+    return plan
+
+
+def _compile(c: _Checker, data_ok: bool) -> Plan | None:
+    spec = c.spec
+    infos = []
+    for i, size in enumerate(spec.model.sizes):
+        try:
+            infos.append(size_infos(spec.model_copy(update={"model": spec.model.model_copy(update={"sizes": [size]})}))[0]
+                         if spec.flops.rule == "6N" else None)
+        except Exception as exc:
+            c.user_error(f"model.sizes[{i}]", f"building the model at {spec.model.size_param}={size}", exc)
+            return None
+    if spec.flops.rule != "6N":
+        if not data_ok:
+            return None
+        try:
+            infos = size_infos(spec)
+        except Exception as exc:
+            c.user_error("flops.rule", f"counting FLOPs with rule {spec.flops.rule!r}", exc)
+            return None
+    try:
+        return compile_plan(spec, infos)
+    except SpecError as exc:
+        c.problems.extend(exc.problems)
+        return None

@@ -1,0 +1,70 @@
+"""Tiny models and data for tests: an MLP regression that trains in milliseconds."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, in_dim: int = 8, depth: int = 1, dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Linear(in_dim, width), nn.GELU(), nn.Dropout(dropout)]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(width, width), nn.GELU()]
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+class Exploding(MLP):
+    """Diverges: huge learning rates are applied through a scaled output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 1e6
+
+
+def regression(n: int = 2048, in_dim: int = 8, seed: int = 0) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, in_dim, generator=g)
+    w = torch.randn(in_dim, generator=g)
+    y = torch.sin(x @ w) + 0.1 * torch.randn(n, generator=g)
+    return TensorDataset(x, y)
+
+
+class DictData(Dataset):
+    """Items as {"inputs": {"x": ...}, "targets": ...} to test the dict contract."""
+
+    def __init__(self, n: int = 512):
+        self.base = regression(n)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        x, y = self.base[i]
+        return {"inputs": {"x": x}, "targets": y}
+
+
+def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.mse_loss(outputs, targets)
+
+
+def mse_vector(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return (outputs - targets) ** 2
+
+
+def not_a_dataset(n: int = 3):
+    return [1, 2, 3]
+
+
+class WrongShape(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.lin = nn.Linear(3, width)
+
+    def forward(self, x):
+        return self.lin(x)
