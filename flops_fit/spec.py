@@ -12,10 +12,11 @@ import difflib
 import tomllib
 from pathlib import Path
 import math
+import re
 from typing import Annotated, Any, Literal, Optional, Union
 
 import tomli_w
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, WithJsonSchema, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import Problem, SpecError
 from .imports import IMPORT_PATH_RE
@@ -33,10 +34,16 @@ def _check_import_path(value: str) -> str:
     return value
 
 
-def _positive(value: float) -> float:
+def _positive(value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("expected a number")
     if not (value > 0 and math.isfinite(value)):
         raise ValueError("expected a positive, finite number")
     return value
+
+
+SizeValue = Annotated[Any, BeforeValidator(_positive),
+                      WithJsonSchema({"type": "number", "exclusiveMinimum": 0})]
 
 
 ImportPath = Annotated[str, Field(min_length=1, json_schema_extra={"pattern": IMPORT_PATH_RE.pattern})]
@@ -51,7 +58,7 @@ class ModelSpec(_Frozen):
 
     target: ImportPath = Field(description="Import path of the model class or factory, 'module:attr'.")
     size_param: str = Field(min_length=1, description="Constructor argument that sets the model size.")
-    sizes: list[Annotated[Union[int, float], AfterValidator(_positive)]] = Field(
+    sizes: list[SizeValue] = Field(
         min_length=2, description="Candidate values of size_param (positive, distinct; at least 2).")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Other constructor arguments.")
 
@@ -215,7 +222,11 @@ class Spec(_Frozen):
         try:
             return cls.model_validate({**data, "source": source} if source else data)
         except ValidationError as exc:
-            raise SpecError([_problem(err, cls, source, lines) for err in exc.errors()]) from None
+            problems = {}
+            for err in exc.errors():  # one problem per key (union branches repeat it)
+                p = _problem(err, cls, source, lines)
+                problems.setdefault(p.key, p)
+            raise SpecError(list(problems.values())) from None
 
     @classmethod
     def load(cls, path: str | Path):
@@ -228,7 +239,8 @@ class Spec(_Frozen):
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            line, col = getattr(exc, "lineno", None), getattr(exc, "colno", None)
+            found = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))  # lineno/colno are 3.14+
+            line, col = (int(found.group(1)), int(found.group(2))) if found else (None, None)
             msg = str(exc).split(" (at line")[0]
             raise SpecError([Problem(f"TOML syntax error: {msg}", file=str(path), line=line, column=col,
                                      hint="fix the TOML syntax")]) from None

@@ -68,3 +68,13 @@ class WrongShape(nn.Module):
 
     def forward(self, x):
         return self.lin(x)
+
+
+class SlowMLP(MLP):
+    """An MLP slowed down so that a test can kill it mid-run."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(0.004)
+        return super().forward(x)

@@ -48,18 +48,21 @@ def flops_per_unit_law(points: list[Point]) -> dict:
 
 
 def optimal_allocation(params: dict, C: float, fpu: dict) -> tuple[float, float, float]:
-    """Minimise L(N, D) subject to C = fpu(N)·D; returns (N_opt, D_opt, L_opt)."""
-    from scipy.optimize import minimize_scalar
+    """Minimise L(N, D) subject to C = c·N^p·D (FLOPs per data unit c·N^p; 6N: c = 6, p = 1).
 
-    def loss_at(lnN: float) -> float:
-        N = math.exp(lnN)
-        D = C / (fpu["coef"] * N ** fpu["exponent"])
-        return float(predict_loss(params, np.array(N), np.array(D)))
+    Substituting D = C/(c·N^p) and setting dL/dN = 0 gives the closed form
 
-    with np.errstate(all="ignore"):
-        res = minimize_scalar(loss_at, bounds=(0.0, 70.0), method="bounded", options={"xatol": 1e-9})
-    N = math.exp(res.x)
-    return N, C / (fpu["coef"] * N ** fpu["exponent"]), res.fun
+        N_opt = (α·A / (p·β·B·c^β))^(1/(α+pβ)) · C^(β/(α+pβ)),   D_opt = C / (c·N_opt^p),
+
+    which reduces to Chinchilla's G·(C/6)^a with a = β/(α+β) when c = 6, p = 1.
+    """
+    alpha, beta, A, B = (np.float64(params[k]) for k in ("alpha", "beta", "A", "B"))
+    c, p = np.float64(fpu["coef"]), np.float64(fpu["exponent"])
+    with np.errstate(all="ignore"):  # numpy powers give NaN (not complex) for a degenerate bootstrap fit
+        N = (alpha * A / (p * beta * B * c**beta)) ** (1 / (alpha + p * beta)) * C ** (beta / (alpha + p * beta))
+        D = C / (c * N**p)
+        loss = float(predict_loss(params, np.array(N), np.array(D)))
+    return float(N), float(D), loss
 
 
 def _exclusions(points: Points, keep_outliers: bool, outlier_z: float) -> tuple[list[Point], list[dict]]:

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TOY_SPEC = '''name = "{name}"
+
+[model]
+target = "tests.toy:{model}"
+size_param = "width"
+sizes = {sizes}
+kwargs = {{ in_dim = 8{extra_kwargs} }}
+
+[data]
+target = "tests.toy:regression"
+kwargs = {{ n = 1024 }}
+eval_batches = 2
+
+[loss]
+target = "tests.toy:mse"
+
+[sweep]
+budgets = {budgets}
+
+[train]
+batch_size = 16
+learning_rate = {lr}
+{train}
+[analysis]
+bootstrap = 20
+{analysis}
+'''
+
+
+def write_toy_spec(folder: Path, name: str = "toy", model: str = "MLP", sizes=(4, 8, 16, 32), budgets=(1e6, 3e6),
+                   train: str = "", analysis: str = "", extra_kwargs: str = "", lr: float = 1e-2) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(TOY_SPEC.format(name=name, model=model, sizes=list(sizes), budgets=list(budgets), train=train,
+                                    analysis=analysis, extra_kwargs=extra_kwargs, lr=lr))
+    return path
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Work in tmp_path (runs/ lands there) with the repo importable."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return tmp_path

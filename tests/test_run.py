@@ -1,0 +1,153 @@
+"""The engine and the store: end to end, caching, SIGKILL resume, concurrent runs, divergence, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flops_fit import Spec, find_optimal
+from flops_fit.errors import SpecError
+from tests.conftest import ROOT, write_toy_spec
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250", "OMP_NUM_THREADS": "1"}
+
+
+def _events(spec: Spec, **kw):
+    seen = []
+    result = spec.run(on_event=seen.append, **kw)
+    return result, seen
+
+
+def test_end_to_end_and_second_run_launches_nothing(in_tmp):
+    spec = Spec.load(write_toy_spec(in_tmp))
+    result, events = _events(spec)
+    plan = spec.plan()
+    trained = [e for e in events if e.kind == "result"]
+    assert len(trained) == len(plan.experiments)
+    store = in_tmp / "runs/toy/experiments"
+    assert sorted(p.name for p in store.iterdir()) == sorted(e.id for e in plan.experiments)
+    report = in_tmp / "runs/toy/report"
+    for name in ("fits.json", "chinchilla_table.md", "chinchilla_table.csv", "isoflop.png", "scaling.png"):
+        assert (report / name).exists(), name
+    assert result.summary()["points"] + len(result.fits.excluded) == len(plan.experiments)
+
+    _, again = _events(Spec.load(in_tmp / "toy.toml"))
+    assert [e for e in again if e.kind == "result"] == []
+    assert all(e.decision.action == "skip" and e.decision.reason.startswith("done") for e in again if e.kind == "decision")
+
+
+def test_result_json_contents(in_tmp):
+    spec = Spec.load(write_toy_spec(in_tmp, sizes=(4, 8), budgets=(1e6,)))
+    spec.run(report=False)
+    exp = spec.plan().experiments[0]
+    record = json.loads((in_tmp / "runs/toy/experiments" / exp.id / "result.json").read_text())
+    for key in ("id", "status", "loss", "num_params", "num_tokens", "flops", "steps", "train_seconds", "curve", "provenance"):
+        assert key in record, key
+    assert record["status"] == "ok" and record["steps"] == exp.steps and record["num_params"] == exp.num_params
+    assert record["curve"][-1]["step"] == exp.steps and "eval_loss" in record["curve"][-1]
+    flops = [p["flops"] for p in record["curve"]]
+    assert flops == sorted(flops) and flops[0] < flops[-1] / 10  # FLOP-spaced, early points included
+    assert record["provenance"]["torch"] and record["provenance"]["device"]
+    assert not (in_tmp / "runs/toy/experiments" / exp.id / "checkpoints").exists()
+    lines = (in_tmp / "runs/toy/experiments" / exp.id / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(record["curve"])
+
+
+def _losses(run_dir: Path) -> dict:
+    return {p.parent.name: json.loads(p.read_text())["loss"] for p in run_dir.glob("experiments/*/result.json")}
+
+
+def test_sigkill_resumes_to_same_losses(in_tmp):
+    train = "checkpoint_steps = 25\n"
+    kw = dict(model="SlowMLP", sizes=(8, 16), budgets=(3e6,), train=train, extra_kwargs=", dropout = 0.1")
+    spec_path = write_toy_spec(in_tmp, **kw)
+    proc = subprocess.Popen([sys.executable, "-m", "flops_fit", "run", str(spec_path)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(in_tmp.glob("runs/toy/experiments/*/checkpoints/*/COMPLETE")):
+        time.sleep(0.05)
+    time.sleep(0.15)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(in_tmp.glob("runs/toy/experiments/*/checkpoints/*/COMPLETE")), "no checkpoint before the kill"
+    est = Spec.load(spec_path).estimate()
+    assert "resume" in {r.action for r in est.experiments}
+    Spec.load(spec_path).run(report=False)
+    resumed = _losses(in_tmp / "runs/toy")
+
+    shutil.rmtree(in_tmp / "runs")
+    Spec.load(spec_path).run(report=False)
+    straight = _losses(in_tmp / "runs/toy")
+    assert resumed.keys() == straight.keys() and len(resumed) == 2
+    for key in resumed:
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-6), key
+
+
+def test_two_concurrent_runs_train_each_experiment_once(in_tmp):
+    spec_path = write_toy_spec(in_tmp, model="SlowMLP", sizes=(4, 8, 16), budgets=(1e6, 2e6))
+    procs = [subprocess.Popen([sys.executable, "-m", "flops_fit", "run", str(spec_path)], env=_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    logs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    trained = [line.split()[1].rstrip(":") for log in logs for line in log.splitlines()
+               if line.startswith(("ok ", "diverged "))]
+    n = len(Spec.load(spec_path).plan().experiments)
+    assert len(trained) == n and len(set(trained)) == n, logs
+
+
+def test_divergence_is_marked_and_sweep_completes(in_tmp):
+    spec = Spec.load(write_toy_spec(in_tmp, model="Exploding", sizes=(4, 8, 16), budgets=(1e6,),
+                                    lr=1.0))
+    seen = []
+    try:
+        spec.run(on_event=seen.append, report=False)
+    except SpecError:
+        pass  # nothing usable to fit is fine: every run diverged
+    results = [e.result for e in seen if e.kind == "result"]
+    assert len(results) == 3 and {r["status"] for r in results} == {"diverged"}
+    assert all(r["reason"] for r in results)
+    again = Spec.load(in_tmp / "toy.toml").estimate()
+    assert all(r.action == "skip" and "diverged" in r.reason for r in again.experiments)
+    assert all(r.action == "run" for r in Spec.load(in_tmp / "toy.toml").estimate(retry_failed=True).experiments)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
+def test_two_processes_data_parallel(in_tmp):
+    spec_path = write_toy_spec(in_tmp, sizes=(4, 8), budgets=(1e6,))
+    single = subprocess.run([sys.executable, "-m", "flops_fit", "run", str(spec_path)], env=_env(), capture_output=True)
+    assert single.returncode == 0, single.stderr
+    one = _losses(in_tmp / "runs/toy")
+    shutil.rmtree(in_tmp / "runs")
+    multi = subprocess.run(["torchrun", "--nproc_per_node", "2", "-m", "flops_fit", "run", str(spec_path)], env=_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    two = _losses(in_tmp / "runs/toy")
+    assert one.keys() == two.keys()
+    for key in one:
+        assert two[key] == pytest.approx(one[key], rel=1e-4)
+    records = [json.loads(p.read_text()) for p in (in_tmp / "runs/toy").glob("experiments/*/result.json")]
+    assert {r["provenance"]["processes"] for r in records} == {2}
+
+
+def test_find_optimal_with_python_objects(in_tmp):
+    from tests.toy import MLP, mse, regression
+
+    result = find_optimal(model_cls=MLP, model_size_param="width", model_sizes=[4, 8, 16, 32], model_kwargs={"in_dim": 8},
+                          dataset=regression, dataset_kwargs={"n": 1024}, loss_fn=mse, compute_budgets=[1e6, 3e6],
+                          train={"batch_size": 16, "learning_rate": 1e-2}, analysis={"bootstrap": 10})
+    spec_result = Spec.load(write_toy_spec(in_tmp, name="find_optimal")).run(report=False)
+    assert result.summary()["fits"].keys() == spec_result.summary()["fits"].keys()
+    with pytest.raises(SpecError, match="cache_key"):
+        find_optimal(model_cls=lambda width: MLP(width), model_size_param="width", model_sizes=[4, 8], dataset=regression,
+                     loss_fn=mse, compute_budgets=[1e6])
