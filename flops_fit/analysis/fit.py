@@ -66,6 +66,12 @@ def optimal_allocation(params: dict, C: float, fpu: dict) -> tuple[float, float,
 
 
 def _exclusions(points: Points, keep_outliers: bool, outlier_z: float) -> tuple[list[Point], list[dict]]:
+    """Drop non-usable points, then points far off their budget's parabola.
+
+    z = residual / scale with scale = max(1.4826·MAD of all parabola residuals, 1% of the
+    budget's median loss): the floor keeps the systematic misfit of a wide sweep's edges (a
+    parabola is only the local shape) from being mistaken for outliers.
+    """
     excluded = [{"id": p.id, "reason": p.status + (f": {p.reason}" if p.reason else "")}
                 for p in points.points if p not in points.usable()]
     usable = points.usable()
@@ -74,19 +80,18 @@ def _exclusions(points: Points, keep_outliers: bool, outlier_z: float) -> tuple[
     N, D, L, budgets, _ = points.arrays(usable)
     r = parabola_residuals(np.log(N), L, budgets)
     finite = np.isfinite(r)
-    if finite.sum() >= 8:
-        med = np.median(r[finite])
-        mad = np.median(np.abs(r[finite] - med))
-        if mad > 0:
-            z = 0.6745 * (r - med) / mad
-            keep = []
-            for p, zi in zip(usable, z):
-                if np.isfinite(zi) and abs(zi) > outlier_z:
-                    excluded.append({"id": p.id, "reason": f"off its budget's parabola (robust z = {zi:.1f} > {outlier_z:g})"})
-                else:
-                    keep.append(p)
-            usable = keep
-    return usable, excluded
+    if finite.sum() < 8:
+        return usable, excluded
+    mad_scale = 1.4826 * float(np.median(np.abs(r[finite] - np.median(r[finite]))))
+    floor = np.array([0.01 * float(np.median(L[budgets == b])) for b in budgets])
+    z = r / np.maximum(mad_scale, floor)
+    keep = []
+    for p, zi in zip(usable, z):
+        if np.isfinite(zi) and abs(zi) > outlier_z:
+            excluded.append({"id": p.id, "reason": f"off its budget's parabola (robust z = {zi:.1f} > {outlier_z:g})"})
+        else:
+            keep.append(p)
+    return keep, excluded
 
 
 def _fit_isoflop(N, D, L, budgets) -> tuple[dict | None, str | None]:

@@ -1,0 +1,44 @@
+"""Imports point one way: leaves < spec < plan < validate < store < execute < analysis < report < api < cli."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parent.parent / "flops_fit"
+ORDER = ["_version", "errors", "hashing", "imports", "tomlpos", "flops", "components", "spec", "schema", "plan",
+         "validate", "store", "execute", "estimate", "analysis", "plots", "report", "api", "cli", "__main__"]
+
+
+def _layer(module: str) -> int:
+    return ORDER.index(module.split(".")[0])
+
+
+def _imports(path: Path) -> set[str]:
+    rel = path.relative_to(PKG).with_suffix("")
+    package = list(rel.parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+            target = ".".join([*base, node.module] if node.module else base)
+            if target:
+                found.add(target)
+            else:
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("flops_fit."):
+            found.add(node.module.removeprefix("flops_fit."))
+    return found
+
+
+def test_imports_point_one_way():
+    bad = []
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG)
+        if rel.name == "__init__.py" and len(rel.parts) == 1:
+            continue  # the package facade re-exports the top
+        me = _layer(str(rel.with_suffix("")).replace("/", "."))
+        for target in _imports(path):
+            if _layer(target) > me:
+                bad.append(f"{rel} imports {target}")
+    assert not bad, bad
