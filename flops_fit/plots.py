@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .report import Result
+Result = Any  # a flops_fit.report.Result; this module sits below report and does not import it
 
 __all__ = ["make_figures"]
 
@@ -23,7 +22,7 @@ def _plt():
     return plt
 
 
-def _isoflop(result: "Result", plt):
+def _isoflop(result: Result, plt):
     fig, ax = plt.subplots(figsize=(7, 5))
     pts = result.points.usable()
     budgets = sorted({p.budget_flops for p in pts})
@@ -51,7 +50,7 @@ def _isoflop(result: "Result", plt):
     return fig
 
 
-def _scaling(result: "Result", plt):
+def _scaling(result: Result, plt):
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     budgets = sorted(set(result.budgets) | set(result.predict_budgets)) or sorted({p.budget_flops for p in result.points.usable()})
     grid = np.logspace(math.log10(min(budgets)) - 0.3, math.log10(max(budgets)) + 0.3, 40)
@@ -80,7 +79,7 @@ def _scaling(result: "Result", plt):
     return fig
 
 
-def _contours(result: "Result", plt):
+def _contours(result: Result, plt):
     par = result.fits.parametric
     if not par:
         return None
@@ -112,7 +111,7 @@ def _contours(result: "Result", plt):
     return fig
 
 
-def _envelope(result: "Result", plt):
+def _envelope(result: Result, plt):
     env = result.fits.envelope
     pts = [p for p in result.points.usable() if p.curve]
     if not pts:
@@ -133,7 +132,7 @@ def _envelope(result: "Result", plt):
     return fig
 
 
-def make_figures(result: "Result", path: str | Path | None = None) -> dict:
+def make_figures(result: Result, path: str | Path | None = None) -> dict:
     """Build every figure that the fits support; save ``<name>.png`` under ``path`` if given."""
     plt = _plt()
     figures = {"isoflop": _isoflop(result, plt), "scaling": _scaling(result, plt)}
