@@ -12,10 +12,11 @@ from typing import Any, Callable, Iterable, Optional
 
 from . import spec as _spec
 from .analysis import Points, fit_points
-from .errors import Problem, SpecError
+from .errors import Problem, RunError, SpecError
 from .estimate import Estimate, estimate_plan
 from .execute.runner import RunEvent, make_accelerator, run_plan
 from .imports import import_path_of, register
+from .launch import launch_plan, run_launched
 from .plan import Plan, compile_plan
 from .report import Result
 from .store import Store, atomic_write_text
@@ -44,14 +45,30 @@ class Spec(_spec.Spec):
         return estimate_plan(self, check(self), retry_failed)
 
     def run(self, retry_failed: bool = False, on_event: Callable[[RunEvent], None] | None = None,
-            report: bool = True) -> Result:
-        """Train every pending experiment (cached ones are reused), fit and report."""
+            report: bool = True, train_only: bool = False, min_params: float | None = None,
+            max_params: float | None = None) -> Result | None:
+        """Train every pending experiment (cached ones are reused), fit and report.
+
+        Several GPUs or ``train.workers_per_gpu > 1`` spread the sweep over processes (see
+        :mod:`flops_fit.launch`); ``train_only`` (a worker) skips the analysis.
+        """
         plan = check(self)
         store = Store(Path(plan.run_dir))
-        t = self.train
-        accelerator = make_accelerator(t.precision, t.device, list(t.log_with), str(store.root / "tracking"))
-        run_plan(plan, store, accelerator, retry_failed, on_event)
-        if not accelerator.is_main_process:
+        layout = launch_plan(self)
+        if not layout.in_process and self.source:
+            codes = run_launched(layout, self.source, retry_failed)
+            if any(codes):
+                raise RunError(f"{sum(1 for c in codes if c)} worker process(es) failed (exit codes {codes})")
+        else:
+            t = self.train
+            accelerator = make_accelerator(t.precision, t.device, list(t.log_with), str(store.root / "tracking"))
+
+            def select(e) -> bool:
+                return (min_params is None or e.num_params >= min_params) and (max_params is None or e.num_params < max_params)
+            run_plan(plan, store, accelerator, retry_failed, on_event, select)
+            if not accelerator.is_main_process:
+                return None
+        if train_only:
             return None
         result = analyze_plan(self, plan)
         if report:

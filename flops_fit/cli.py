@@ -23,8 +23,7 @@ from .errors import FlopsFitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Plan, train and fit compute-optimal scaling laws for your model and data.")
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 220)
 
 SpecArg = typer.Argument(..., help="Path of the spec TOML file.", exists=False)
 JsonOpt = typer.Option(False, "--json", help="Print only the JSON document on stdout.")
@@ -55,6 +54,8 @@ def _load(path: str):
 def _fmt_seconds(s: float | None) -> str:
     if s is None or not math.isfinite(s):
         return "–"
+    if s < 1:
+        return f"{s * 1000:.1f} ms"
     if s < 120:
         return f"{s:.1f} s"
     return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
@@ -98,11 +99,11 @@ def estimate(spec: str = SpecArg, as_json: bool = JsonOpt, retry_failed: bool = 
     _guard(go, verbose)
 
 
-def _progress_handler(console: Console):
+def _progress_handler(console: Console, live: bool = True):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        TextColumn("{task.fields[info]}"), console=console, transient=False)
+                        TextColumn("{task.fields[info]}"), console=console, transient=False, disable=not live)
     state = {"sweep": None, "exp": None, "t": 0.0}
 
     def handle(event) -> None:
@@ -172,16 +173,20 @@ def _ci(ci) -> str:
 @app.command()
 def run(spec: str = SpecArg, as_json: bool = JsonOpt,
         retry_failed: bool = typer.Option(False, "--retry-failed", help="Train again experiments that diverged or failed."),
+        worker: bool = typer.Option(False, "--worker", hidden=True, help="Train only (a launched worker process)."),
+        min_params: Optional[float] = typer.Option(None, "--min-params", hidden=True),
+        max_params: Optional[float] = typer.Option(None, "--max-params", hidden=True),
         verbose: bool = VerboseOpt) -> None:
     """Train what is pending (cached results are reused), fit and report."""
     def go() -> None:
         s = _load(spec)
-        progress, handle = _progress_handler(err)
+        progress, handle = _progress_handler(err, live=not worker)
         try:
-            result = s.run(retry_failed=retry_failed, on_event=handle)
+            result = s.run(retry_failed=retry_failed, on_event=handle, train_only=worker, min_params=min_params,
+                           max_params=max_params)
         finally:
             progress.stop()
-        if result is None:  # a non-main process of `accelerate launch`
+        if result is None:  # a worker, or a non-main process of a distributed launch
             return
         _print_result(result, as_json)
         err.print(f"report: {s.run_dir / 'report'}")

@@ -3,7 +3,9 @@
 Each experiment's action and reason come from :func:`flops_fit.store.decide`, the code
 ``run`` uses.  Wall-clock on this machine is calibrated by training the smallest and the
 largest model for a few real steps with the real worker (in a temporary folder: the run
-directory is never touched) and interpolating seconds per step log-linearly in N.  The
+directory is never touched): seconds per step after the first step, interpolated
+log-linearly in N, times the remaining steps, plus the first step's extra cost
+(allocation, ``torch.compile``) once per experiment.  The
 GPU figure is ``remaining FLOPs / (peak FLOP/s × MFU)`` for the GPU named in
 ``[estimate]``.
 """
@@ -75,13 +77,19 @@ def calibrate(plan: Plan, steps: int) -> dict:
         for n, exp in picks.items():
             train = exp.job.train.model_copy(update={"log_points": 4, "eval_points": 0, "checkpoint_seconds": 1e9,
                                                      "checkpoint_steps": None, "log_with": []})
-            job = exp.job.model_copy(update={"steps": steps + 1, "warmup_steps": 1, "train": train, "eval_batches": 1,
+            job = exp.job.model_copy(update={"steps": steps + 2, "warmup_steps": 1, "train": train, "eval_batches": 1,
                                              "experiment_id": f"calibrate-{n}"})
             result = train_experiment(job, Store(Path(tmp)), accelerator)
-            first = result["curve"][0]
-            timed = result["train_seconds"]
-            out["points"].append({"num_params": n, "seconds_per_step": timed / job.steps, "first_step": bool(first)})
+            first, last = result["curve"][0], result["curve"][-1]
+            per_step = (last["seconds"] - first["seconds"]) / max(1, last["step"] - first["step"])
+            out["points"].append({"num_params": n, "seconds_per_step": per_step,
+                                  "overhead_seconds": max(0.0, first["seconds"] - first["step"] * per_step)})
     return out
+
+
+def _overhead(calibration: dict) -> float:
+    """Per-experiment start-up (first step: allocation, compilation), the largest measured."""
+    return max((p["overhead_seconds"] for p in calibration.get("points", [])), default=0.0)
 
 
 def _seconds_per_step(calibration: dict, num_params: int) -> float | None:
@@ -110,7 +118,7 @@ def estimate_plan(spec: Spec, plan: Plan, retry_failed: bool = False, calibrate_
         d = decide(store, exp, retry_failed)
         left = _remaining_steps(exp, d.action, d.checkpoint_step)
         sps = _seconds_per_step(calib, exp.num_params)
-        seconds = left * sps if sps is not None else None
+        seconds = left * sps + _overhead(calib) if sps is not None and left else (0.0 if sps is not None else None)
         remaining_flops += exp.flops * left / exp.steps
         total_seconds += seconds or 0.0
         rows.append(EstimateRow(id=exp.id, budget_flops=exp.budget_flops, size=exp.size, num_params=exp.num_params,

@@ -154,6 +154,9 @@ class TrainSpec(_Frozen):
     checkpoint_seconds: float = Field(default=600.0, gt=0, description="Checkpoint at most this often (seconds).")
     checkpoint_steps: Optional[int] = Field(default=None, ge=1, description="Also checkpoint every this many steps.")
     keep_checkpoints: int = Field(default=1, ge=1, description="Complete checkpoints kept per experiment.")
+    parallel: Literal["auto", "data", "experiment"] = Field(default="auto", description="Several GPUs/processes: 'data' trains each experiment data-parallel over all GPUs; 'experiment' gives whole experiments to worker processes; 'auto': experiment-parallel below data_parallel_min_params, data-parallel above.")
+    workers_per_gpu: int = Field(default=1, ge=1, le=16, description="Worker processes per GPU for experiment-parallel runs (packs small models onto one GPU); on CPU, worker processes.")
+    data_parallel_min_params: float = Field(default=5e7, gt=0, description="With parallel = 'auto', models at least this large are trained data-parallel.")
     divergence_factor: float = Field(default=3.0, gt=1, description="Loss above this times its initial value is divergence.")
 
     @field_validator("betas")
@@ -188,7 +191,7 @@ class EstimateSpec(_Frozen):
     gpu: Literal["H100", "H200", "A100", "L4", "RTX4090"] = Field(default="H100", description="GPU for the stated-MFU estimate.")
     mfu: float = Field(default=0.3, gt=0, le=1, description="Model FLOP utilisation assumed on that GPU.")
     calibrate: bool = Field(default=True, description="Time a few real steps on this machine.")
-    calibrate_steps: int = Field(default=3, ge=1, description="Timed steps per calibration model.")
+    calibrate_steps: int = Field(default=4, ge=2, description="Timed steps per calibration model (after one warm-up step).")
 
 
 class Spec(_Frozen):

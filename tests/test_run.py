@@ -151,3 +151,22 @@ def test_find_optimal_with_python_objects(in_tmp):
     with pytest.raises(SpecError, match="cache_key"):
         find_optimal(model_cls=lambda width: MLP(width), model_size_param="width", model_sizes=[4, 8], dataset=regression,
                      loss_fn=mse, compute_budgets=[1e6])
+
+
+def test_worker_processes_share_the_sweep(in_tmp):
+    """train.workers_per_gpu = 2 on CPU: two worker processes claim experiments through the locks."""
+    spec_path = write_toy_spec(in_tmp, sizes=(4, 8, 16), budgets=(1e6, 2e6), train="workers_per_gpu = 2\n")
+    proc = subprocess.run([sys.executable, "-m", "flops_fit", "run", str(spec_path), "--json"], env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained = [line.split()[1].rstrip(":") for line in proc.stderr.splitlines() if line.startswith(("ok ", "diverged "))]
+    n = len(Spec.load(spec_path).plan().experiments)
+    assert sorted(trained) == sorted(set(trained)) and len(trained) == n
+    assert json.loads(proc.stdout)["points"] + len(json.loads(proc.stdout)["excluded"]) == n
+    from flops_fit.launch import launch_plan
+
+    layout = launch_plan(Spec.load(spec_path), gpus=0)
+    assert layout.workers == 2 and not layout.data_parallel
+    auto = Spec.load(write_toy_spec(in_tmp, name="auto", train="workers_per_gpu = 2\n"))
+    split = launch_plan(auto, gpus=4)
+    assert split.workers == 8 and split.data_parallel and split.threshold == 5e7

@@ -78,7 +78,7 @@ def _exclusions(points: Points, keep_outliers: bool, outlier_z: float) -> tuple[
     if keep_outliers or len(usable) < 5:
         return usable, excluded
     N, D, L, budgets, _ = points.arrays(usable)
-    r = parabola_residuals(np.log(N), L, budgets)
+    r = parabola_residuals(np.log(N), L, budgets, min_points=6)
     finite = np.isfinite(r)
     if finite.sum() < 8:
         return usable, excluded
@@ -108,24 +108,36 @@ def _fit_isoflop(N, D, L, budgets) -> tuple[dict | None, str | None]:
 
 
 def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator) -> list[list[float]]:
-    """Resample points within each budget; (ln k, a, ln k', b) per resample."""
+    """Residual bootstrap per budget; (ln k, a, ln k', b) per resample.
+
+    The sizes of a sweep are fixed by design, so each budget keeps its sizes and gets
+    resampled residuals of its parabola (inflated by sqrt(n/(n−3)) for the fitted
+    parameters); parabolas, minima and the power law are refitted.  Resampling the points
+    themselves would often leave a 5-point budget with too few distinct sizes.
+    """
     lnN, lnD = np.log(N), np.log(D)
-    groups = [np.flatnonzero(budgets == C) for C in np.unique(budgets)]
+    fits = []
+    for C in np.unique(budgets):
+        g = np.flatnonzero(budgets == C)
+        if len(np.unique(lnN[g])) < 3:
+            continue
+        coef = np.polyfit(lnN[g], L[g], 2)
+        fitted = np.polyval(coef, lnN[g])
+        resid = (L[g] - fitted) * math.sqrt(len(g) / max(1, len(g) - 3))
+        s, c = np.polyfit(lnN[g], lnD[g], 1)
+        fits.append((C, g, fitted, resid, s, c))
     samples = []
     for _ in range(n):
         Cs, xs, ds = [], [], []
-        for g in groups:
-            idx = rng.choice(g, size=len(g))
-            x, y = lnN[idx], L[idx]
-            if len(np.unique(x)) < 3:
-                continue
+        for C, g, fitted, resid, s, c in fits:
+            x = lnN[g]
+            y = fitted + rng.choice(resid, size=len(g))
             p2, p1, _ = np.polyfit(x, y, 2)
             if p2 <= 0 or not (x.min() <= -p1 / (2 * p2) <= x.max()):
                 continue
             xstar = -p1 / (2 * p2)
-            s, c = np.polyfit(lnN[g], lnD[g], 1)
-            Cs.append(budgets[g[0]]), xs.append(xstar), ds.append(c + s * xstar)
-        if len(Cs) >= 2 and len(set(Cs)) >= 2:
+            Cs.append(C), xs.append(xstar), ds.append(c + s * xstar)
+        if len(set(Cs)) >= 2:
             lc = np.log(Cs)
             a, lk = np.polyfit(lc, xs, 1)
             b, lk2 = np.polyfit(lc, ds, 1)

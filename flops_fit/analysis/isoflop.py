@@ -63,12 +63,12 @@ def _minimum_se(fit, p1: float, p2: float) -> float:
     return float(math.sqrt(max(0.0, g @ cov @ g)))
 
 
-def parabola_residuals(lnN: np.ndarray, L: np.ndarray, budgets: np.ndarray) -> np.ndarray:
-    """Residual of each point from its budget's least-squares parabola (NaN where < 4 points)."""
+def parabola_residuals(lnN: np.ndarray, L: np.ndarray, budgets: np.ndarray, min_points: int = 6) -> np.ndarray:
+    """Residual of each point from its budget's least-squares parabola (NaN where fewer than ``min_points``)."""
     out = np.full(len(L), np.nan)
     for C in np.unique(budgets):
         m = budgets == C
-        if len(np.unique(lnN[m])) >= 4:
+        if len(np.unique(lnN[m])) >= min_points:
             out[m] = L[m] - np.polyval(np.polyfit(lnN[m], L[m], 2), lnN[m])
     return out
 

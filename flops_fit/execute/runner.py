@@ -78,13 +78,15 @@ def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: A
 
 
 def run_plan(plan: Plan, store: Store, accelerator: Accelerator, retry_failed: bool = False,
-             on_event: Callable[[RunEvent], None] | None = None) -> list[dict]:
-    """Train every pending experiment of ``plan``; return the results of those trained now."""
+             on_event: Callable[[RunEvent], None] | None = None,
+             select: Callable[[Experiment], bool] | None = None) -> list[dict]:
+    """Train every pending experiment of ``plan`` (those ``select`` accepts); return the results trained now."""
     trained = []
-    total = len(plan.experiments)
+    experiments = [e for e in plan.experiments if select is None or select(e)]
+    total = len(experiments)
     if accelerator.is_main_process:
         store.write_plan_json(plan.to_json())
-    for index, exp in enumerate(plan.experiments):
+    for index, exp in enumerate(experiments):
         def emit(kind: str, **kw: Any) -> None:
             if on_event is not None and accelerator.is_main_process:
                 on_event(RunEvent(kind, exp, index=index, total=total, **kw))

@@ -45,16 +45,32 @@ def _eval_steps(logged: list[int], count: int) -> set[int]:
     return picks | {logged[-1]}
 
 
+def _param_groups(model: torch.nn.Module, t) -> list[dict]:
+    """AdamW groups: the model's own ``optimizer_groups()`` when it has one, else decay on matrices only.
+
+    A model may return ``[{"params": [...], "lr_scale": float, "weight_decay": float}, ...]``
+    (for example μP, which scales hidden-matrix learning rates by base_width / width).
+    """
+    if callable(getattr(model, "optimizer_groups", None)):
+        groups = []
+        for g in model.optimizer_groups():
+            g = dict(g)
+            scale = g.pop("lr_scale", 1.0)
+            groups.append({**g, "lr": t.learning_rate * scale, "weight_decay": g.get("weight_decay", t.weight_decay)})
+        return groups
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def _optimizer(job: Job, model: torch.nn.Module, device: torch.device, folders: list[str]) -> torch.optim.Optimizer:
     t = job.train
     if t.optimizer:
         from ..imports import resolve
 
         return resolve(t.optimizer, folders)(model.parameters(), t.learning_rate)
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.learning_rate, betas=tuple(t.betas), eps=t.eps, fused=device.type == "cuda")
+    return torch.optim.AdamW(_param_groups(model, t), lr=t.learning_rate, betas=tuple(t.betas), eps=t.eps,
+                             fused=device.type == "cuda")
 
 
 class _Run:
@@ -162,11 +178,13 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
             count = 0
             point = {"step": run.step, "tokens": run.step * tokens_per_step, "flops": run.step * flops_per_step,
                      "train_loss": train_loss, "lr": scheduler.get_last_lr()[0]}
-            if run.step in eval_at and run.step != job.steps:
-                point["eval_loss"] = _evaluate(model, source.eval_batches, loss_fn, accelerator)
             run.initial_loss = train_loss if run.initial_loss is None else run.initial_loss
             run.train_seconds += time.perf_counter() - start
             start = time.perf_counter()
+            point["seconds"] = run.train_seconds
+            if run.step in eval_at and run.step != job.steps:  # held-out loss; not counted as training time
+                point["eval_loss"] = _evaluate(model, source.eval_batches, loss_fn, accelerator)
+                start = time.perf_counter()
             _record(run, point, exp_dir, accelerator, on_log)
             if _diverged(run, train_loss):
                 break

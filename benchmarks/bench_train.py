@@ -1,0 +1,205 @@
+"""flops-fit's training loop against a bare PyTorch loop, same model, same batches, one run.
+
+    python -m benchmarks.bench_train --preset cpu     # small MLP and small GPT on CPU, fp32
+    python -m benchmarks.bench_train --preset gpu     # GPT from ~2M to ~200M parameters, bf16, compile
+
+The bare loop is what a user writes: a DataLoader (shuffle, pin_memory), ``.to(device,
+non_blocking=True)``, bf16 autocast on CUDA, fused AdamW, optional ``torch.compile``, no
+``.item()`` per step.  The engine is ``flops_fit.execute.train_experiment`` on the same model
+class, data and hyper-parameters (evaluation and checkpoints off).  Throughput is measured
+after ``--warmup`` steps (compile and allocator warm-up excluded from both) in tokens/s.
+
+MFU (GPT on CUDA) = tokens/s × F / peak, F = 6·N_non-embedding + 6·V·d (read-out) +
+12·L·d·T (attention), peak = 989 TFLOP/s (H100/H200 dense bf16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from flops_fit.execute.runner import make_accelerator
+from flops_fit.execute.worker import train_experiment
+from flops_fit.plan import Component, Job
+from flops_fit.spec import TrainSpec
+from flops_fit.store import Store
+
+PEAK = 989e12
+GPT_SIZES = {  # name: (d_model, num_layers)
+    "2M": (128, 8), "5M": (192, 10), "14M": (320, 12), "30M": (448, 12), "92M": (768, 13), "210M": (1024, 16),
+}
+
+
+def random_tokens(n: int = 2048, seq_len: int = 128, vocab: int = 1024, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (n, seq_len + 1), generator=g)
+    return TensorDataset(ids[:, :-1].contiguous(), ids[:, 1:].contiguous())
+
+
+def random_regression(n: int = 8192, dim: int = 256, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g)
+    return TensorDataset(x, torch.sin(x.sum(1, keepdim=True)).expand(-1, 1).squeeze(1))
+
+
+class MLP(torch.nn.Module):
+    def __init__(self, width: int, dim: int = 256, depth: int = 3):
+        super().__init__()
+        layers = [torch.nn.Linear(dim, width), torch.nn.GELU()]
+        for _ in range(depth - 1):
+            layers += [torch.nn.Linear(width, width), torch.nn.GELU()]
+        self.net = torch.nn.Sequential(*layers, torch.nn.Linear(width, 1))
+
+    def forward(self, x):
+        return self.net(x).squeeze(-1)
+
+
+def mse(out, y):
+    return torch.nn.functional.mse_loss(out.float(), y)
+
+
+def bare_loop(model_fn, data: TensorDataset, loss_fn, batch: int, steps: int, warmup: int, lr: float,
+              precision: str, compile_: bool, device: torch.device) -> float:
+    """Tokens (samples) per second after warm-up, of the loop a user would write."""
+    torch.manual_seed(0)
+    model = model_fn().to(device)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=lr,
+                            betas=(0.9, 0.95), fused=device.type == "cuda")
+    if compile_:
+        model = torch.compile(model)
+    loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True, pin_memory=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    done, t0 = 0, None
+    while done < steps:
+        for x, y in loader:
+            if done == warmup:
+                _sync(device)
+                t0 = time.perf_counter()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast:
+                loss = loss_fn(model(x), y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            done += 1
+            if done == steps:
+                break
+    _sync(device)
+    return (steps - warmup) * batch / (time.perf_counter() - t0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def engine(model_target: str, model_kwargs: dict, size_param: str, size, data_target: str, data_kwargs: dict,
+           loss_target: str, batch: int, steps: int, warmup: int, lr: float, precision: str, compile_: bool,
+           device: torch.device) -> float:
+    """Samples per second of flops-fit's loop after warm-up, from its logged wall-clock."""
+    train = TrainSpec(batch_size=batch, learning_rate=lr, precision=precision, compile=compile_, log_points=8,
+                      eval_points=0, checkpoint_seconds=1e9, warmup_fraction=0.1)
+    job = Job(experiment_id="bench", model=Component(target=model_target, kwargs=model_kwargs), size_param=size_param,
+              size=size, data=Component(target=data_target, kwargs=data_kwargs), eval_fraction=0.01, eval_batches=1,
+              loss=Component(target=loss_target), tokens_per_sample=1, steps=steps, warmup_steps=max(1, steps // 10),
+              num_params=1, flops_per_sample=1.0, train=train, search_path=[str(Path(__file__).parent.parent)])
+    acc = make_accelerator(precision, "auto" if device.type == "cuda" else "cpu", [], tempfile.gettempdir())
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train_experiment(job, Store(Path(tmp)), acc)
+    curve = result["curve"]
+    first = next(p for p in curve if p["step"] >= warmup)
+    last = curve[-1]
+    return (last["step"] - first["step"]) * batch / (last["seconds"] - first["seconds"])
+
+
+def gpt_flops_per_token(d: int, layers: int, vocab: int, seq: int) -> float:
+    non_embedding = 12 * layers * d * d
+    return 6 * non_embedding + 6 * vocab * d + 12 * layers * d * seq
+
+
+def run_case(name: str, kind: str, args, device: torch.device, **cfg) -> dict:
+    if kind == "mlp":
+        model_kw = {"dim": 256, "depth": 3}
+        data_kw = {"n": 8192, "dim": 256}
+        common = dict(batch=args.batch, steps=args.steps, warmup=args.warmup, lr=1e-3, precision=args.precision,
+                      compile_=args.compile, device=device)
+        data = random_regression(**data_kw)
+        bare = bare_loop(lambda: MLP(cfg["width"], **model_kw), data, mse, **common)
+        eng = engine("benchmarks.bench_train:MLP", model_kw, "width", cfg["width"], "benchmarks.bench_train:random_regression",
+                     data_kw, "benchmarks.bench_train:mse", **common)
+        per_sample = 1
+        flops = None
+    else:
+        from examples.gpt_tinystories.model import GPT
+        from examples.gpt_tinystories.loss import next_token_loss
+
+        d, layers = cfg["d_model"], cfg["num_layers"]
+        model_kw = {"num_layers": layers, "vocab_size": args.vocab, "seq_len": args.seq, "head_dim": args.head_dim,
+                    "base_width": d}
+        data_kw = {"n": args.samples, "seq_len": args.seq, "vocab": args.vocab}
+        common = dict(batch=args.batch, steps=args.steps, warmup=args.warmup, lr=1e-3, precision=args.precision,
+                      compile_=args.compile, device=device)
+        data = random_tokens(**data_kw)
+        bare = bare_loop(lambda: GPT(d, **model_kw), data, next_token_loss, **common)
+        eng = engine("examples.gpt_tinystories.model:GPT", model_kw, "d_model", d, "benchmarks.bench_train:random_tokens",
+                     data_kw, "examples.gpt_tinystories.loss:next_token_loss", **common)
+        per_sample = args.seq
+        flops = gpt_flops_per_token(d, layers, args.vocab, args.seq)
+    row = {"case": name, "bare_tokens_per_s": bare * per_sample, "engine_tokens_per_s": eng * per_sample,
+           "ratio": eng / bare}
+    if flops is not None:
+        n = GPT(d, **model_kw).num_params()
+        row.update(num_params=n, bare_mfu=bare * per_sample * flops / PEAK, engine_mfu=eng * per_sample * flops / PEAK)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--sizes", nargs="*", help="GPT sizes for the gpu preset (default all)")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--warmup", type=int)
+    parser.add_argument("--out", help="write the rows as JSON here")
+    args = parser.parse_args()
+    device = torch.device("cuda" if args.preset == "gpu" else "cpu")
+    if args.preset == "cpu":
+        args.batch, args.precision, args.compile = 64, "fp32", False
+        args.steps, args.warmup = args.steps or 200, args.warmup or 20
+        args.vocab, args.seq, args.head_dim, args.samples = 1024, 64, 16, 1024
+        cases = [("mlp-w256", "mlp", {"width": 256}), ("gpt-d64-L2", "gpt", {"d_model": 64, "num_layers": 2})]
+        args.batch_gpt = 16
+    else:
+        args.batch, args.precision, args.compile = 128, "bf16", True
+        args.steps, args.warmup = args.steps or 60, args.warmup or 20
+        args.vocab, args.seq, args.head_dim, args.samples = 8192, 1024, 64, 1024
+        cases = [(f"gpt-{k}", "gpt", {"d_model": d, "num_layers": L}) for k, (d, L) in GPT_SIZES.items()
+                 if not args.sizes or k in args.sizes]
+    rows = []
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(f"device: {device_name}; torch {torch.__version__}; batch {args.batch}; steps {args.steps} "
+          f"(warm-up {args.warmup}); precision {args.precision}; compile {args.compile}")
+    for name, kind, cfg in cases:
+        if args.preset == "cpu" and kind == "gpt":
+            args.batch = args.batch_gpt
+        row = run_case(name, kind, args, device, **cfg)
+        rows.append(row)
+        mfu = f"  MFU bare {row['bare_mfu']:.1%} engine {row['engine_mfu']:.1%}" if "bare_mfu" in row and device.type == "cuda" else ""
+        n = f" N={row['num_params'] / 1e6:.1f}M" if "num_params" in row else ""
+        print(f"{name:12s}{n:>10s}  bare {row['bare_tokens_per_s']:>12,.0f} tok/s  engine {row['engine_tokens_per_s']:>12,.0f} tok/s"
+              f"  ratio {row['ratio']:.3f}{mfu}", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"device": device_name, "torch": torch.__version__, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
