@@ -75,6 +75,7 @@ def bare_loop(model_fn, data: TensorDataset, loss_fn, batch: int, steps: int, wa
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=lr,
                             betas=(0.9, 0.95), fused=device.type == "cuda")
     if compile_:
+        torch._dynamo.reset()  # as the engine does per experiment: no recompile-limit fallback to eager
         model = torch.compile(model)
     loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True, pin_memory=device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -78,6 +78,8 @@ def run_launched(layout: LaunchPlan, spec_path: str, retry_failed: bool) -> list
             child = dict(env)
             if layout.gpus:
                 child["CUDA_VISIBLE_DEVICES"] = str(i % layout.gpus)
+            elif "OMP_NUM_THREADS" not in os.environ:  # CPU workers share the cores
+                child["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // layout.workers))
             procs.append(subprocess.Popen(_worker_cmd(spec_path, retry_failed, extra), env=child))
         codes += [p.wait() for p in procs]
     if layout.data_parallel:

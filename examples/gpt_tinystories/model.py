@@ -49,8 +49,10 @@ class GPT(nn.Module):
     """``GPT(d_model, num_layers, vocab_size, seq_len)``: tokens (B, T) -> logits (B, T, vocab)."""
 
     def __init__(self, d_model: int, num_layers: int = 2, vocab_size: int = 1024, seq_len: int = 128,
-                 head_dim: int = 16, mlp_ratio: int = 4, base_width: int = 32, init_std: float = 0.02):
+                 head_dim: int = 16, mlp_ratio: int = 4, base_width: int = 32, init_std: float = 0.02,
+                 count_embeddings: bool = True):
         super().__init__()
+        self.count_embeddings = count_embeddings
         if d_model % head_dim:
             raise ValueError(f"d_model={d_model} must be a multiple of head_dim={head_dim}")
         self.width_mult = d_model / base_width
@@ -88,8 +90,11 @@ class GPT(nn.Module):
                 {"params": vectors, "lr_scale": 1.0, "weight_decay": 0.0}]
 
     def num_params(self) -> int:
-        """N as Chinchilla counts it: every parameter, the (tied) embedding once."""
-        return sum(p.numel() for p in self.parameters())
+        """N: every parameter, the tied embedding once (Chinchilla), or with
+        ``count_embeddings=False`` the non-embedding parameters (Kaplan et al. 2020), which
+        give cleaner trends for tiny models whose embedding is most of N."""
+        total = sum(p.numel() for p in self.parameters())
+        return total if self.count_embeddings else self.non_embedding_params()
 
     def non_embedding_params(self) -> int:
-        return self.num_params() - self.tok.weight.numel() - self.pos.weight.numel()
+        return sum(p.numel() for p in self.parameters()) - self.tok.weight.numel() - self.pos.weight.numel()

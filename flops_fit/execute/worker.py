@@ -120,6 +120,9 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_multiplier(t.schedule, job.steps, job.warmup_steps, t.min_lr_ratio, t.decay_fraction))
     if t.compile:
+        # A sweep trains many sizes in one process: start each from a clean dynamo cache so
+        # the per-function recompile limit never silently sends a later experiment to eager.
+        torch._dynamo.reset()
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
 
