@@ -151,7 +151,7 @@ def run_case(name: str, kind: str, args, device: torch.device, **cfg) -> dict:
         common = dict(batch=args.batch, steps=args.steps, warmup=args.warmup, lr=1e-3, precision=args.precision,
                       compile_=args.compile, device=device)
         data = random_tokens(**data_kw)
-        bare = bare_loop(lambda: GPT(d, **model_kw), data, next_token_loss, **common)
+        bare = math.nan if args.engine_only else bare_loop(lambda: GPT(d, **model_kw), data, next_token_loss, **common)
         eng = engine("examples.gpt_tinystories.model:GPT", model_kw, "d_model", d, "benchmarks.bench_train:random_tokens",
                      data_kw, "examples.gpt_tinystories.loss:next_token_loss", **common)
         per_sample = args.seq
@@ -160,7 +160,8 @@ def run_case(name: str, kind: str, args, device: torch.device, **cfg) -> dict:
            "ratio": eng / bare}
     if flops is not None:
         n = GPT(d, **model_kw).num_params()
-        row.update(num_params=n, bare_mfu=bare * per_sample * flops / PEAK, engine_mfu=eng * per_sample * flops / PEAK)
+        gpus = int(__import__("os").environ.get("WORLD_SIZE", "1"))  # MFU per GPU
+        row.update(num_params=n, bare_mfu=bare * per_sample * flops / PEAK, engine_mfu=eng * per_sample * flops / (PEAK * gpus))
     return row
 
 
@@ -171,8 +172,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--out", help="write the rows as JSON here")
+    parser.add_argument("--engine-only", action="store_true",
+                        help="time only the engine (e.g. under torchrun, to measure data-parallel scaling)")
     args = parser.parse_args()
-    device = torch.device("cuda" if args.preset == "gpu" else "cpu")
+    import os
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if args.preset == "gpu":
+        torch.cuda.set_device(local_rank)
+    device = torch.device("cuda", local_rank) if args.preset == "gpu" else torch.device("cpu")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.preset == "cpu":
         args.batch, args.precision, args.compile = 64, "fp32", False
         args.steps, args.warmup = args.steps or 200, args.warmup or 20
@@ -187,8 +196,9 @@ def main() -> None:
                  if not args.sizes or k in args.sizes]
     rows = []
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"device: {device_name}; torch {torch.__version__}; batch {args.batch}; steps {args.steps} "
-          f"(warm-up {args.warmup}); precision {args.precision}; compile {args.compile}")
+    say = print if local_rank == 0 else (lambda *a, **k: None)
+    say(f"device: {device_name} x {world} process(es); torch {torch.__version__}; global batch {args.batch}; "
+        f"steps {args.steps} (warm-up {args.warmup}); precision {args.precision}; compile {args.compile}")
     for name, kind, cfg in cases:
         if args.preset == "cpu" and kind == "gpt":
             args.batch = args.batch_gpt
@@ -196,10 +206,11 @@ def main() -> None:
         rows.append(row)
         mfu = f"  MFU bare {row['bare_mfu']:.1%} engine {row['engine_mfu']:.1%}" if "bare_mfu" in row and device.type == "cuda" else ""
         n = f" N={row['num_params'] / 1e6:.1f}M" if "num_params" in row else ""
-        print(f"{name:12s}{n:>10s}  bare {row['bare_tokens_per_s']:>12,.0f} tok/s  engine {row['engine_tokens_per_s']:>12,.0f} tok/s"
+        say(f"{name:12s}{n:>10s}  bare {row['bare_tokens_per_s']:>12,.0f} tok/s  engine {row['engine_tokens_per_s']:>12,.0f} tok/s"
               f"  ratio {row['ratio']:.3f}{mfu}", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps({"device": device_name, "torch": torch.__version__, "rows": rows}, indent=2))
+    if args.out and local_rank == 0:
+        Path(args.out).write_text(json.dumps({"device": device_name, "processes": world, "torch": torch.__version__,
+                                              "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
