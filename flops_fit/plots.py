@@ -22,6 +22,17 @@ def _plt():
     return plt
 
 
+def _axes(ax, xlabel: str, ylabel: str | None, title: str, logy: bool = True) -> None:
+    ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
 def _isoflop(result: Result, plt):
     fig, ax = plt.subplots(figsize=(7, 5))
     pts = result.points.usable()
@@ -41,11 +52,8 @@ def _isoflop(result: Result, plt):
     bad = [p for p in result.points.points if p.id in excluded and p.loss is not None]
     if bad:
         ax.scatter([p.num_params for p in bad], [p.loss for p in bad], marker="x", color="red", label="excluded")
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters N")
-    ax.set_ylabel("final held-out loss")
-    ax.set_title("IsoFLOP profiles (Approach 2): parabolas in ln N, minima starred")
-    ax.legend(fontsize=8)
+    _axes(ax, "parameters N", "final held-out loss", "IsoFLOP profiles (Approach 2): parabolas in ln N, minima starred",
+          logy=False)
     fig.tight_layout()
     return fig
 
@@ -70,11 +78,7 @@ def _scaling(result: Result, plt):
         if minima:
             ax.scatter([m["budget_flops"] for m in minima], [m[mkey] for m in minima], color="k", zorder=3,
                        label="IsoFLOP minima")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("compute C (FLOPs)")
-        ax.set_title(f"{label} vs C (95% bands)")
-        ax.legend(fontsize=8)
+        _axes(ax, "compute C (FLOPs)", None, f"{label} vs C (95% bands)")
     fig.tight_layout()
     return fig
 
@@ -101,12 +105,7 @@ def _contours(result: Result, plt):
     ax.plot(frontier[:, 0], frontier[:, 1], "r-", lw=2, label="efficient frontier")
     sc = ax.scatter(N, D, c=[p.loss for p in pts], cmap="viridis", edgecolor="k", zorder=3, label="runs")
     fig.colorbar(sc, ax=ax, label="measured loss")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("parameters N")
-    ax.set_ylabel("data D")
-    ax.set_title(f"Iso-loss contours of L(N,D) = E + A/N^α + B/D^β (α={par['alpha']:.3f}, β={par['beta']:.3f})")
-    ax.legend(fontsize=8)
+    _axes(ax, "parameters N", "data D", f"Iso-loss contours of L(N,D) = E + A/N^α + B/D^β (α={par['alpha']:.3f}, β={par['beta']:.3f})")
     fig.tight_layout()
     return fig
 

@@ -46,6 +46,12 @@ SizeValue = Annotated[Any, BeforeValidator(_positive),
                       WithJsonSchema({"type": "number", "exclusiveMinimum": 0})]
 
 
+def _sorted_distinct(values: list, what: str) -> list:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} must be distinct")
+    return sorted(values)
+
+
 ImportPath = Annotated[str, Field(min_length=1, json_schema_extra={"pattern": IMPORT_PATH_RE.pattern})]
 
 
@@ -64,12 +70,7 @@ class ModelSpec(_Frozen):
 
     _v_target = field_validator("target")(_check_import_path)
 
-    @field_validator("sizes")
-    @classmethod
-    def _distinct(cls, sizes: list) -> list:
-        if len(set(sizes)) != len(sizes):
-            raise ValueError("sizes must be distinct")
-        return sorted(sizes)
+    _v_sizes = field_validator("sizes")(lambda v: _sorted_distinct(v, "sizes"))
 
 
 class DataSpec(_Frozen):
@@ -104,12 +105,7 @@ class SweepSpec(_Frozen):
     min_steps: int = Field(default=20, ge=1, description="An experiment with fewer optimizer steps is infeasible and dropped.")
     tokens_per_param: float = Field(default=20.0, gt=0, description="Expected optimal D/N used to centre sizes_per_budget (Chinchilla: 20).")
 
-    @field_validator("budgets")
-    @classmethod
-    def _distinct(cls, budgets: list) -> list:
-        if len(set(budgets)) != len(budgets):
-            raise ValueError("budgets must be distinct")
-        return sorted(budgets)
+    _v_budgets = field_validator("budgets")(lambda v: _sorted_distinct(v, "budgets"))
 
 
 class FlopsSpec(_Frozen):

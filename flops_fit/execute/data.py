@@ -75,27 +75,31 @@ class _StepSampler(Sampler):
 
 
 class _Order:
-    """Seeded per-epoch permutations of ``n`` training positions."""
+    """Seeded per-epoch permutations of ``n`` training positions, kept on ``device``.
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed = n, seed
+    A permutation is drawn on the CPU (same numbers on every device) and moved once per
+    epoch; a step's indices are then slices of it on the device: no host copy per step.
+    """
+
+    def __init__(self, n: int, seed: int, device: torch.device | str = "cpu"):
+        self.n, self.seed, self.device = n, seed, torch.device(device)
         self._epoch, self._perm = -1, None
 
     def perm(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g).to(self.device)
         return self._perm
 
     def local_indices(self, step: int, layout: Layout) -> torch.Tensor:
         first = step * layout.batch_size + layout.rank * layout.local
-        positions = torch.arange(first, first + layout.local)
-        epochs = positions // self.n
-        out = torch.empty(layout.local, dtype=torch.long)
-        for epoch in epochs.unique().tolist():
-            mask = epochs == epoch
-            out[mask] = self.perm(epoch)[positions[mask] % self.n]
-        return out
+        parts, position, left = [], first, layout.local
+        while left:
+            epoch, offset = divmod(position, self.n)
+            take = min(left, self.n - offset)
+            parts.append(self.perm(epoch)[offset:offset + take])
+            position, left = position + take, left - take
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class BatchSource:
@@ -117,20 +121,21 @@ def _tensor_size(ds: TensorDataset) -> int:
 
 def _indexed(dataset: Dataset, train_idx: torch.Tensor, layout: Layout, seed: int, steps: int,
              device: torch.device, num_workers: int):
-    order = _Order(len(train_idx), seed)
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
         on_device = device.type == "cpu" or _tensor_size(dataset) <= DEVICE_DATA_LIMIT
         tensors = [t.to(device) for t in dataset.tensors] if on_device else list(dataset.tensors)
         train_on = train_idx.to(tensors[0].device)
+        order = _Order(len(train_idx), seed, train_on.device)
 
         def tensor_batches(start: int):
             for step in range(start, steps):
-                local = train_on[order.local_indices(step, layout).to(train_on.device)]
+                local = train_on[order.local_indices(step, layout)]
                 for k in range(layout.accum):
                     idx = local[k * layout.micro:(k + 1) * layout.micro]
                     yield to_device(tensors[0][idx], device), to_device(tensors[1][idx], device)
         return tensor_batches
 
+    order = _Order(len(train_idx), seed)
     subset = Subset(dataset, train_idx.tolist())
 
     def loader_batches(start: int):
