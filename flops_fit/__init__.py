@@ -10,9 +10,18 @@ the optimal N, D and loss for any compute budget::
 
 from ._version import __version__
 
-from .analysis import Point, Points  # noqa: E402
 from .api import Spec, find_optimal, fit  # noqa: E402
 from .errors import FlopsFitError, SpecError  # noqa: E402
-from .report import Result  # noqa: E402
+
+_LAZY = {"Result": "report", "Points": "analysis", "Point": "analysis"}
+
+
+def __getattr__(name: str):
+    """``Result``, ``Points`` and ``Point`` load the fitting stack (lmfit, scipy) on first use."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'flops_fit' has no attribute {name!r}")
 
 __all__ = ["Spec", "find_optimal", "fit", "Result", "Points", "Point", "FlopsFitError", "SpecError", "__version__"]

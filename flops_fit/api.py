@@ -10,17 +10,21 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
+from typing import TYPE_CHECKING
+
 from . import spec as _spec
-from .analysis import Points, fit_points
 from .errors import Problem, RunError, SpecError
 from .estimate import Estimate, estimate_plan
-from .execute.runner import RunEvent, make_accelerator, run_plan
 from .imports import import_path_of, register
 from .launch import launch_plan, run_launched
 from .plan import Plan, compile_plan
-from .report import Result
 from .store import Store, atomic_write_text
 from .validate import check
+
+if TYPE_CHECKING:  # the training and fitting stacks load on first use, so `validate` starts fast
+    from .analysis import Points
+    from .execute.runner import RunEvent
+    from .report import Result
 
 __all__ = ["Spec", "find_optimal", "fit", "analyze_plan", "write_report"]
 
@@ -52,6 +56,8 @@ class Spec(_spec.Spec):
         Several GPUs or ``train.workers_per_gpu > 1`` spread the sweep over processes (see
         :mod:`flops_fit.launch`); ``train_only`` (a worker) skips the analysis.
         """
+        from .execute.runner import make_accelerator, run_plan
+
         plan = check(self)
         store = Store(Path(plan.run_dir))
         layout = launch_plan(self)
@@ -86,6 +92,9 @@ class Spec(_spec.Spec):
 
 def analyze_plan(spec: _spec.Spec, plan: Plan) -> Result:
     """Collect the plan's finished experiments from the store and fit them."""
+    from .analysis import Points, fit_points
+    from .report import Result
+
     store = Store(Path(plan.run_dir))
     results = []
     for exp in plan.experiments:
@@ -122,9 +131,12 @@ def write_report(result: Result, folder: Path) -> Path:
     return folder
 
 
-def fit(points: Points | str | Path | Iterable[dict], approaches: Iterable[str] = ("isoflop", "parametric"),
+def fit(points: "Points | str | Path | Iterable[dict]", approaches: Iterable[str] = ("isoflop", "parametric"),
         bootstrap: int = 200, seed: int = 0, predict: Iterable[float] = (), keep_outliers: bool = False) -> Result:
     """Fit measurements made elsewhere: a Points, a CSV path, or dicts with params, tokens, loss[, flops]."""
+    from .analysis import Points, fit_points
+    from .report import Result
+
     if isinstance(points, (str, Path)):
         pts = Points.from_csv(points)
     elif isinstance(points, Points):

@@ -63,8 +63,9 @@ def _claim(store: Store, exp: Experiment, retry_failed: bool):
 
 
 def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: Accelerator, emit) -> dict:
-    if accelerator.trackers is not None and accelerator.log_with:
-        accelerator.init_trackers(exp.id)
+    if accelerator.log_with:  # one tracker run per experiment, named by its id
+        accelerator.init_trackers(exp.id, config={"budget_flops": exp.budget_flops, "size": exp.size,
+                                                  "num_params": exp.num_params, "steps": exp.steps})
     try:
         return train_experiment(exp.job, store, accelerator, resume_from=decision.checkpoint,
                                 on_log=lambda p: emit("log", point=p))
@@ -73,8 +74,10 @@ def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: A
                 "traceback": traceback.format_exc(), "loss": None, "size": exp.size, "num_params": exp.num_params,
                 "num_tokens": exp.num_tokens, "flops": exp.flops, "steps": 0, "curve": []}
     finally:
-        if accelerator.log_with:
-            accelerator.end_training()
+        # Not accelerator.end_training(): it also destroys the process group the next experiment needs.
+        for tracker in accelerator.trackers:
+            tracker.finish()
+        accelerator.trackers.clear()
 
 
 def run_plan(plan: Plan, store: Store, accelerator: Accelerator, retry_failed: bool = False,
