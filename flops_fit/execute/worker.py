@@ -8,11 +8,13 @@ from ``accelerate``.  Checkpoints are written on a time/step cadence and resumed
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import time
 import warnings
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -21,6 +23,7 @@ from accelerate.utils import set_seed
 
 from .._version import __version__
 from ..components import build_data, build_loss, build_model, call_model
+from ..errors import RunError
 from ..plan import Job
 from ..store import Store
 from .checkpoint import load_checkpoint, save_checkpoint, save_rng
@@ -127,6 +130,10 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
     model, optimizer = accelerator.prepare(model, optimizer)
 
     # 3. Data: this process's share of each global batch, split into micro-batches.
+    if t.batch_size % accelerator.num_processes or (t.micro_batch_size and (t.batch_size // accelerator.num_processes) % t.micro_batch_size):
+        raise RunError(f"train.batch_size = {t.batch_size} does not split into {accelerator.num_processes} processes"
+                       + (f" of micro-batches of {t.micro_batch_size}" if t.micro_batch_size else "")
+                       + "; choose a batch size divisible by the process count")
     micro = t.micro_batch_size or t.batch_size // accelerator.num_processes
     layout = Layout(t.batch_size, accelerator.process_index, accelerator.num_processes, micro)
     data = build_data(job.data.target, job.data.kwargs, folders)
@@ -140,7 +147,7 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
     run = _Run(job)
     acc_sum, acc_count = 0.0, 0
     if resume_from:
-        state = load_checkpoint(__import__("pathlib").Path(resume_from), accelerator.process_index, raw_model,
+        state = load_checkpoint(Path(resume_from), accelerator.process_index, raw_model,
                                 optimizer, scheduler, accelerator.scaler)
         run.step, run.curve, run.initial_loss = state["step"], state["curve"], state["initial_loss"]
         run.train_seconds, acc_sum, acc_count = state["train_seconds"], state["acc_sum"], state["acc_count"]
@@ -250,7 +257,7 @@ def _record(run: _Run, point: dict, exp_dir, accelerator: Accelerator, on_log) -
     if accelerator.is_main_process:
         exp_dir.mkdir(parents=True, exist_ok=True)
         with open(exp_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(__import__("json").dumps(point) + "\n")
+            f.write(json.dumps(point) + "\n")
         if accelerator.trackers:
             accelerator.log({k: v for k, v in point.items() if k != "step"}, step=point["step"])
     if on_log is not None:
@@ -258,8 +265,6 @@ def _record(run: _Run, point: dict, exp_dir, accelerator: Accelerator, on_log) -
 
 
 def _rewrite_metrics(exp_dir, curve: list[dict]) -> None:
-    import json
-
     exp_dir.mkdir(parents=True, exist_ok=True)
     (exp_dir / "metrics.jsonl").write_text("".join(json.dumps(p) + "\n" for p in curve), encoding="utf-8")
 
