@@ -8,6 +8,7 @@ here knows about tokens, images or any modality.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,19 +27,11 @@ def build_model(target: str | Callable, size_param: str, size: Any, kwargs: dict
                 device: str | torch.device | None = None) -> torch.nn.Module:
     """Instantiate the model at ``size`` (on ``device``; ``"meta"`` allocates nothing)."""
     factory = resolve(target, folders) if isinstance(target, str) else target
-    with torch.device(device) if device is not None else _null():
+    with torch.device(device) if device is not None else contextlib.nullcontext():
         model = factory(**{**kwargs, size_param: size})
     if not isinstance(model, torch.nn.Module):
         raise ContractError([Problem(f"model target returned {type(model).__name__}, expected a torch.nn.Module", key="model.target")])
     return model
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def build_data(target: str | Callable | Any, kwargs: dict, folders: Sequence[str | Path] = ()) -> Any:

@@ -47,6 +47,5 @@ def spec_schema() -> dict:
     schema["properties"].pop("source", None)
     schema = _strip(schema)
     schema["$schema"] = "http://json-schema.org/draft-07/schema#"
-    schema["$id"] = "https://flops-fit.dev/schemas/spec.schema.json"
     schema["title"] = "flops-fit spec"
     return schema

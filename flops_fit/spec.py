@@ -12,6 +12,7 @@ import difflib
 import tomllib
 from pathlib import Path
 import math
+import os
 import re
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -252,9 +253,13 @@ class Spec(_Frozen):
         return _drop_none(self.model_dump(mode="json", exclude={"source"}, by_alias=True))
 
     def save(self, path: str | Path) -> Path:
-        """Write the spec as TOML (with a ``#:schema`` line); ``Spec.load`` reads it back equal."""
+        """Write the spec as TOML; ``Spec.load`` reads it back equal.
+
+        In a checkout the file starts with a ``#:schema`` line pointing at ``schemas/spec.schema.json``.
+        """
         path = Path(path)
-        header = "#:schema https://flops-fit.dev/schemas/spec.schema.json\n"
+        schema = Path(__file__).resolve().parent.parent / "schemas" / "spec.schema.json"
+        header = f"#:schema {os.path.relpath(schema, path.resolve().parent)}\n" if schema.exists() else ""
         path.write_text(header + tomli_w.dumps(self.to_toml_dict()), encoding="utf-8")
         return path
 

@@ -8,6 +8,7 @@ from ``accelerate``.  Checkpoints are written on a time/step cadence and resumed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -170,7 +171,7 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
         for k in range(layout.accum):
             inputs, targets = next(batches)
             last = k == layout.accum - 1
-            with accelerator.no_sync(model) if not last and accelerator.num_processes > 1 else _nullcontext():
+            with accelerator.no_sync(model) if not last and accelerator.num_processes > 1 else contextlib.nullcontext():
                 loss = loss_fn(call_model(model, inputs), targets)
                 accelerator.backward(loss / layout.accum if layout.accum > 1 else loss)
             acc += loss.detach().float() / layout.accum
@@ -212,14 +213,6 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
     if run.curve and run.status == "ok":
         run.curve[-1]["eval_loss"] = final
     return _result(job, run, final, source, notes, accelerator)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _checkpoint_due(t, step: int, steps: int, last: float) -> bool:
