@@ -142,17 +142,7 @@ def fit(points: "Points | str | Path | Iterable[dict]", approaches: Iterable[str
     elif isinstance(points, Points):
         pts = points
     else:
-        import csv
-        import tempfile
-
-        rows = list(points)
-        with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False, newline="") as f:
-            keys = ["params", "tokens", "loss"] + (["flops"] if all("flops" in r for r in rows) else [])
-            w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-        pts = Points.from_csv(f.name)
-        Path(f.name).unlink()
+        pts = Points.from_rows(list(points))
     fits = fit_points(pts, list(approaches), bootstrap, seed, keep_outliers)
     budgets = sorted({p.budget_flops for p in pts.usable()})
     return Result(fits=fits, points=pts, budgets=budgets, predict_budgets=list(predict), flop_rule=pts.flop_rule)

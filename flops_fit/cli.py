@@ -190,7 +190,7 @@ def run(spec: str = SpecArg, as_json: bool = JsonOpt,
             return
         _print_result(result, as_json)
         err.print(f"report: {s.run_dir / 'report'}")
-        failed = [e for e in result.fits.excluded if e["reason"].startswith("failed")]
+        failed = [p for p in result.points.points if p.status == "failed"]
         if failed:
             err.print(f"[red]{len(failed)} experiment(s) failed; see their result.json; --retry-failed trains them again[/]")
             raise typer.Exit(1)

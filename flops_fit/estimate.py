@@ -17,8 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict
-
+from .frozen import Frozen
 from .flops import PEAK_FLOPS, RULE_DESCRIPTIONS
 from .plan import Experiment, Plan
 from .spec import Spec
@@ -27,11 +26,8 @@ from .store import Store, decide
 __all__ = ["EstimateRow", "Estimate", "estimate_plan", "calibrate"]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
-
-class EstimateRow(_Frozen):
+class EstimateRow(Frozen):
     id: str
     budget_flops: float
     size: object
@@ -44,7 +40,7 @@ class EstimateRow(_Frozen):
     est_seconds: Optional[float] = None
 
 
-class Estimate(_Frozen):
+class Estimate(Frozen):
     """The dry run (``estimate --json`` prints this)."""
 
     flop_rule: str

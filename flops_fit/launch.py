@@ -84,9 +84,6 @@ def run_launched(layout: LaunchPlan, spec_path: str, retry_failed: bool) -> list
         codes += [p.wait() for p in procs]
     if layout.data_parallel:
         extra = ["--min-params", repr(layout.threshold)] if layout.threshold is not None else []
-        runner = shutil.which("torchrun")
-        cmd = [runner, "--standalone", f"--nproc_per_node={layout.gpus}", "-m", "flops_fit", "run", spec_path,
-               "--worker"] + extra + (["--retry-failed"] if retry_failed else [])
-        env.pop(WORKER_ENV)
-        codes.append(subprocess.run(cmd, env={**env, WORKER_ENV: "1"}).returncode)
+        torchrun = [shutil.which("torchrun"), "--standalone", f"--nproc_per_node={layout.gpus}"]
+        codes.append(subprocess.run(torchrun + _worker_cmd(spec_path, retry_failed, extra)[1:], env=env).returncode)
     return codes

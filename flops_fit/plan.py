@@ -17,30 +17,29 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from .components import build_data, build_loss, build_model, first_batch, forward_loss, split_batch
 from .errors import Problem, SpecError
+from .frozen import Frozen
 from .flops import count_params, flops_per_sample, measure_flops_per_sample, to_meta
 from .hashing import HASH_VERSION, content_hash
 from .imports import resolve
 from .spec import Spec, TrainSpec
 
-__all__ = ["Component", "Job", "Experiment", "Dropped", "SizeInfo", "Plan", "compile_plan", "size_infos", "experiment_id"]
+__all__ = ["Component", "Job", "Experiment", "Dropped", "SizeInfo", "Plan", "compile_plan", "size_info", "size_infos",
+           "sample_batch", "experiment_id"]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
-
-class Component(_Frozen):
+class Component(Frozen):
     """A user object named by import path, with its keyword arguments."""
 
     target: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
-class Job(_Frozen):
+class Job(Frozen):
     """Everything a worker needs to train one experiment (and nothing of the Spec)."""
 
     experiment_id: str
@@ -61,7 +60,7 @@ class Job(_Frozen):
     search_path: list[str] = Field(default_factory=list)
 
 
-class Experiment(_Frozen):
+class Experiment(Frozen):
     """One (budget, size) point of the sweep."""
 
     id: str
@@ -76,20 +75,20 @@ class Experiment(_Frozen):
     job: Job
 
 
-class Dropped(_Frozen):
+class Dropped(Frozen):
     budget_flops: float
     size: Any
     num_params: int
     reason: str
 
 
-class SizeInfo(_Frozen):
+class SizeInfo(Frozen):
     size: Any
     num_params: int
     flops_per_sample: float
 
 
-class Plan(_Frozen):
+class Plan(Frozen):
     """The compiled sweep: experiments, dropped (infeasible) points, and the size table."""
 
     name: str
@@ -125,21 +124,27 @@ def experiment_id(budget_flops: float, size_param: str, size: Any, digest: str) 
     return f"c{_fmt_number(budget_flops)}-{size_param[:1]}{_fmt_number(size) if isinstance(size, float) else size}-{digest}"
 
 
-def size_infos(spec: Spec) -> list[SizeInfo]:
-    """N and FLOPs per sample for every size: models built on the meta device."""
+def sample_batch(spec: Spec) -> Any:
+    """One small real batch, needed only by the ``measured`` and ``function`` FLOP rules (else None)."""
+    if spec.flops.rule == "6N":
+        return None
+    return first_batch(build_data(spec.data.target, spec.data.kwargs, [str(spec.folder)]), min(spec.train.batch_size, 8))
+
+
+def size_info(spec: Spec, size: Any, batch: Any = None) -> SizeInfo:
+    """N and FLOPs per sample of one size: the model is built on the meta device."""
     folders = [str(spec.folder)]
-    batch = None
-    if spec.flops.rule != "6N":
-        data = build_data(spec.data.target, spec.data.kwargs, folders)
-        batch = first_batch(data, min(spec.train.batch_size, 8))
-    infos = []
-    for size in spec.model.sizes:
-        model = build_model(spec.model.target, spec.model.size_param, size, spec.model.kwargs, folders, device="meta")
-        n = count_params(model)
-        measured = _measured(spec, model, batch, folders) if batch is not None else None
-        infos.append(SizeInfo(size=size, num_params=n,
-                              flops_per_sample=flops_per_sample(spec.flops.rule, n, spec.data.tokens_per_sample, measured)))
-    return infos
+    model = build_model(spec.model.target, spec.model.size_param, size, spec.model.kwargs, folders, device="meta")
+    n = count_params(model)
+    measured = _measured(spec, model, batch, folders) if batch is not None else None
+    return SizeInfo(size=size, num_params=n,
+                    flops_per_sample=flops_per_sample(spec.flops.rule, n, spec.data.tokens_per_sample, measured))
+
+
+def size_infos(spec: Spec) -> list[SizeInfo]:
+    """:func:`size_info` for every size of the spec."""
+    batch = sample_batch(spec)
+    return [size_info(spec, size, batch) for size in spec.model.sizes]
 
 
 def _measured(spec: Spec, model: Any, batch: Any, folders: list[str]) -> float:

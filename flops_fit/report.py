@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .analysis.fit import Fits, optimal_allocation
+from .analysis.fit import Fits, optimal_allocation, percentile_interval
 from .analysis.parametric import named
 from .analysis.points import Points
 
@@ -136,8 +136,8 @@ class Result(BaseModel):
                "loss": lo["E"] + lo["coef"] * C ** -lo["exponent"] if lo else None}
         s = np.array(iso.get("samples") or [])
         if len(s) >= 10:
-            row["num_params_ci"] = _pct(np.exp(s[:, 0] + s[:, 1] * math.log(C)))
-            row["num_tokens_ci"] = _pct(np.exp(s[:, 2] + s[:, 3] * math.log(C)))
+            row["num_params_ci"] = percentile_interval(np.exp(s[:, 0] + s[:, 1] * math.log(C)))
+            row["num_tokens_ci"] = percentile_interval(np.exp(s[:, 2] + s[:, 3] * math.log(C)))
         return row
 
     def _predict_parametric(self, C: float) -> dict:
@@ -148,7 +148,7 @@ class Result(BaseModel):
         if len(samples) >= 10:
             with np.errstate(all="ignore"):
                 boot = np.array([optimal_allocation(named(t), C, fpu) for t in samples])
-            row.update(num_params_ci=_pct(boot[:, 0]), num_tokens_ci=_pct(boot[:, 1]), loss_ci=_pct(boot[:, 2]))
+            row.update(num_params_ci=percentile_interval(boot[:, 0]), num_tokens_ci=percentile_interval(boot[:, 1]), loss_ci=percentile_interval(boot[:, 2]))
         return row
 
     def chinchilla_table(self, budgets: list[float] | None = None) -> Table:
@@ -179,7 +179,3 @@ class Result(BaseModel):
 
         return make_figures(self, path)
 
-
-def _pct(values: np.ndarray) -> list[float]:
-    v = values[np.isfinite(values)]
-    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else None

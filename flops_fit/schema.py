@@ -44,7 +44,6 @@ def _strip(node: Any) -> Any:
 
 def spec_schema() -> dict:
     schema = Spec.model_json_schema(mode="validation")
-    schema["properties"].pop("source", None)
     schema = _strip(schema)
     schema["$schema"] = "http://json-schema.org/draft-07/schema#"
     schema["title"] = "flops-fit spec"

@@ -17,9 +17,10 @@ import re
 from typing import Annotated, Any, Literal, Optional, Union
 
 import tomli_w
-from pydantic import BaseModel, BeforeValidator, WithJsonSchema, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, PrivateAttr, WithJsonSchema, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import Problem, SpecError
+from .frozen import Frozen
 from .imports import IMPORT_PATH_RE
 from .tomlpos import key_lines, format_loc
 
@@ -56,7 +57,7 @@ def _sorted_distinct(values: list, what: str) -> list:
 ImportPath = Annotated[str, Field(min_length=1, json_schema_extra={"pattern": IMPORT_PATH_RE.pattern})]
 
 
-class _Frozen(BaseModel):
+class _Frozen(Frozen):
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, populate_by_name=True)
 
 
@@ -148,6 +149,7 @@ class TrainSpec(_Frozen):
     log_with: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list, description="Accelerate trackers; metrics.jsonl is always written.")
     log_points: int = Field(default=40, ge=4, description="Points of the loss curve, spaced in FLOPs (half geometric, half linear).")
     eval_points: int = Field(default=4, ge=0, description="Held-out evaluations during training, besides the final one.")
+    num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes for map-style datasets that are not tensors (0: load in the training process).")
     checkpoint_seconds: float = Field(default=600.0, gt=0, description="Checkpoint at most this often (seconds).")
     checkpoint_steps: Optional[int] = Field(default=None, ge=1, description="Also checkpoint every this many steps.")
     keep_checkpoints: int = Field(default=1, ge=1, description="Complete checkpoints kept per experiment.")
@@ -204,7 +206,12 @@ class Spec(_Frozen):
     train: TrainSpec = Field(default_factory=TrainSpec, description="The training recipe.")
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="The fits.")
     cost: EstimateSpec = Field(default_factory=EstimateSpec, alias="estimate", description="[estimate]: the dry-run cost model.")
-    source: Optional[str] = Field(default=None, exclude=True, description="File the spec was read from (not a TOML key).")
+    _source: Optional[str] = PrivateAttr(default=None)  # the file it was read from; not a TOML key
+
+    @property
+    def source(self) -> str | None:
+        """The spec file this was read from (None when built in Python)."""
+        return self._source
 
     @property
     def folder(self) -> Path:
@@ -220,13 +227,15 @@ class Spec(_Frozen):
         """Validate a dict; every problem is raised at once, with lines when ``text`` is given."""
         lines = key_lines(text) if text else {}
         try:
-            return cls.model_validate({**data, "source": source} if source else data)
+            spec = cls.model_validate(data)
         except ValidationError as exc:
             problems = {}
             for err in exc.errors():  # one problem per key (union branches repeat it)
                 p = _problem(err, cls, source, lines)
                 problems.setdefault(p.key, p)
             raise SpecError(list(problems.values())) from None
+        spec._source = source
+        return spec
 
     @classmethod
     def load(cls, path: str | Path):
@@ -244,13 +253,11 @@ class Spec(_Frozen):
             msg = str(exc).split(" (at line")[0]
             raise SpecError([Problem(f"TOML syntax error: {msg}", file=str(path), line=line, column=col,
                                      hint="fix the TOML syntax")]) from None
-        if "source" in data:
-            raise SpecError([Problem("unknown key 'source'", key="source", file=str(path), line=key_lines(text).get(("source",)))])
         return cls.from_dict(data, source=str(path), text=text)
 
     def to_toml_dict(self) -> dict:
         """The spec as TOML-ready data (no nulls: TOML has none)."""
-        return _drop_none(self.model_dump(mode="json", exclude={"source"}, by_alias=True))
+        return _drop_none(self.model_dump(mode="json", by_alias=True))
 
     def save(self, path: str | Path) -> Path:
         """Write the spec as TOML; ``Spec.load`` reads it back equal.
@@ -280,7 +287,7 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
         if field is None:
             return []
         current = field.annotation
-    return [k for k in getattr(current, "model_fields", {}) if k != "source"]
+    return list(getattr(current, "model_fields", {}))
 
 
 def _field_description(model: type[BaseModel], loc: tuple) -> str | None:

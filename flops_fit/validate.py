@@ -23,7 +23,7 @@ import torch
 from .components import build_data, build_loss, build_model, call_model, first_batch, is_data_source, split_batch
 from .errors import FlopsFitError, Problem, SpecError
 from .imports import ImportPathError, resolve
-from .plan import Plan, compile_plan, size_infos
+from .plan import Plan, compile_plan, sample_batch, size_info
 from .spec import Spec
 
 __all__ = ["check"]
@@ -184,6 +184,15 @@ def _smoke(c: _Checker, data: Any, loss_fn: Callable) -> None:
         c.user_error("loss.target", "backward through the loss", exc)
 
 
+def _builds(spec: Spec, size) -> bool:
+    """Whether the model at ``size`` builds on the meta device (tells a model error from a FLOP-rule error)."""
+    try:
+        build_model(spec.model.target, spec.model.size_param, size, spec.model.kwargs, [str(spec.folder)], device="meta")
+        return True
+    except Exception:
+        return False
+
+
 def check(spec: Spec, smoke: bool = True) -> Plan:
     """Run every check; return the Plan, or raise SpecError listing every problem."""
     c = _Checker(spec)
@@ -208,22 +217,23 @@ def check(spec: Spec, smoke: bool = True) -> Plan:
 
 
 def _compile(c: _Checker, data_ok: bool) -> Plan | None:
+    """Size table (errors keyed to the size that raised), then the plan."""
     spec = c.spec
+    if spec.flops.rule != "6N" and not data_ok:
+        return None
+    try:
+        batch = sample_batch(spec)
+    except Exception as exc:
+        c.user_error("data.target", "taking one batch from the data", exc)
+        return None
     infos = []
     for i, size in enumerate(spec.model.sizes):
         try:
-            infos.append(size_infos(spec.model_copy(update={"model": spec.model.model_copy(update={"sizes": [size]})}))[0]
-                         if spec.flops.rule == "6N" else None)
+            infos.append(size_info(spec, size, batch))
         except Exception as exc:
-            c.user_error(f"model.sizes[{i}]", f"building the model at {spec.model.size_param}={size}", exc)
-            return None
-    if spec.flops.rule != "6N":
-        if not data_ok:
-            return None
-        try:
-            infos = size_infos(spec)
-        except Exception as exc:
-            c.user_error("flops.rule", f"counting FLOPs with rule {spec.flops.rule!r}", exc)
+            key = f"model.sizes[{i}]" if spec.flops.rule == "6N" or _builds(spec, size) else "flops.rule"
+            c.user_error(key, f"building the model at {spec.model.size_param}={size}" if key != "flops.rule"
+                         else f"counting FLOPs with rule {spec.flops.rule!r}", exc)
             return None
     try:
         return compile_plan(spec, infos)

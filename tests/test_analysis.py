@@ -180,3 +180,13 @@ def test_csv_fit_and_errors(tmp_path):
     few.write_text("params,tokens,loss\n1e6,2e7,3\n")
     with pytest.raises(DataError, match="too few"):
         fit(few)
+
+
+def test_fit_rows_of_dicts_reports_every_bad_row():
+    pts = synthetic(*LAWS[0], noise=0.0, seed=0).points
+    rows = [{"params": p.num_params, "tokens": p.num_tokens, "loss": p.loss} for p in pts]
+    assert fit(rows, bootstrap=0).fits.parametric["alpha"] == pytest.approx(0.34, abs=1e-3)
+    rows[1]["loss"], rows[3]["tokens"] = -1.0, "x"
+    with pytest.raises(DataError) as info:
+        fit(rows)
+    assert [p.key for p in info.value.problems] == ["[1].loss", "[3].tokens"]

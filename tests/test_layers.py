@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "flops_fit"
-ORDER = ["_version", "errors", "hashing", "imports", "tomlpos", "flops", "components", "spec", "schema", "plan",
+ORDER = ["_version", "frozen", "errors", "hashing", "imports", "tomlpos", "flops", "components", "spec", "schema", "plan",
          "validate", "store", "execute", "estimate", "launch", "analysis", "plots", "report", "api", "cli", "__main__"]
 
 

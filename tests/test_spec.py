@@ -110,3 +110,17 @@ def test_validate_writes_nothing(tmp_path, monkeypatch):
             Spec.load(path).check()
     Spec.load(ROOT / "tests/fixtures/valid/toy.toml").check()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_source_is_not_a_toml_key(tmp_path):
+    """The file a spec came from is kept beside the model, not as a key a user could set."""
+    text = (ROOT / "tests/fixtures/valid/toy.toml").read_text()
+    path = tmp_path / "s.toml"
+    path.write_text(text.replace('name = "toy"', 'name = "toy"\nsource = "elsewhere.toml"'))
+    with pytest.raises(SpecError) as info:
+        Spec.load(path)
+    assert [p.key for p in info.value.problems] == ["source"]
+    spec = Spec.load(ROOT / "tests/fixtures/valid/toy.toml")
+    assert spec.source.endswith("toy.toml") and "source" not in spec.to_toml_dict()
+    copy = spec.model_copy(update={"name": "other"})
+    assert copy.source == spec.source and "source" not in spec_schema()["properties"]

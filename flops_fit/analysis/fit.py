@@ -20,7 +20,7 @@ from .isoflop import budget_minima, loss_law, parabola_residuals, power_law
 from .parametric import fit_parametric, named, predict_loss, refit_fast
 from .points import Point, Points
 
-__all__ = ["Fits", "fit_points", "optimal_allocation", "flops_per_unit_law"]
+__all__ = ["Fits", "fit_points", "optimal_allocation", "flops_per_unit_law", "percentile_interval"]
 
 
 class Fits(BaseModel):
@@ -154,8 +154,11 @@ def _boot_parametric(theta, N, D, L, n: int, rng: np.random.Generator) -> list[l
     return out
 
 
-def _ci(values: np.ndarray) -> list[float]:
-    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+def percentile_interval(values) -> list[float] | None:
+    """The 95% percentile interval of the finite values (None when there are none)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else None
 
 
 def fit_points(points: Points, approaches: list[str] = ("isoflop", "parametric"), bootstrap: int = 200, seed: int = 0,
@@ -175,7 +178,7 @@ def fit_points(points: Points, approaches: list[str] = ("isoflop", "parametric")
             samples = _boot_isoflop(N, D, L, budgets, bootstrap, rng)
             if len(samples) >= 10:
                 s = np.array(samples)
-                iso["n_opt"]["exponent_boot_ci"], iso["d_opt"]["exponent_boot_ci"] = _ci(s[:, 1]), _ci(s[:, 3])
+                iso["n_opt"]["exponent_boot_ci"], iso["d_opt"]["exponent_boot_ci"] = percentile_interval(s[:, 1]), percentile_interval(s[:, 3])
             iso["samples"] = samples
         fits["isoflop"] = iso
         if why:
@@ -199,7 +202,7 @@ def _parametric(N, D, L, bootstrap: int, rng, notes: list[str]) -> dict | None:
     if bootstrap:
         samples = _boot_parametric(fit["theta"], N, D, L, bootstrap, rng)
         params = [named(t) for t in samples]
-        fit["ci"] = {k: _ci(np.array([p[k] for p in params])) for k in ("E", "A", "B", "alpha", "beta", "a", "b")}
+        fit["ci"] = {k: percentile_interval(np.array([p[k] for p in params])) for k in ("E", "A", "B", "alpha", "beta", "a", "b")}
         fit["samples"] = samples
     return fit
 

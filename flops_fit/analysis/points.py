@@ -14,18 +14,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ..frozen import Frozen
 from ..errors import DataError, Problem
 
 __all__ = ["Point", "Points", "group_budgets"]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
-
-class Point(_Frozen):
+class Point(Frozen):
     id: str
     budget_flops: float
     size: Any = None
@@ -38,7 +36,7 @@ class Point(_Frozen):
     curve: list[dict] = Field(default_factory=list)
 
 
-class Points(_Frozen):
+class Points(Frozen):
     """Measured points and the size table (size -> N) of the model family, when known."""
 
     points: list[Point]
@@ -71,43 +69,57 @@ class Points(_Frozen):
 
     @classmethod
     def from_csv(cls, path: str | Path, group_tolerance: float = 0.05) -> "Points":
+        """Points from a CSV with columns ``params,tokens,loss[,flops]``; problems name the line."""
         path = Path(path)
         try:
             with open(path, newline="", encoding="utf-8") as f:
                 reader = csv.DictReader(f)
                 header = [h.strip() for h in (reader.fieldnames or [])]
-                rows = list(reader)
+                rows = [{k.strip(): v for k, v in row.items() if k} for row in reader]
         except OSError as exc:
             raise DataError([Problem(f"cannot read CSV: {exc.strerror}", file=str(path))]) from None
-        missing = [c for c in ("params", "tokens", "loss") if c not in header]
+        return cls.from_rows(rows, columns=header, source=str(path), group_tolerance=group_tolerance)
+
+    @classmethod
+    def from_rows(cls, rows: list[dict], columns: list[str] | None = None, source: str | None = None,
+                  group_tolerance: float = 0.05) -> "Points":
+        """Points from dicts with ``params``, ``tokens``, ``loss`` and optionally ``flops``.
+
+        Every problem is reported at once: with ``source`` (a CSV) by file and line, else by row index.
+        Without ``flops`` a point's compute is 6·N·D and nearby budgets are grouped.
+        """
+        rows = list(rows)
+        columns = list(columns if columns is not None else (rows[0] if rows else []))
+        missing = [c for c in ("params", "tokens", "loss") if c not in columns]
         if missing:
-            raise DataError([Problem(f"missing column(s) {', '.join(missing)}; found {', '.join(header) or 'none'}",
-                                     file=str(path), line=1, hint="columns: params,tokens,loss[,flops]")])
+            raise DataError([Problem(f"missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'none'}",
+                                     file=source, line=1 if source else None, hint="columns: params,tokens,loss[,flops]")])
+        has_flops = "flops" in columns
         problems, values = [], []
-        for i, row in enumerate(rows, start=2):
-            row = {k.strip(): v for k, v in row.items() if k}
+        for i, row in enumerate(rows):
+            where = {"file": source, "line": i + 2} if source else {}
             parsed = {}
-            for col in ("params", "tokens", "loss", "flops"):
-                if col not in header:
-                    continue
+            for col in ("params", "tokens", "loss", "flops")[: 4 if has_flops else 3]:
+                key = col if source else f"[{i}].{col}"
                 try:
-                    v = float(row[col])
+                    v = float(row.get(col))
                 except (TypeError, ValueError):
-                    problems.append(Problem("not a number", key=col, file=str(path), line=i, value=row[col], has_value=True))
+                    problems.append(Problem("not a number", key=key, value=row.get(col), has_value=True, **where))
                     continue
                 if not (math.isfinite(v) and v > 0):
-                    problems.append(Problem("must be positive and finite", key=col, file=str(path), line=i, value=v, has_value=True))
+                    problems.append(Problem("must be positive and finite", key=key, value=v, has_value=True, **where))
                 parsed[col] = v
             values.append(parsed)
         if problems:
             raise DataError(problems)
         if len(values) < 5:
-            raise DataError([Problem(f"{len(values)} points are too few to fit a scaling law (need at least 5)", file=str(path))])
+            raise DataError([Problem(f"{len(values)} points are too few to fit a scaling law (need at least 5)", file=source)])
         flops = [v.get("flops", 6 * v["params"] * v["tokens"]) for v in values]
-        budgets = flops if "flops" in header else group_budgets(flops, group_tolerance)
-        pts = [Point(id=f"row{i + 2}", budget_flops=b, num_params=v["params"], num_tokens=v["tokens"], flops=f, loss=v["loss"])
+        budgets = flops if has_flops else group_budgets(flops, group_tolerance)
+        pts = [Point(id=f"row{i + 2}" if source else f"row{i}", budget_flops=b, num_params=v["params"],
+                     num_tokens=v["tokens"], flops=f, loss=v["loss"])
                for i, (v, f, b) in enumerate(zip(values, flops, budgets))]
-        return cls(points=pts, source=str(path), flop_rule="csv flops column" if "flops" in header else "6N")
+        return cls(points=pts, source=source or "", flop_rule="csv flops column" if has_flops else "6N")
 
 
 def group_budgets(flops: list[float], tolerance: float = 0.05) -> list[float]:

@@ -105,7 +105,7 @@ def _evaluate(model: torch.nn.Module, batches: list, loss_fn: Callable, accelera
 
 
 def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_from: str | None = None,
-                     on_log: Callable[[dict], None] | None = None, num_workers: int = 0) -> dict:
+                     on_log: Callable[[dict], None] | None = None) -> dict:
     """Train ``job`` to its last step (or divergence) and return its result record."""
     t = job.train
     folders = job.search_path
@@ -141,7 +141,7 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
     eval_data = build_data(job.eval_data.target, job.eval_data.kwargs, folders) if job.eval_data else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        source = make_sources(data, eval_data, job, layout, accelerator.device, num_workers)
+        source = make_sources(data, eval_data, job, layout, accelerator.device, t.num_workers)
     notes = [str(w.message) for w in caught]
 
     # 4. Resume: every state from the latest complete checkpoint; the data position is the step.
