@@ -23,6 +23,7 @@ from .validate import check
 
 if TYPE_CHECKING:  # the training and fitting stacks load on first use, so `validate` starts fast
     from .analysis import Points
+    from .confirm import Confirmation
     from .execute.runner import RunEvent
     from .report import Result
 
@@ -80,6 +81,25 @@ class Spec(_spec.Spec):
         if report:
             write_report(result, store.root / "report")
         return result
+
+    def confirm(self, budget_flops: float, sizes: int = 3, approach: str | None = None, retry_failed: bool = False,
+                on_event: Callable[[RunEvent], None] | None = None) -> Confirmation:
+        """The forward check at ``budget_flops`` (see :mod:`flops_fit.confirm`).
+
+        Writes ``<run_dir>/confirm/<C>/prediction.json`` from the current fits before training,
+        then trains the ``sizes`` sizes around the predicted N_opt and reports predicted against
+        measured in ``confirm.json`` and ``confirm.png``.
+        """
+        from .confirm import confirm
+
+        def train(experiments, store) -> None:
+            from .execute.runner import make_accelerator, run_experiments
+
+            t = self.train
+            accelerator = make_accelerator(t.precision, t.device, list(t.log_with), str(store.root / "tracking"))
+            run_experiments(experiments, store, accelerator, retry_failed, on_event)
+
+        return confirm(self, float(budget_flops), sizes, approach, train=train, analyze=analyze_plan)
 
     def analyze(self, report: bool = True) -> Result:
         """Fit and report from whatever the store holds now (nothing is trained)."""

@@ -226,6 +226,48 @@ def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,toke
 
 
 @app.command()
+def confirm(spec: str = SpecArg,
+            budget: float = typer.Option(..., "--budget", help="The budget (FLOPs) to predict and check, beyond the sweep's."),
+            sizes: int = typer.Option(3, "--sizes", min=1, help="Sizes to train around the predicted N_opt."),
+            approach: Optional[str] = typer.Option(None, "--approach", help="parametric (default) or isoflop."),
+            as_json: bool = JsonOpt, verbose: bool = VerboseOpt) -> None:
+    """Pre-register a prediction at a larger budget, train the sizes around it, report predicted vs measured."""
+    def go() -> None:
+        s = _load(spec)
+        progress, handle = _progress_handler(err)
+        try:
+            c = s.confirm(budget, sizes=sizes, approach=approach, on_event=handle)
+        finally:
+            progress.stop()
+        if as_json:
+            print(json.dumps(c.summary(), indent=2))
+            return
+        p = c.predicted
+        ci = f" (95% {p.loss_ci[0]:.4g}–{p.loss_ci[1]:.4g})" if p.loss_ci else ""
+        err.print(f"prediction ({p.approach}, registered {p.created}): N_opt {p.num_params:.3g}, "
+                  f"D_opt {p.num_tokens:.3g}, loss {p.loss:.4g}{ci}" if p.loss is not None else
+                  f"prediction ({p.approach}): N_opt {p.num_params:.3g}, D_opt {p.num_tokens:.3g}")
+        t = Table(title=f"Forward check at C = {c.budget_flops:.3g} FLOPs")
+        for col in ("size", "N", "D", "predicted loss", "95% interval", "measured", "inside"):
+            t.add_column(col, justify="right")
+        for m in c.measured:
+            mark = " ★" if m.size == c.best_size else ""
+            t.add_row(f"{m.size}{' (predicted)' if m.size == c.predicted_size else ''}", f"{m.num_params:,}",
+                      f"{m.num_tokens:.3g}", "–" if m.predicted_loss is None else f"{m.predicted_loss:.4f}",
+                      _ci(m.predicted_loss_ci), "–" if m.loss is None else f"{m.loss:.4f}{mark}",
+                      "–" if m.inside is None else ("yes" if m.inside else "no"))
+        err.print(t)
+        if c.loss_error is not None:
+            err.print(f"best measured loss vs predicted: {c.loss_error:+.2%}; best size is "
+                      + ("the predicted one" if c.best_is_predicted else
+                         "adjacent to the predicted one" if c.best_is_adjacent else "not the predicted one"))
+        for note in c.notes:
+            err.print(f"[yellow]note: {note}[/]")
+        err.print(f"report: {s.run_dir / 'confirm'}")
+    _guard(go, verbose)
+
+
+@app.command()
 def schema(output: str = typer.Option("schemas/spec.schema.json", help="Where to write the JSON Schema.")) -> None:
     """Write the JSON Schema of the spec (for editors and CI)."""
     from .schema import spec_schema

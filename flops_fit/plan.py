@@ -28,7 +28,7 @@ from .imports import resolve
 from .spec import Spec, TrainSpec
 
 __all__ = ["Component", "Job", "Experiment", "Dropped", "SizeInfo", "Plan", "compile_plan", "size_info", "size_infos",
-           "sample_batch", "experiment_id"]
+           "sample_batch", "experiment_id", "confirm_experiments", "format_number"]
 
 
 
@@ -112,6 +112,11 @@ class Plan(Frozen):
 
     def for_budget(self, budget_flops: float) -> list[Experiment]:
         return [e for e in self.experiments if e.budget_flops == budget_flops]
+
+
+def format_number(value: float) -> str:
+    """``4e15``, ``1.5e13``, ``128``: short and file-name safe."""
+    return _fmt_number(value)
 
 
 def _fmt_number(value: float) -> str:
@@ -262,3 +267,38 @@ def _experiment(spec: Spec, budget: float, info: SizeInfo, steps: int) -> Experi
     return Experiment(id=exp_id, hash=digest, budget_flops=budget, size=info.size, num_params=info.num_params,
                       num_tokens=samples * d.tokens_per_sample, num_samples=samples, steps=steps,
                       flops=samples * info.flops_per_sample, job=job)
+
+
+def confirm_experiments(spec: Spec, sizes: list[SizeInfo], budget_flops: float, num_params: float,
+                        k: int = 3) -> list[Experiment]:
+    """The ``k`` sizes of ``model.sizes`` around a predicted N_opt, as ordinary experiments at ``budget_flops``.
+
+    The size nearest ``num_params`` (in ln N) is the centre, with ``k // 2`` sizes either side
+    (one more above for even k).  Raises SpecError when the centre has no neighbour on a side
+    or a size gets fewer than ``sweep.min_steps`` steps: a forward check needs the predicted
+    size bracketed.
+    """
+    ordered = sorted(sizes, key=lambda s: s.num_params)
+    best = min(range(len(ordered)), key=lambda i: abs(math.log(ordered[i].num_params) - math.log(num_params)))
+    lo, hi = best - k // 2, best + (k - 1 - k // 2)
+    problems = []
+    if lo < 0 or hi >= len(ordered):
+        side = "smaller" if lo < 0 else "larger"
+        problems.append(Problem(f"the predicted N_opt = {num_params:.3g} needs {k // 2 or 1} {side} size(s) beside "
+                                f"{spec.model.size_param} = {ordered[best].size} (N = {ordered[best].num_params:,}) "
+                                f"to bracket it", key="model.sizes", file=spec.source, value=[s.size for s in ordered],
+                                has_value=True, hint=f"add {side} values of {spec.model.size_param} to model.sizes "
+                                                     f"(the sweep does not use sizes outside its window)"))
+    chosen = ordered[max(0, lo):hi + 1]
+    out = []
+    for info in chosen:
+        steps = int(round(budget_flops / info.flops_per_sample / spec.train.batch_size))
+        if steps < spec.sweep.min_steps:
+            problems.append(Problem(f"{spec.model.size_param} = {info.size} gets {steps} steps at "
+                                    f"{budget_flops:.3g} FLOPs (< sweep.min_steps = {spec.sweep.min_steps})",
+                                    key="sweep.min_steps", file=spec.source, hint="confirm a larger budget"))
+            continue
+        out.append(_experiment(spec, budget_flops, info, steps))
+    if problems:
+        raise SpecError(problems)
+    return out

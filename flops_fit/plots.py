@@ -10,7 +10,7 @@ import numpy as np
 
 Result = Any  # a flops_fit.report.Result; this module sits below report and does not import it
 
-__all__ = ["make_figures"]
+__all__ = ["make_figures", "confirm_figure"]
 
 
 def _plt():
@@ -145,3 +145,62 @@ def make_figures(result: Result, path: str | Path | None = None) -> dict:
         for name, fig in figures.items():
             fig.savefig(folder / f"{name}.png", dpi=110)
     return figures
+
+
+def confirm_figure(result: Result, confirmation: Any):
+    """The forward check: L_opt(C) with its band, the sweep's minima, and the measured losses at
+    the confirmation budget (left); loss against N at that budget, predicted and measured (right)."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    pred = confirmation.predicted
+    C = confirmation.budget_flops
+    approach = pred.approach
+    budgets = sorted(set(result.budgets) | {C})
+    grid = np.logspace(math.log10(min(budgets)) - 0.2, math.log10(max(budgets)) + 0.2, 40)
+    rows = [result.predict(c).get(approach, {}) for c in grid]
+    if all(r.get("loss") is not None for r in rows):
+        left.plot(grid, [r["loss"] for r in rows], color="C1", label=f"L_opt ({approach} fit)")
+        cis = [r.get("loss_ci") for r in rows]
+        if all(ci is not None for ci in cis):
+            left.fill_between(grid, [c[0] for c in cis], [c[1] for c in cis], color="C1", alpha=0.2, label="95% band")
+    best_per_budget = {}
+    for p in result.points.usable():
+        if p.budget_flops not in best_per_budget or p.loss < best_per_budget[p.budget_flops]:
+            best_per_budget[p.budget_flops] = p.loss
+    left.scatter(list(best_per_budget), list(best_per_budget.values()), color="k", zorder=3, label="sweep: best run per budget")
+    if pred.loss is not None:
+        yerr = None if pred.loss_ci is None else [[pred.loss - pred.loss_ci[0]], [pred.loss_ci[1] - pred.loss]]
+        left.errorbar([C], [pred.loss], yerr=yerr, fmt="D", color="C1", mfc="white", capsize=4, zorder=4,
+                      label="pre-registered prediction")
+    done = [m for m in confirmation.measured if m.loss is not None]
+    if done:
+        left.scatter([C] * len(done), [m.loss for m in done], marker="x", color="C3", zorder=5, label="measured at C")
+    _axes(left, "compute C (FLOPs)", "final held-out loss", f"Forward check at C = {C:.3g}", logy=False)
+
+    sizes = pred.sizes
+    n_lo, n_hi = min(s.num_params for s in sizes) / 1.5, max(s.num_params for s in sizes) * 1.5
+    n_grid = np.logspace(math.log10(n_lo), math.log10(n_hi), 40)
+    par = result.fits.parametric
+    if par:
+        from .analysis.parametric import named, predict_loss
+
+        fpu = result.fits.flops_per_unit
+        d_grid = C / (fpu["coef"] * n_grid ** fpu["exponent"])
+        right.plot(n_grid, predict_loss(par, n_grid, d_grid), color="C1", label="predicted L(N, D = C / FLOPs per unit)")
+        samples = par.get("samples") or []
+        if len(samples) >= 10:
+            with np.errstate(all="ignore"):
+                boot = np.array([predict_loss(named(t), n_grid, d_grid) for t in samples])
+            right.fill_between(n_grid, np.nanpercentile(boot, 2.5, axis=0), np.nanpercentile(boot, 97.5, axis=0),
+                               color="C1", alpha=0.2, label="95% band")
+    for s in sizes:
+        if s.loss_ci is not None:
+            right.errorbar([s.num_params], [s.loss], yerr=[[s.loss - s.loss_ci[0]], [s.loss_ci[1] - s.loss]], fmt="D",
+                           color="C1", mfc="white", capsize=3)
+    if done:
+        right.scatter([m.num_params for m in done], [m.loss for m in done], marker="x", s=60, color="C3", zorder=5,
+                      label="measured")
+    right.axvline(pred.num_params, color="C1", ls="--", lw=1, label=f"predicted N_opt = {pred.num_params:.3g}")
+    _axes(right, "parameters N", None, f"Loss against N at C = {C:.3g}", logy=False)
+    fig.tight_layout()
+    return fig

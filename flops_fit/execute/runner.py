@@ -20,7 +20,7 @@ from ..plan import Experiment, Plan
 from ..store import Decision, Store, decide
 from .worker import train_experiment
 
-__all__ = ["RunEvent", "run_plan", "make_accelerator"]
+__all__ = ["RunEvent", "run_plan", "run_experiments", "make_accelerator"]
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,17 @@ def run_plan(plan: Plan, store: Store, accelerator: Accelerator, retry_failed: b
              on_event: Callable[[RunEvent], None] | None = None,
              select: Callable[[Experiment], bool] | None = None) -> list[dict]:
     """Train every pending experiment of ``plan`` (those ``select`` accepts); return the results trained now."""
-    trained = []
-    experiments = [e for e in plan.experiments if select is None or select(e)]
-    total = len(experiments)
     if accelerator.is_main_process:
         store.write_plan_json(plan.to_json())
+    experiments = [e for e in plan.experiments if select is None or select(e)]
+    return run_experiments(experiments, store, accelerator, retry_failed, on_event)
+
+
+def run_experiments(experiments: list[Experiment], store: Store, accelerator: Accelerator, retry_failed: bool = False,
+                    on_event: Callable[[RunEvent], None] | None = None) -> list[dict]:
+    """Decide, claim, train and store each experiment in turn; return the results trained now."""
+    trained = []
+    total = len(experiments)
     for index, exp in enumerate(experiments):
         def emit(kind: str, **kw: Any) -> None:
             if on_event is not None and accelerator.is_main_process:

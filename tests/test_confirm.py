@@ -1,0 +1,89 @@
+"""`flops-fit confirm`: a pre-registered prediction, written before training, checked by runs outside the fit."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from flops_fit import Spec
+from flops_fit.cli import app
+from flops_fit.errors import SpecError
+from tests.conftest import write_toy_spec
+
+SIZES = (4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+@pytest.fixture
+def swept(in_tmp):
+    path = write_toy_spec(in_tmp, sizes=SIZES, budgets=(1e6, 2e6, 4e6), train="sizes_per_budget = 5\n".replace(
+        "sizes_per_budget = 5\n", ""), analysis="approaches = [\"isoflop\", \"parametric\"]\n")
+    text = path.read_text().replace("[sweep]\n", "[sweep]\nsizes_per_budget = 5\n")
+    path.write_text(text)
+    spec = Spec.load(path)
+    spec.run(report=False)
+    return path
+
+
+def test_prediction_written_before_training_and_kept_out_of_the_fit(swept, monkeypatch):
+    spec = Spec.load(swept)
+    before = spec.analyze(report=False)
+    seen = []
+
+    def on_event(event):
+        if event.kind == "decision" and event.decision.action != "skip":
+            folder = spec.run_dir / "confirm" / "1.2e7"
+            seen.append((folder / "prediction.json").exists())  # registered before the first step
+
+    c = spec.confirm(1.2e7, on_event=on_event)
+    assert seen and all(seen)
+    folder = spec.run_dir / "confirm" / "1.2e7"
+    doc = json.loads((folder / "confirm.json").read_text())
+    for key in ("budget_flops", "predicted", "measured", "loss_error", "best_is_predicted"):
+        assert key in doc
+    for key in ("num_params", "num_tokens", "loss", "loss_ci", "approach"):
+        assert key in doc["predicted"]
+    assert len(doc["measured"]) == 3 and all({"size", "num_params", "loss"} <= set(m) for m in doc["measured"])
+    best = min(m["loss"] for m in doc["measured"])
+    assert doc["loss_error"] == pytest.approx(best / doc["predicted"]["loss"] - 1)
+    sizes = [m["size"] for m in doc["measured"]]
+    centre = min(sizes, key=lambda s: abs(c.measured[sizes.index(s)].num_params - c.predicted.num_params))
+    assert sizes.index(centre) == 1  # the size nearest N_opt, one either side
+    assert (folder / "confirm.png").read_bytes()[:4] == b"\x89PNG"
+    # the confirmation runs never enter the fit they test
+    after = spec.analyze(report=False)
+    assert after.fits.num_points == before.fits.num_points
+    assert {p.id for p in after.points.points}.isdisjoint(m["id"] for m in doc["measured"])
+    # a rerun trains nothing and keeps the registered prediction
+    created = c.predicted.created
+    again = []
+    c2 = spec.confirm(1.2e7, on_event=again.append)
+    assert [e for e in again if e.kind == "result"] == []
+    assert c2.predicted.created == created and c2.measured == c.measured
+
+
+def test_confirm_errors(in_tmp, swept):
+    spec = Spec.load(swept)
+    with pytest.raises(SpecError, match="one of the sweep's"):
+        spec.confirm(2e6)
+    with pytest.raises(SpecError, match="positive, finite"):
+        spec.confirm(float("nan"))
+    with pytest.raises(SpecError, match="larger size"):
+        spec.confirm(1e12)  # N_opt far beyond the largest size: nothing brackets it
+    assert not (spec.run_dir / "confirm" / "1e12" / "confirm.json").exists()
+    fresh = Spec.load(write_toy_spec(in_tmp, name="empty", sizes=SIZES, budgets=(1e6, 2e6, 4e6)))
+    with pytest.raises(SpecError, match="holds no finished experiment"):
+        fresh.confirm(1.2e7)
+    assert not (fresh.run_dir / "confirm").exists()
+
+
+def test_confirm_cli(swept):
+    runner = CliRunner()
+    res = runner.invoke(app, ["confirm", str(swept), "--budget", "1.2e7", "--json"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["budget_flops"] == 1.2e7 and len(doc["measured"]) == 3
+    bad = runner.invoke(app, ["confirm", str(swept), "--budget", "2e6"])
+    assert bad.exit_code == 1 and "one of the sweep's" in bad.output and "Traceback" not in bad.output
