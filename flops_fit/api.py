@@ -83,12 +83,13 @@ class Spec(_spec.Spec):
         return result
 
     def confirm(self, budget_flops: float, sizes: int = 3, approach: str | None = None, retry_failed: bool = False,
-                on_event: Callable[[RunEvent], None] | None = None) -> Confirmation:
+                on_event: Callable[[RunEvent], None] | None = None, predict_only: bool = False) -> Confirmation:
         """The forward check at ``budget_flops`` (see :mod:`flops_fit.confirm`).
 
         Writes ``<run_dir>/confirm/<C>/prediction.json`` from the current fits before training,
         then trains the ``sizes`` sizes around the predicted N_opt and reports predicted against
-        measured in ``confirm.json`` and ``confirm.png``.
+        measured in ``confirm.json`` and ``confirm.png``.  ``predict_only`` returns the registered
+        :class:`~flops_fit.confirm.Prediction` without training.
         """
         from .confirm import confirm
 
@@ -99,7 +100,8 @@ class Spec(_spec.Spec):
             accelerator = make_accelerator(t.precision, t.device, list(t.log_with), str(store.root / "tracking"))
             run_experiments(experiments, store, accelerator, retry_failed, on_event)
 
-        return confirm(self, float(budget_flops), sizes, approach, train=train, analyze=analyze_plan)
+        return confirm(self, float(budget_flops), sizes, approach, train=train, analyze=analyze_plan,
+                       predict_only=predict_only)
 
     def analyze(self, report: bool = True) -> Result:
         """Fit and report from whatever the store holds now (nothing is trained)."""

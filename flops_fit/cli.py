@@ -230,15 +230,23 @@ def confirm(spec: str = SpecArg,
             budget: float = typer.Option(..., "--budget", help="The budget (FLOPs) to predict and check, beyond the sweep's."),
             sizes: int = typer.Option(3, "--sizes", min=1, help="Sizes to train around the predicted N_opt."),
             approach: Optional[str] = typer.Option(None, "--approach", help="parametric (default) or isoflop."),
+            predict_only: bool = typer.Option(False, "--predict-only", help="Register the prediction; train nothing."),
             as_json: bool = JsonOpt, verbose: bool = VerboseOpt) -> None:
     """Pre-register a prediction at a larger budget, train the sizes around it, report predicted vs measured."""
     def go() -> None:
         s = _load(spec)
         progress, handle = _progress_handler(err)
         try:
-            c = s.confirm(budget, sizes=sizes, approach=approach, on_event=handle)
+            c = s.confirm(budget, sizes=sizes, approach=approach, on_event=handle, predict_only=predict_only)
         finally:
             progress.stop()
+        if predict_only:
+            if as_json:
+                print(c.model_dump_json(indent=2))
+            else:
+                err.print(f"registered {s.run_dir / 'confirm'}: N_opt {c.num_params:.3g}, D_opt {c.num_tokens:.3g}, "
+                          f"loss {c.loss}, sizes {[p.size for p in c.sizes]}")
+            return
         if as_json:
             print(json.dumps(c.summary(), indent=2))
             return

@@ -190,12 +190,36 @@ def compare(prediction: Prediction, results: dict[str, dict | None]) -> Confirma
                         inside=sum(1 for m in measured if m.inside), notes=notes)
 
 
+def _register(path: Path, prediction: Prediction) -> Prediction:
+    """Write ``prediction.json`` unless one exists (atomic: a hard link never replaces a file)."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".prediction.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(prediction.model_dump_json(indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    except FileExistsError:  # another process registered first: theirs stands
+        return Prediction.model_validate_json(path.read_text(encoding="utf-8"))
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return prediction
+
+
 def confirm(spec: Spec, budget_flops: float, k: int = 3, approach: str | None = None,
-            train: Callable[[list[Experiment], Store], None] | None = None, analyze: Callable | None = None) -> Confirmation:
+            train: Callable[[list[Experiment], Store], None] | None = None, analyze: Callable | None = None,
+            predict_only: bool = False) -> Confirmation | Prediction:
     """Pre-register a prediction at ``budget_flops``, train the ``k`` sizes around it, compare.
 
     ``analyze(spec, plan) -> Result`` fits the sweep; ``train(experiments, store)`` trains what
     is pending (both supplied by the facade, which owns the pipeline).  A rerun trains nothing.
+    ``predict_only`` registers the prediction and returns it without training.  Several
+    processes may confirm the same budget at once: they share the registered prediction and
+    the store's locks give each experiment to one of them.
     """
     plan = compile_plan(spec)
     folder = confirm_dir(spec, budget_flops)
@@ -217,7 +241,9 @@ def confirm(spec: Spec, budget_flops: float, k: int = 3, approach: str | None = 
     else:
         result = analyze(spec, plan)
         prediction, experiments = preregister(spec, plan, result, budget_flops, k, approach)
-        atomic_write_text(path, prediction.model_dump_json(indent=2) + "\n")  # registered before any training
+        prediction = _register(path, prediction)  # before any training; the first registration wins
+    if predict_only:
+        return prediction
     if train is not None:
         train(experiments, store)
     confirmation = compare(prediction, {e.id: store.read_result(e.id) for e in experiments})
