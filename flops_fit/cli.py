@@ -256,12 +256,13 @@ def confirm(spec: str = SpecArg,
                   f"D_opt {p.num_tokens:.3g}, loss {p.loss:.4g}{ci}" if p.loss is not None else
                   f"prediction ({p.approach}): N_opt {p.num_params:.3g}, D_opt {p.num_tokens:.3g}")
         t = Table(title=f"Forward check at C = {c.budget_flops:.3g} FLOPs")
-        for col in ("size", "N", "D", "predicted loss", "95% interval", "measured", "inside"):
+        for col in ("size", "N", "D", "epochs", "predicted loss", "95% interval", "measured", "inside"):
             t.add_column(col, justify="right")
         for m in c.measured:
             mark = " ★" if m.size == c.best_size else ""
             t.add_row(f"{m.size}{' (predicted)' if m.size == c.predicted_size else ''}", f"{m.num_params:,}",
-                      f"{m.num_tokens:.3g}", "–" if m.predicted_loss is None else f"{m.predicted_loss:.4f}",
+                      f"{m.num_tokens:.3g}", "–" if m.epochs is None else f"{m.epochs:.2f}",
+                      "–" if m.predicted_loss is None else f"{m.predicted_loss:.4f}",
                       _ci(m.predicted_loss_ci), "–" if m.loss is None else f"{m.loss:.4f}{mark}",
                       "–" if m.inside is None else ("yes" if m.inside else "no"))
         err.print(t)

@@ -74,6 +74,7 @@ class MeasuredSize(Frozen):
     num_tokens: float
     loss: Optional[float]
     status: str
+    epochs: Optional[float] = None
     predicted_loss: Optional[float]
     predicted_loss_ci: Optional[list[float]] = None
     inside: Optional[bool] = None
@@ -99,8 +100,10 @@ class Confirmation(Frozen):
         return self.model_dump(mode="json")
 
 
-def confirm_dir(spec: Spec, budget_flops: float) -> Path:
-    return spec.run_dir / "confirm" / format_number(budget_flops)
+def confirm_dir(spec: Spec, budget_flops: float, approach: str | None = None) -> Path:
+    """``<run_dir>/confirm/<C>``, or ``<C>-<approach>`` for an approach other than the default (parametric)."""
+    suffix = f"-{approach}" if approach not in (None, "parametric") else ""
+    return spec.run_dir / "confirm" / (format_number(budget_flops) + suffix)
 
 
 def _size_loss(fits, num_params: float, num_tokens: float) -> tuple[float | None, list[float] | None]:
@@ -161,16 +164,21 @@ def preregister(spec: Spec, plan: Plan, result, budget_flops: float, k: int = 3,
     return pred, experiments
 
 
-def compare(prediction: Prediction, results: dict[str, dict | None]) -> Confirmation:
-    """Predicted against measured (``results``: experiment id -> its result.json, or None)."""
+def compare(prediction: Prediction, results: dict[str, dict | None], sweep_epochs: float = 1.0) -> Confirmation:
+    """Predicted against measured (``results``: experiment id -> its result.json, or None;
+    ``sweep_epochs``: the most passes over the data of any sweep run, for the repetition note)."""
     measured, notes = [], []
     for p in prediction.sizes:
         r = results.get(p.id)
         loss = r.get("loss") if r and r.get("status") == "ok" else None
         inside = None if loss is None or p.loss_ci is None else bool(p.loss_ci[0] <= loss <= p.loss_ci[1])
+        epochs = r.get("epochs") if r else None
         measured.append(MeasuredSize(id=p.id, size=p.size, num_params=p.num_params, num_tokens=p.num_tokens, loss=loss,
-                                     status=r.get("status", "missing") if r else "missing", predicted_loss=p.loss,
-                                     predicted_loss_ci=p.loss_ci, inside=inside))
+                                     status=r.get("status", "missing") if r else "missing", epochs=epochs,
+                                     predicted_loss=p.loss, predicted_loss_ci=p.loss_ci, inside=inside))
+        if epochs is not None and epochs > sweep_epochs * 1.25 and epochs > 1:
+            notes.append(f"{p.id} repeats its data {epochs:.1f} times (the sweep at most {sweep_epochs:.1f}): "
+                         f"the law assumes fresh data, so its loss is likely above the prediction")
         if r and r.get("status") != "ok":
             notes.append(f"{p.id}: {r.get('status')} {r.get('reason', '')}".strip())
     centre = min(prediction.sizes, key=lambda s: abs(math.log(s.num_params) - math.log(prediction.num_params)))
@@ -222,9 +230,10 @@ def confirm(spec: Spec, budget_flops: float, k: int = 3, approach: str | None = 
     the store's locks give each experiment to one of them.
     """
     plan = compile_plan(spec)
-    folder = confirm_dir(spec, budget_flops)
+    folder = confirm_dir(spec, budget_flops, approach)
     path = folder / "prediction.json"
     store = Store(Path(plan.run_dir))
+    result = None
     if path.exists():
         prediction = Prediction.model_validate_json(path.read_text(encoding="utf-8"))
         _check_budget(spec, plan, budget_flops)
@@ -246,10 +255,12 @@ def confirm(spec: Spec, budget_flops: float, k: int = 3, approach: str | None = 
         return prediction
     if train is not None:
         train(experiments, store)
-    confirmation = compare(prediction, {e.id: store.read_result(e.id) for e in experiments})
+    swept = [store.read_result(e.id) for e in plan.experiments]
+    sweep_epochs = max([r.get("epochs") or 0.0 for r in swept if r] or [0.0])
+    confirmation = compare(prediction, {e.id: store.read_result(e.id) for e in experiments}, sweep_epochs)
     atomic_write_text(folder / "confirm.json", json.dumps(confirmation.summary(), indent=2) + "\n")
     if analyze is not None and confirmation.measured:
-        _figure(confirmation, analyze(spec, plan), folder / "confirm.png")
+        _figure(confirmation, result if result is not None else analyze(spec, plan), folder / "confirm.png")
     return confirmation
 
 

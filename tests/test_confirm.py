@@ -16,18 +16,21 @@ from tests.conftest import write_toy_spec
 SIZES = (4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
-@pytest.fixture
-def swept(in_tmp):
-    path = write_toy_spec(in_tmp, sizes=SIZES, budgets=(1e6, 2e6, 4e6), train="sizes_per_budget = 5\n".replace(
-        "sizes_per_budget = 5\n", ""), analysis="approaches = [\"isoflop\", \"parametric\"]\n")
-    text = path.read_text().replace("[sweep]\n", "[sweep]\nsizes_per_budget = 5\n")
-    path.write_text(text)
-    spec = Spec.load(path)
-    spec.run(report=False)
-    return path
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """One swept toy store shared by this module's tests (run from its folder)."""
+    folder = tmp_path_factory.mktemp("confirm")
+    old = os.getcwd()
+    os.chdir(folder)
+    path = write_toy_spec(folder, sizes=SIZES, budgets=(1e6, 2e6, 4e6),
+                          analysis="approaches = [\"isoflop\", \"parametric\"]\n")
+    path.write_text(path.read_text().replace("[sweep]\n", "[sweep]\nsizes_per_budget = 5\n"))
+    Spec.load(path).run(report=False)
+    yield path
+    os.chdir(old)
 
 
-def test_prediction_written_before_training_and_kept_out_of_the_fit(swept, monkeypatch):
+def test_prediction_written_before_training_and_kept_out_of_the_fit(swept):
     spec = Spec.load(swept)
     before = spec.analyze(report=False)
     seen = []
@@ -64,7 +67,7 @@ def test_prediction_written_before_training_and_kept_out_of_the_fit(swept, monke
     assert c2.predicted.created == created and c2.measured == c.measured
 
 
-def test_confirm_errors(in_tmp, swept):
+def test_confirm_errors(swept):
     spec = Spec.load(swept)
     with pytest.raises(SpecError, match="one of the sweep's"):
         spec.confirm(2e6)
@@ -73,7 +76,7 @@ def test_confirm_errors(in_tmp, swept):
     with pytest.raises(SpecError, match="larger size"):
         spec.confirm(1e12)  # N_opt far beyond the largest size: nothing brackets it
     assert not (spec.run_dir / "confirm" / "1e12" / "confirm.json").exists()
-    fresh = Spec.load(write_toy_spec(in_tmp, name="empty", sizes=SIZES, budgets=(1e6, 2e6, 4e6)))
+    fresh = Spec.load(write_toy_spec(swept.parent, name="empty", sizes=SIZES, budgets=(1e6, 2e6, 4e6)))
     with pytest.raises(SpecError, match="holds no finished experiment"):
         fresh.confirm(1.2e7)
     assert not (fresh.run_dir / "confirm").exists()

@@ -20,7 +20,7 @@ from .isoflop import budget_minima, loss_law, parabola_residuals, power_law
 from .parametric import fit_parametric, named, predict_loss, refit_fast
 from .points import Point, Points
 
-__all__ = ["Fits", "fit_points", "optimal_allocation", "flops_per_unit_law", "percentile_interval"]
+__all__ = ["Fits", "fit_points", "optimal_allocation", "flops_per_unit_law", "percentile_interval", "allocation_exponents"]
 
 
 class Fits(BaseModel):
@@ -184,7 +184,7 @@ def fit_points(points: Points, approaches: list[str] = ("isoflop", "parametric")
         if why:
             notes.append(why)
     if "parametric" in approaches:
-        fits["parametric"] = _parametric(N, D, L, bootstrap, rng, notes)
+        fits["parametric"] = _parametric(N, D, L, bootstrap, rng, notes, fpu)
     if "envelope" in approaches:
         env = envelope([(p.num_params, p.curve) for p in usable])
         fits["envelope"] = env
@@ -194,14 +194,25 @@ def fit_points(points: Points, approaches: list[str] = ("isoflop", "parametric")
     return Fits(**fits, excluded=excluded, notes=notes, flops_per_unit=fpu, backtest=bt, num_points=len(usable))
 
 
-def _parametric(N, D, L, bootstrap: int, rng, notes: list[str]) -> dict | None:
+def allocation_exponents(params: dict, fpu: dict) -> tuple[float, float]:
+    """(a, b) of N_opt ∝ C^a and D_opt ∝ C^b under C = c·N^p·D: a = β/(α+pβ), b = 1 − p·a
+    (Chinchilla's β/(α+β) and α/(α+β) when p = 1, the 6N rule)."""
+    p = float(fpu["exponent"])
+    a = params["beta"] / (params["alpha"] + p * params["beta"])
+    return a, 1 - p * a
+
+
+def _parametric(N, D, L, bootstrap: int, rng, notes: list[str], fpu: dict) -> dict | None:
     if len(L) < 5:
         notes.append(f"parametric: {len(L)} points (need 5)")
         return None
     fit = fit_parametric(N, D, L)
+    fit["a"], fit["b"] = allocation_exponents(fit, fpu)
     if bootstrap:
         samples = _boot_parametric(fit["theta"], N, D, L, bootstrap, rng)
         params = [named(t) for t in samples]
+        for q in params:
+            q["a"], q["b"] = allocation_exponents(q, fpu)
         fit["ci"] = {k: percentile_interval(np.array([p[k] for p in params])) for k in ("E", "A", "B", "alpha", "beta", "a", "b")}
         fit["samples"] = samples
     return fit
