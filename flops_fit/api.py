@@ -128,7 +128,7 @@ def analyze_plan(spec: _spec.Spec, plan: Plan) -> Result:
                                  hint="run `flops-fit run` first")])
     points = Points.from_results(results, [(s.size, s.num_params) for s in plan.sizes], plan.flop_rule, plan.run_dir)
     a = spec.analysis
-    fits = fit_points(points, a.approaches, a.bootstrap, a.seed, a.keep_outliers, a.outlier_z)
+    fits = fit_points(points, a.approaches, a.bootstrap, a.seed, a.keep_outliers, a.outlier_z, profile=a.profile)
     return Result(fits=fits, points=points, budgets=plan.budgets, predict_budgets=a.predict,
                   size_param=plan.size_param, flop_rule=plan.flop_rule)
 
@@ -154,7 +154,8 @@ def write_report(result: Result, folder: Path) -> Path:
 
 
 def fit(points: "Points | str | Path | Iterable[dict]", approaches: Iterable[str] = ("isoflop", "parametric"),
-        bootstrap: int = 200, seed: int = 0, predict: Iterable[float] = (), keep_outliers: bool = False) -> Result:
+        bootstrap: int = 200, seed: int = 0, predict: Iterable[float] = (), keep_outliers: bool = False,
+        profile: str = "window") -> Result:
     """Fit measurements made elsewhere: a Points, a CSV path, or dicts with params, tokens, loss[, flops]."""
     from .analysis import Points, fit_points
     from .report import Result
@@ -165,7 +166,7 @@ def fit(points: "Points | str | Path | Iterable[dict]", approaches: Iterable[str
         pts = points
     else:
         pts = Points.from_rows(list(points))
-    fits = fit_points(pts, list(approaches), bootstrap, seed, keep_outliers)
+    fits = fit_points(pts, list(approaches), bootstrap, seed, keep_outliers, profile=profile)
     budgets = sorted({p.budget_flops for p in pts.usable()})
     return Result(fits=fits, points=pts, budgets=budgets, predict_budgets=list(predict), flop_rule=pts.flop_rule)
 

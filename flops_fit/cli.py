@@ -12,6 +12,7 @@ import math
 import sys
 import time
 import traceback
+from enum import Enum
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -23,7 +24,20 @@ from .errors import FlopsFitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Plan, train and fit compute-optimal scaling laws for your model and data.")
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 220)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 220)  # progress, messages, --json's company
+out = Console(width=None if sys.stdout.isatty() else 220)  # the human report: `flops-fit fit x.csv > report.txt` keeps it
+
+class Approach(str, Enum):
+    isoflop = "isoflop"
+    parametric = "parametric"
+    envelope = "envelope"
+
+
+class Profile(str, Enum):
+    window = "window"
+    cubic = "cubic"
+    parabola = "parabola"
+
 
 SpecArg = typer.Argument(..., help="Path of the spec TOML file.", exists=False)
 JsonOpt = typer.Option(False, "--json", help="Print only the JSON document on stdout.")
@@ -141,33 +155,41 @@ def _print_result(result, as_json: bool) -> None:
         return
     from .flops import RULE_DESCRIPTIONS
 
-    err.print(result.chinchilla_table())
+    underdetermined = len((result.fits.isoflop or {}).get("minima", [])) < 3
+
+    out.print(result.chinchilla_table())
     s = result.summary()
     for name, fit in s["fits"].items():
         if name == "parametric":
             ci = fit.get("ci", {})
-            err.print(f"parametric: L = {fit['E']:.4g} + {fit['A']:.4g}/N^{fit['alpha']:.4f} + {fit['B']:.4g}/D^{fit['beta']:.4f};"
+            out.print(f"parametric: L = {fit['E']:.4g} + {fit['A']:.4g}/N^{fit['alpha']:.4f} + {fit['B']:.4g}/D^{fit['beta']:.4f};"
                       f" a = {fit['a']:.3f} {_ci(ci.get('a'))}, b = {fit['b']:.3f} {_ci(ci.get('b'))}")
         else:
             n = fit["n_opt"]
-            err.print(f"{name}: N_opt ∝ C^{n['exponent']:.3f} {_ci(n.get('exponent_boot_ci') or n.get('exponent_ci'))}, "
+            law = "underdetermined (fewer than 3 budgets), not a law: " if name == "isoflop" and underdetermined else ""
+            out.print(f"{name}: {law}N_opt ∝ C^{n['exponent']:.3f} {_ci(n.get('exponent_ci'))}, "
                       f"D_opt ∝ C^{fit['d_opt']['exponent']:.3f}, R² {n['r2']:.3f}")
     for e in s["excluded"]:
-        err.print(f"[yellow]excluded {e['id']}: {e['reason']}[/]")
+        out.print(f"[yellow]excluded {e['id']}: {e['reason']}[/]")
+    verdict_lines = result.trust().lines()
     for note in s["notes"]:
-        err.print(f"[yellow]note: {note}[/]")
+        if not note.startswith("trust verdict") and not any(note in line for line in verdict_lines):
+            out.print(f"[yellow]note: {note}[/]")
     bt = s.get("backtest")
     if bt:
         m = bt["measured"]
         for name, p in bt["predicted"].items():
             loss = f"{p['loss']:.4g}" if p.get("loss") is not None else "–"
-            err.print(f"backtest ({name}, fit without C={bt['held_out_budget']:.2g}): predicted loss {loss} vs measured "
+            out.print(f"backtest ({name}, fit without C={bt['held_out_budget']:.2g}): predicted loss {loss} vs measured "
                       f"{m.get('loss', m['loss_min']):.4g}; N_opt {p['num_params']:.3g} vs {m.get('num_params', m['num_params_at_min']):.3g}")
-    err.print(f"FLOP rule: {RULE_DESCRIPTIONS.get(result.flop_rule, result.flop_rule)}")
+    out.print(f"FLOP rule: {RULE_DESCRIPTIONS.get(result.flop_rule, result.flop_rule)}")
+    color = {"trust": "green", "caution": "yellow", "do not trust": "red"}[result.trust().verdict]
+    for i, line in enumerate(verdict_lines):
+        out.print(f"[{color}]{line}[/]" if i == 0 else line, highlight=False)
 
 
 def _ci(ci) -> str:
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and all(v is not None and math.isfinite(v) for v in ci) else ""
 
 
 @app.command()
@@ -198,11 +220,24 @@ def run(spec: str = SpecArg, as_json: bool = JsonOpt,
 
 
 @app.command()
-def analyze(spec: str = SpecArg, as_json: bool = JsonOpt, verbose: bool = VerboseOpt) -> None:
+def analyze(spec: str = SpecArg, as_json: bool = JsonOpt,
+            suggest: bool = typer.Option(False, "--suggest", help="Print the spec lines the trust advice asks for."),
+            verbose: bool = VerboseOpt) -> None:
     """Fit and report from whatever the store holds now."""
     def go() -> None:
         s = _load(spec)
-        _print_result(s.analyze(), as_json)
+        result = s.analyze()
+        _print_result(result, as_json)
+        if suggest:
+            advice = result.trust().suggest
+            if advice["sizes"]:
+                sizes = sorted(set(float(v) for v in s.model.sizes) | set(advice["sizes"]))
+                print("# [model]\nsizes = [" + ", ".join(f"{v:g}" for v in sizes) + "]", file=sys.stderr if as_json else sys.stdout)
+            if advice["budgets"]:
+                budgets = sorted(set(s.sweep.budgets) | set(advice["budgets"]))
+                print("# [sweep]\nbudgets = [" + ", ".join(f"{v:.3g}" for v in budgets) + "]", file=sys.stderr if as_json else sys.stdout)
+            if not (advice["sizes"] or advice["budgets"]):
+                err.print("nothing to add: every budget has an interior minimum and there are enough budgets")
         err.print(f"report: {s.run_dir / 'report'}")
     _guard(go, verbose)
 
@@ -210,15 +245,18 @@ def analyze(spec: str = SpecArg, as_json: bool = JsonOpt, verbose: bool = Verbos
 @app.command("fit")
 def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,tokens,loss[,flops]."), as_json: bool = JsonOpt,
             predict: Optional[List[float]] = typer.Option(None, "--predict", help="Budgets (FLOPs) to predict."),
-            approach: Optional[List[str]] = typer.Option(None, "--approach", help="isoflop, parametric (default both)."),
-            bootstrap: int = typer.Option(200, help="Bootstrap resamples."),
+            approach: Optional[List[Approach]] = typer.Option(None, "--approach", help="isoflop, parametric, envelope (default the first two)."),
+            bootstrap: int = typer.Option(200, min=0, help="Bootstrap resamples (0: no intervals)."),
+            profile: Profile = typer.Option(Profile.window, "--profile", help="IsoFLOP profile estimator."),
+            keep_outliers: bool = typer.Option(False, "--keep-outliers", help="Keep points the outlier rule would exclude."),
             report: Optional[str] = typer.Option(None, help="Folder for fits.json, tables and plots."),
             verbose: bool = VerboseOpt) -> None:
     """Fit measurements made elsewhere."""
     def go() -> None:
         from .api import fit, write_report
 
-        result = fit(points, approaches=approach or ("isoflop", "parametric"), bootstrap=bootstrap, predict=predict or ())
+        result = fit(points, approaches=[a.value for a in approach] if approach else ("isoflop", "parametric"),
+                     bootstrap=bootstrap, predict=predict or (), keep_outliers=keep_outliers, profile=profile.value)
         _print_result(result, as_json)
         if report:
             write_report(result, Path(report))

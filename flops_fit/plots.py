@@ -44,15 +44,16 @@ def _isoflop(result: Result, plt):
         mine = sorted((p.num_params, p.loss) for p in pts if p.budget_flops == C)
         ax.scatter([m[0] for m in mine], [m[1] for m in mine], color=color, label=f"C = {C:.2g}", zorder=3)
         if C in minima:
-            p2, p1, p0 = minima[C]["coef"]
-            x = np.linspace(math.log(mine[0][0]), math.log(mine[-1][0]), 100)
-            ax.plot(np.exp(x), p2 * x**2 + p1 * x + p0, color=color, lw=1)
+            coef = minima[C]["coef"]
+            poly, (lo, hi) = coef[:-2], coef[-2:]  # the fitted profile and the ln N range it covers
+            x = np.linspace(lo, hi, 100)
+            ax.plot(np.exp(x), np.polyval(poly, x), color=color, lw=1)
             ax.scatter([minima[C]["n_opt"]], [minima[C]["loss"]], marker="*", s=160, color=color, edgecolor="k", zorder=4)
     excluded = {e["id"] for e in result.fits.excluded}
     bad = [p for p in result.points.points if p.id in excluded and p.loss is not None]
     if bad:
         ax.scatter([p.num_params for p in bad], [p.loss for p in bad], marker="x", color="red", label="excluded")
-    _axes(ax, "parameters N", "final held-out loss", "IsoFLOP profiles (Approach 2): parabolas in ln N, minima starred",
+    _axes(ax, "parameters N", "final held-out loss", f"IsoFLOP profiles (Approach 2, {(result.fits.isoflop or {}).get('profile', 'parabola')} profile in ln N), minima starred",
           logy=False)
     fig.tight_layout()
     return fig

@@ -18,9 +18,11 @@ from typing import Any, ClassVar, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .analysis.fit import Fits, optimal_allocation, percentile_interval
+from .analysis.fit import Fits, hull, optimal_allocation, percentile_interval
+from .analysis.isoflop import mean_interval
 from .analysis.parametric import named
 from .analysis.points import Points
+from .verdict import Verdict, assess
 
 __all__ = ["Result", "Table", "size_for"]
 
@@ -135,9 +137,16 @@ class Result(BaseModel):
                "num_tokens": iso["d_opt"]["coef"] * C ** iso["d_opt"]["exponent"],
                "loss": lo["E"] + lo["coef"] * C ** -lo["exponent"] if lo else None}
         s = np.array(iso.get("samples") or [])
+        boot_n = boot_d = None
         if len(s) >= 10:
-            row["num_params_ci"] = percentile_interval(np.exp(s[:, 0] + s[:, 1] * math.log(C)))
-            row["num_tokens_ci"] = percentile_interval(np.exp(s[:, 2] + s[:, 3] * math.log(C)))
+            boot_n = percentile_interval(np.exp(s[:, 0] + s[:, 1] * math.log(C)))
+            boot_d = percentile_interval(np.exp(s[:, 2] + s[:, 3] * math.log(C)))
+        # the hull with the OLS interval of the law at C: the minima's scatter about the law counts too
+        n_ci, d_ci = hull(boot_n, mean_interval(iso["n_opt"], C)), hull(boot_d, mean_interval(iso["d_opt"], C))
+        if n_ci is not None:
+            row["num_params_ci"] = n_ci
+        if d_ci is not None:
+            row["num_tokens_ci"] = d_ci
         return row
 
     def _predict_parametric(self, C: float) -> dict:
@@ -160,18 +169,27 @@ class Result(BaseModel):
                 rows.append({"approach": approach, "budget_flops": float(C), **row})
         return Table(rows=rows, size_param=self.size_param)
 
+    def trust(self) -> Verdict:
+        """The trust verdict: checks with their numbers, and advice (see :mod:`flops_fit.verdict`)."""
+        budgets = sorted(set(self.budgets) | set(self.predict_budgets))
+        return assess(self.fits, self.points, budgets, self.predict)
+
     def summary(self) -> dict:
-        """The ``--json`` document of DESIGN.md."""
+        """The ``--json`` document of DESIGN.md (plus ``trust``: the verdict, checks and advice)."""
         f = self.fits
         fits: dict[str, Any] = {}
         if f.isoflop:
-            fits["isoflop"] = {k: f.isoflop[k] for k in ("n_opt", "d_opt", "loss_opt", "minima", "dropped_budgets")}
+            fits["isoflop"] = {k: f.isoflop[k] for k in ("n_opt", "d_opt", "loss_opt", "minima", "dropped_budgets", "profile") if k in f.isoflop}
         if f.parametric:
             fits["parametric"] = {k: v for k, v in f.parametric.items() if k not in ("samples", "theta")}
         if f.envelope:
             fits["envelope"] = {k: f.envelope[k] for k in ("n_opt", "d_opt")}
-        return {"points": f.num_points, "flop_rule": self.flop_rule, "excluded": f.excluded, "notes": f.notes,
-                "fits": fits, "table": self.chinchilla_table().rows, "backtest": f.backtest}
+        verdict = self.trust()
+        notes = list(f.notes) + [f"trust verdict: {verdict.verdict}"] + \
+            [f"{c.name}: {c.message}" for c in verdict.checks if not c.ok] + verdict.advice
+        return {"points": f.num_points, "flop_rule": self.flop_rule, "excluded": f.excluded, "notes": notes,
+                "fits": fits, "table": self.chinchilla_table().rows, "backtest": f.backtest,
+                "trust": verdict.model_dump(mode="json")}
 
     def plot(self, path: str | None = None) -> dict:
         """Matplotlib figures (isoflop, scaling, contours); saved as PNGs under ``path`` when given."""

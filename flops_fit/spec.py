@@ -181,7 +181,8 @@ class AnalysisSpec(_Frozen):
     bootstrap: int = Field(default=200, ge=0, description="Bootstrap resamples for intervals (0: none).")
     seed: int = Field(default=0, ge=0, description="Seed of the bootstrap.")
     keep_outliers: bool = Field(default=False, description="Keep points the outlier rules would exclude.")
-    outlier_z: float = Field(default=3.5, gt=0, description="Robust z-score beyond which a point is off its budget's parabola.")
+    outlier_z: float = Field(default=3.5, gt=0, description="Robust |z| beyond which a point is off its budget's profile curve.")
+    profile: Literal["window", "cubic", "parabola"] = Field(default="window", description="IsoFLOP profile estimator: 'window' (parabola over the 5 points around the lowest loss; least biased in simulation), 'cubic' (cubic in ln N over every point), 'parabola' (every point; biased on wide sweeps).")
 
 
 class EstimateSpec(_Frozen):

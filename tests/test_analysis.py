@@ -133,7 +133,7 @@ def test_outliers_and_diverged_excluded_with_reason():
     diverged = pts[5].model_copy(update={"loss": None, "status": "diverged", "reason": "nan"})
     f = fit_points(Points(points=[*pts[:4], bad, diverged, *pts[6:]]), ["isoflop", "parametric"], bootstrap=0)
     reasons = {e["id"]: e["reason"] for e in f.excluded}
-    assert "parabola" in reasons[bad.id] and reasons[diverged.id].startswith("diverged")
+    assert "profile" in reasons[bad.id] and "above the curve" in reasons[bad.id] and reasons[diverged.id].startswith("diverged")
     kept = fit_points(Points(points=[*pts[:4], bad, *pts[6:]]), ["isoflop"], bootstrap=0, keep_outliers=True)
     assert kept.excluded == []
 

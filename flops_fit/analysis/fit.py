@@ -16,11 +16,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .envelope import envelope
-from .isoflop import budget_minima, loss_law, parabola_residuals, power_law
+from .isoflop import budget_minima, loss_law, mean_interval, power_law, profile_minimum, profile_residuals
 from .parametric import fit_parametric, named, predict_loss, refit_fast
 from .points import Point, Points
 
-__all__ = ["Fits", "fit_points", "optimal_allocation", "flops_per_unit_law", "percentile_interval", "allocation_exponents"]
+__all__ = ["Fits", "fit_points", "hull", "optimal_allocation", "flops_per_unit_law", "percentile_interval", "allocation_exponents"]
 
 
 class Fits(BaseModel):
@@ -65,37 +65,42 @@ def optimal_allocation(params: dict, C: float, fpu: dict) -> tuple[float, float,
     return float(N), float(D), loss
 
 
-def _exclusions(points: Points, keep_outliers: bool, outlier_z: float) -> tuple[list[Point], list[dict]]:
-    """Drop non-usable points, then points far off their budget's parabola.
+def _exclusions(points: Points, keep_outliers: bool, outlier_z: float, profile: str) -> tuple[list[Point], list[dict]]:
+    """Drop non-usable points, then points far off their budget's profile curve.
 
-    z = residual / scale with scale = max(1.4826·MAD of all parabola residuals, 1% of the
-    budget's median loss): the floor keeps the systematic misfit of a wide sweep's edges (a
-    parabola is only the local shape) from being mistaken for outliers.
+    z = deleted residual / scale with scale = max(1.4826·MAD of all profile residuals, 1% of the
+    budget's median loss), computed only where the profile describes the points (the window
+    profile's points around the minimum; every point for the cubic): far edges of a wide sweep
+    are real measurements, not outliers.  The worst point goes first and the rest are judged
+    again without it, so one spike does not drag its neighbours out with it.
     """
     excluded = [{"id": p.id, "reason": p.status + (f": {p.reason}" if p.reason else "")}
                 for p in points.points if p not in points.usable()]
     usable = points.usable()
     if keep_outliers or len(usable) < 5:
         return usable, excluded
-    N, D, L, budgets, _ = points.arrays(usable)
-    r = parabola_residuals(np.log(N), L, budgets, min_points=6)
-    finite = np.isfinite(r)
-    if finite.sum() < 8:
-        return usable, excluded
-    mad_scale = 1.4826 * float(np.median(np.abs(r[finite] - np.median(r[finite]))))
-    floor = np.array([0.01 * float(np.median(L[budgets == b])) for b in budgets])
-    z = r / np.maximum(mad_scale, floor)
-    keep = []
-    for p, zi in zip(usable, z):
-        if np.isfinite(zi) and abs(zi) > outlier_z:
-            excluded.append({"id": p.id, "reason": f"off its budget's parabola (robust z = {zi:.1f} > {outlier_z:g})"})
-        else:
-            keep.append(p)
+    keep = list(usable)
+    for _ in range(max(1, len(usable) // 5)):  # one point at a time: the worst, if it is off the curve
+        N, D, L, budgets, _ = points.arrays(keep)
+        r = profile_residuals(np.log(N), L, budgets, profile, min_points=6)
+        finite = np.isfinite(r)
+        if finite.sum() < 8:
+            break
+        mad_scale = 1.4826 * float(np.median(np.abs(r[finite] - np.median(r[finite]))))
+        floor = np.array([0.01 * float(np.median(L[budgets == b])) for b in budgets])
+        z = np.where(finite, r / np.maximum(mad_scale, floor), 0.0)
+        worst = int(np.argmax(np.abs(z)))
+        if abs(z[worst]) <= outlier_z:
+            break
+        zi = z[worst]
+        excluded.append({"id": keep[worst].id, "reason": f"off its budget's {profile} profile (robust |z| = {abs(zi):.1f} > "
+                                                         f"{outlier_z:g}, {'above' if zi > 0 else 'below'} the curve)"})
+        keep.pop(worst)
     return keep, excluded
 
 
-def _fit_isoflop(N, D, L, budgets) -> tuple[dict | None, str | None]:
-    minima, dropped = budget_minima(np.log(N), np.log(D), L, budgets)
+def _fit_isoflop(N, D, L, budgets, profile: str = "window") -> tuple[dict | None, str | None]:
+    minima, dropped = budget_minima(np.log(N), np.log(D), L, budgets, profile)
     if len(minima) < 2:
         return None, f"isoflop: {len(minima)} budget(s) with a bracketed minimum (need 2): " + \
             "; ".join(f"{d['budget_flops']:.3g}: {d['reason']}" for d in dropped)
@@ -103,46 +108,55 @@ def _fit_isoflop(N, D, L, budgets) -> tuple[dict | None, str | None]:
     fit = {"n_opt": power_law(C, np.array([m["n_opt"] for m in minima])),
            "d_opt": power_law(C, np.array([m["d_opt"] for m in minima])),
            "loss_opt": loss_law(C, np.array([m["loss"] for m in minima])),
-           "minima": minima, "dropped_budgets": dropped}
+           "minima": minima, "dropped_budgets": dropped, "profile": profile}
     return fit, None
 
 
-def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator) -> list[list[float]]:
-    """Residual bootstrap per budget; (ln k, a, ln k', b) per resample.
+def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator, profile: str = "window",
+                  use: set | None = None) -> list[list[float]]:
+    """Two-stage bootstrap of the IsoFLOP law; (ln k, a, ln k', b) per resample.
 
-    The sizes of a sweep are fixed by design, so each budget keeps its sizes and gets
-    resampled residuals of its parabola (inflated by sqrt(n/(n−3)) for the fitted
-    parameters); parabolas, minima and the power law are refitted.  Resampling the points
-    themselves would often leave a 5-point budget with too few distinct sizes.
+    Between budgets: the budgets (those in ``use``, which bracket a minimum) are resampled with
+    replacement, so the scatter of the minima about the power law enters the interval.  Within a
+    budget: its sizes are fixed by design, so it gets a smooth fit (cubic with 6+ sizes, else a
+    parabola) plus resampled residuals (inflated for the fitted parameters) and its profile
+    minimum is found again.  Then OLS of ln N* (and ln D*) on ln C.
     """
     lnN, lnD = np.log(N), np.log(D)
-    fits = []
+    groups = []
     for C in np.unique(budgets):
         g = np.flatnonzero(budgets == C)
-        if len(np.unique(lnN[g])) < 3:
+        if (use is not None and float(C) not in use) or len(np.unique(lnN[g])) < 3:
             continue
-        coef = np.polyfit(lnN[g], L[g], 2)
-        fitted = np.polyval(coef, lnN[g])
-        resid = (L[g] - fitted) * math.sqrt(len(g) / max(1, len(g) - 3))
-        s, c = np.polyfit(lnN[g], lnD[g], 1)
-        fits.append((C, g, fitted, resid, s, c))
+        x = lnN[g]
+        degree = 3 if len(g) >= 6 else 2
+        fitted = np.polyval(np.polyfit(x, L[g], degree), x)
+        resid = (L[g] - fitted) * math.sqrt(len(g) / max(1, len(g) - degree - 1))
+        s, c = np.polyfit(x, lnD[g], 1)
+        groups.append((float(C), x, fitted, resid, s, c))
     samples = []
+    if len(groups) < 2:
+        return samples
     for _ in range(n):
+        pick = rng.integers(0, len(groups), len(groups))
         Cs, xs, ds = [], [], []
-        for C, g, fitted, resid, s, c in fits:
-            x = lnN[g]
-            y = fitted + rng.choice(resid, size=len(g))
-            p2, p1, _ = np.polyfit(x, y, 2)
-            if p2 <= 0 or not (x.min() <= -p1 / (2 * p2) <= x.max()):
-                continue
-            xstar = -p1 / (2 * p2)
-            Cs.append(C), xs.append(xstar), ds.append(c + s * xstar)
+        for j in pick:
+            C, x, fitted, resid, s, c = groups[j]
+            xstar, _, _, _ = profile_minimum(x, fitted + rng.choice(resid, size=len(x)), profile)
+            if xstar is not None:
+                Cs.append(C), xs.append(xstar), ds.append(c + s * xstar)
         if len(set(Cs)) >= 2:
             lc = np.log(Cs)
             a, lk = np.polyfit(lc, xs, 1)
             b, lk2 = np.polyfit(lc, ds, 1)
             samples.append([float(lk), float(a), float(lk2), float(b)])
     return samples
+
+
+def hull(*intervals) -> list[float] | None:
+    """The smallest interval containing every given one (None ones skipped)."""
+    given = [i for i in intervals if i is not None and all(math.isfinite(v) for v in i)]
+    return [float(min(i[0] for i in given)), float(max(i[1] for i in given))] if given else None
 
 
 def _boot_parametric(theta, N, D, L, n: int, rng: np.random.Generator) -> list[list[float]]:
@@ -162,10 +176,16 @@ def percentile_interval(values) -> list[float] | None:
 
 
 def fit_points(points: Points, approaches: list[str] = ("isoflop", "parametric"), bootstrap: int = 200, seed: int = 0,
-               keep_outliers: bool = False, outlier_z: float = 3.5, backtest: bool = True) -> Fits:
-    """Fit the requested approaches; pure function of its inputs."""
+               keep_outliers: bool = False, outlier_z: float = 3.5, backtest: bool = True,
+               profile: str = "window") -> Fits:
+    """Fit the requested approaches; pure function of its inputs.
+
+    ``profile`` is the IsoFLOP profile estimator (see :func:`~flops_fit.analysis.isoflop.profile_minimum`).
+    The IsoFLOP ``exponent_ci`` is the hull of the two-stage bootstrap interval and the OLS
+    t-interval over the per-budget minima (``exponent_boot_ci``, ``exponent_t_ci``).
+    """
     rng = np.random.default_rng(seed)
-    usable, excluded = _exclusions(points, keep_outliers, outlier_z)
+    usable, excluded = _exclusions(points, keep_outliers, outlier_z, profile)
     notes: list[str] = []
     fits: dict[str, Any] = {}
     if not usable:
@@ -173,12 +193,18 @@ def fit_points(points: Points, approaches: list[str] = ("isoflop", "parametric")
     N, D, L, budgets, _ = points.arrays(usable)
     fpu = flops_per_unit_law(usable)
     if "isoflop" in approaches:
-        iso, why = _fit_isoflop(N, D, L, budgets)
+        iso, why = _fit_isoflop(N, D, L, budgets, profile)
+        if iso is not None:
+            for key in ("n_opt", "d_opt"):
+                iso[key]["exponent_t_ci"] = iso[key]["exponent_ci"]
         if iso is not None and bootstrap:
-            samples = _boot_isoflop(N, D, L, budgets, bootstrap, rng)
+            use = {m["budget_flops"] for m in iso["minima"]}
+            samples = _boot_isoflop(N, D, L, budgets, bootstrap, rng, profile, use)
             if len(samples) >= 10:
                 s = np.array(samples)
-                iso["n_opt"]["exponent_boot_ci"], iso["d_opt"]["exponent_boot_ci"] = percentile_interval(s[:, 1]), percentile_interval(s[:, 3])
+                for key, col in (("n_opt", 1), ("d_opt", 3)):
+                    iso[key]["exponent_boot_ci"] = percentile_interval(s[:, col])
+                    iso[key]["exponent_ci"] = hull(iso[key]["exponent_t_ci"], iso[key]["exponent_boot_ci"])
             iso["samples"] = samples
         fits["isoflop"] = iso
         if why:
@@ -190,7 +216,7 @@ def fit_points(points: Points, approaches: list[str] = ("isoflop", "parametric")
         fits["envelope"] = env
         if env is None:
             notes.append("envelope: too few logged curve points (Approach 1 needs training curves)")
-    bt = _backtest(points, usable, approaches, fpu) if backtest else None
+    bt = _backtest(points, usable, approaches, fpu, profile) if backtest else None
     return Fits(**fits, excluded=excluded, notes=notes, flops_per_unit=fpu, backtest=bt, num_points=len(usable))
 
 
@@ -218,7 +244,7 @@ def _parametric(N, D, L, bootstrap: int, rng, notes: list[str], fpu: dict) -> di
     return fit
 
 
-def _backtest(points: Points, usable: list[Point], approaches, fpu: dict) -> dict | None:
+def _backtest(points: Points, usable: list[Point], approaches, fpu: dict, profile: str = "window") -> dict | None:
     """Refit without the largest budget; compare the prediction there with the measurement."""
     budgets = sorted({p.budget_flops for p in usable})
     if len(budgets) < 3:
@@ -227,10 +253,10 @@ def _backtest(points: Points, usable: list[Point], approaches, fpu: dict) -> dic
     train = [p for p in usable if p.budget_flops < held]
     test = [p for p in usable if p.budget_flops == held]
     sub = fit_points(Points(points=train, sizes=points.sizes, flop_rule=points.flop_rule), approaches, bootstrap=0,
-                     keep_outliers=True, backtest=False)
+                     keep_outliers=True, backtest=False, profile=profile)
     N, D, L, B, _ = points.arrays(test)
     measured = {"loss_min": float(L.min()), "num_params_at_min": float(N[np.argmin(L)])}
-    minima, _ = budget_minima(np.log(N), np.log(D), L, B)
+    minima, _ = budget_minima(np.log(N), np.log(D), L, B, profile)
     if minima:
         measured.update(loss=minima[0]["loss"], num_params=minima[0]["n_opt"])
     predicted = {}
@@ -240,6 +266,7 @@ def _backtest(points: Points, usable: list[Point], approaches, fpu: dict) -> dic
     if sub.isoflop:
         iso = sub.isoflop
         predicted["isoflop"] = {"num_params": iso["n_opt"]["coef"] * held ** iso["n_opt"]["exponent"],
+                                "num_params_ci": mean_interval(iso["n_opt"], held),
                                 "num_tokens": iso["d_opt"]["coef"] * held ** iso["d_opt"]["exponent"],
                                 "loss": (iso["loss_opt"]["E"] + iso["loss_opt"]["coef"] * held ** -iso["loss_opt"]["exponent"])
                                 if iso["loss_opt"] else None}

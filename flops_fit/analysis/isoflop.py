@@ -17,7 +17,11 @@ from lmfit import Model
 from lmfit.models import LinearModel, QuadraticModel
 from scipy import stats
 
-__all__ = ["budget_minima", "power_law", "loss_law", "parabola_residuals"]
+__all__ = ["budget_minima", "power_law", "loss_law", "profile_residuals", "profile_minimum", "PROFILES",
+           "WINDOW_POINTS", "mean_interval"]
+
+PROFILES = ("window", "cubic", "parabola")
+WINDOW_POINTS = 5
 
 
 def _parabola(x: np.ndarray, y: np.ndarray):
@@ -25,30 +29,88 @@ def _parabola(x: np.ndarray, y: np.ndarray):
     return model.fit(y, model.make_params(a=1.0, b=0.0, c=float(np.mean(y))), x=x)
 
 
-def budget_minima(lnN: np.ndarray, lnD: np.ndarray, L: np.ndarray, budgets: np.ndarray) -> tuple[list[dict], list[dict]]:
-    """Per-budget minima (``budget_flops, n_opt, d_opt, loss, n_opt_ci, coef``) and dropped budgets."""
+def _window(x: np.ndarray, y: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Indices (into x sorted ascending) of the points centred on the lowest loss: ``k`` of them,
+    by default max(WINDOW_POINTS, 60% of the budget's points).  The centre is the minimum of a
+    3-point running median, so one spike or noisy point does not move the window."""
+    k = k or max(WINDOW_POINTS, int(round(0.6 * len(x))))
+    padded = np.pad(y, 1, mode="edge")
+    smooth = np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)
+    i = int(np.argmin(smooth))
+    lo = min(max(0, i - k // 2), max(0, len(x) - k))
+    return np.arange(lo, min(len(x), lo + k))
+
+
+def profile_minimum(x: np.ndarray, y: np.ndarray, profile: str = "window") -> tuple[float | None, float | None, list, str]:
+    """The minimum (x*, L*) of one IsoFLOP profile, the fitted curve's coefficients and range, or a reason.
+
+    ``x`` = ln N sorted ascending.  Profiles:
+
+    * ``"parabola"``: L ≈ p2·x² + p1·x + p0 over every point, x* = −p1/(2·p2);
+    * ``"window"``: the same parabola over the points centred on the lowest measured loss
+      (max(5, 60%) of them; all when there are fewer): the far edges of a wide sweep, where a
+      parabola is a poor local model, no longer pull the minimum;
+    * ``"cubic"``: a cubic in x over every point (≥ 5; a parabola below that), minimum where the
+      derivative vanishes with positive curvature.
+
+    The minimum must lie inside the fitted range, else (None, None, [], reason).
+    """
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    if len(np.unique(x)) < 3:
+        return None, None, [], f"{len(np.unique(x))} sizes (< 3) for a profile"
+    x_lo, x_hi = x.min(), x.max()
+    if profile == "window":
+        idx = _window(x, y)
+        x, y = x[idx], y[idx]
+    degree = 3 if profile == "cubic" and len(x) >= 5 else 2
+    coef = np.polyfit(x, y, degree)
+    if degree == 2:
+        p2, p1, _ = coef
+        if p2 <= 0:
+            return None, None, [], "no positive curvature (loss not U-shaped in ln N)"
+        xs = -p1 / (2 * p2)
+    else:
+        d1, d2 = np.polyder(coef), np.polyder(coef, 2)
+        roots = [r.real for r in np.roots(d1) if abs(r.imag) < 1e-12 and np.polyval(d2, r.real) > 0]
+        inside = [r for r in roots if x.min() <= r <= x.max()]
+        if not inside:
+            side = "smallest" if np.argmin(y) == 0 else "largest" if np.argmin(y) == len(y) - 1 else None
+            return None, None, [], (f"minimum outside the sampled sizes (beyond the {side})" if side
+                                    else "no positive curvature (loss not U-shaped in ln N)")
+        xs = min(inside, key=lambda r: np.polyval(coef, r))
+    if not (x_lo <= xs <= x_hi):
+        side = "smallest" if xs < x_lo else "largest"
+        return None, None, [], f"minimum outside the sampled sizes (beyond the {side})"
+    return float(xs), float(np.polyval(coef, xs)), [float(c) for c in coef] + [float(x.min()), float(x.max())], ""
+
+
+def budget_minima(lnN: np.ndarray, lnD: np.ndarray, L: np.ndarray, budgets: np.ndarray,
+                  profile: str = "window") -> tuple[list[dict], list[dict]]:
+    """Per-budget minima (``budget_flops, n_opt, d_opt, loss, n_opt_ci, coef``) and dropped budgets.
+
+    ``coef`` is the fitted polynomial (highest power first) followed by the ln N range it covers.
+    ``n_opt_ci`` is the delta-method interval of a parabola's minimum (parabola and window only).
+    """
     minima, dropped = [], []
     for C in np.unique(budgets):
         m = budgets == C
         x, y, xd = lnN[m], L[m], lnD[m]
-        if len(np.unique(x)) < 3:
-            dropped.append({"budget_flops": float(C), "reason": f"{len(np.unique(x))} sizes (< 3) for a parabola"})
+        xs, loss, coef, reason = profile_minimum(x, y, profile)
+        if xs is None:
+            dropped.append({"budget_flops": float(C), "reason": reason})
             continue
-        fit = _parabola(x, y)
-        p2, p1, p0 = fit.params["a"].value, fit.params["b"].value, fit.params["c"].value
-        if p2 <= 0:
-            dropped.append({"budget_flops": float(C), "reason": "no positive curvature (loss not U-shaped in ln N)"})
-            continue
-        xs = -p1 / (2 * p2)
-        if not (x.min() <= xs <= x.max()):
-            side = "smallest" if xs < x.min() else "largest"
-            dropped.append({"budget_flops": float(C), "reason": f"minimum outside the sampled sizes (beyond the {side})"})
-            continue
-        se = _minimum_se(fit, p1, p2)
+        se = math.nan
+        if len(coef) == 5:  # a parabola: delta-method standard error of its minimum
+            lo, hi = coef[3], coef[4]
+            keep = (x >= lo - 1e-12) & (x <= hi + 1e-12)
+            if keep.sum() > 3:
+                fit = _parabola(x[keep], y[keep])
+                se = _minimum_se(fit, fit.params["b"].value, fit.params["a"].value)
         slope, icpt = np.polyfit(x, xd, 1)
         minima.append({"budget_flops": float(C), "n_opt": math.exp(xs), "d_opt": math.exp(icpt + slope * xs),
-                       "loss": p0 + p1 * xs + p2 * xs**2, "n_opt_ci": [math.exp(xs - 1.96 * se), math.exp(xs + 1.96 * se)]
-                       if math.isfinite(se) else None, "coef": [p2, p1, p0], "num_points": int(m.sum())})
+                       "loss": loss, "n_opt_ci": [math.exp(xs - 1.96 * se), math.exp(xs + 1.96 * se)]
+                       if math.isfinite(se) else None, "coef": coef, "num_points": int(m.sum())})
     return minima, dropped
 
 
@@ -63,18 +125,34 @@ def _minimum_se(fit, p1: float, p2: float) -> float:
     return float(math.sqrt(max(0.0, g @ cov @ g)))
 
 
-def parabola_residuals(lnN: np.ndarray, L: np.ndarray, budgets: np.ndarray, min_points: int = 6) -> np.ndarray:
-    """Residual of each point from its budget's least-squares parabola (NaN where fewer than ``min_points``)."""
+def profile_residuals(lnN: np.ndarray, L: np.ndarray, budgets: np.ndarray, profile: str = "window",
+                      min_points: int = 6) -> np.ndarray:
+    """Deleted residual of each point from its budget's profile curve fitted without it (NaN outside
+    the curve's range, or where a budget has fewer than ``min_points`` sizes)."""
     out = np.full(len(L), np.nan)
     for C in np.unique(budgets):
-        m = budgets == C
-        if len(np.unique(lnN[m])) >= min_points:
-            out[m] = L[m] - np.polyval(np.polyfit(lnN[m], L[m], 2), lnN[m])
+        m = np.flatnonzero(budgets == C)
+        if len(np.unique(lnN[m])) < min_points:
+            continue
+        order = np.argsort(lnN[m])
+        x, y = lnN[m][order], L[m][order]
+        if profile == "window":
+            idx = _window(x, y)
+            degree = 2
+        else:
+            idx = np.arange(len(x))
+            degree = 3 if profile == "cubic" else 2
+        full = np.polyval(np.polyfit(x[idx], y[idx], degree), x[idx])
+        for pos, j in enumerate(idx):  # deleted residuals inside the range: a spike cannot drag the curve onto itself
+            rest = idx[idx != j]
+            inside = 0 < pos < len(idx) - 1
+            out[m[order][j]] = y[j] - (np.polyval(np.polyfit(x[rest], y[rest], degree), x[j]) if inside else full[pos])
     return out
 
 
 def power_law(C: np.ndarray, Y: np.ndarray) -> dict:
-    """OLS of ln Y on ln C: Y = coef·C^exponent, with a 95% t-interval and R²."""
+    """OLS of ln Y on ln C: Y = coef·C^exponent, with a 95% t-interval, R² and what
+    :func:`mean_interval` needs (``ols``: n, mean ln C, Sxx, residual standard deviation)."""
     x, y = np.log(C), np.log(Y)
     model = LinearModel()
     fit = model.fit(y, model.make_params(slope=0.5, intercept=float(y.mean() - 0.5 * x.mean())), x=x)
@@ -83,8 +161,23 @@ def power_law(C: np.ndarray, Y: np.ndarray) -> dict:
     half = stats.t.ppf(0.975, dof) * slope.stderr if dof > 0 and slope.stderr is not None else math.nan
     ss_res = float(np.sum(fit.residual**2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))
+    sd = math.sqrt(ss_res / dof) if dof > 0 else math.nan
     return {"coef": math.exp(icpt.value), "exponent": slope.value, "exponent_ci": [slope.value - half, slope.value + half],
-            "r2": 1 - ss_res / ss_tot if ss_tot > 0 else math.nan, "num_points": int(len(x))}
+            "r2": 1 - ss_res / ss_tot if ss_tot > 0 else math.nan, "num_points": int(len(x)),
+            "ols": {"n": int(len(x)), "mean_x": float(x.mean()), "sxx": float(np.sum((x - x.mean()) ** 2)), "resid_sd": sd}}
+
+
+def mean_interval(law: dict, C: float) -> list[float] | None:
+    """95% t-interval of the fitted power law's value at C (the OLS confidence interval of the
+    mean of ln Y at ln C): exp(ŷ ± t_{n−2}·s·sqrt(1/n + (ln C − x̄)²/Sxx)).  It carries the scatter
+    of the per-budget minima about the law, which a within-budget bootstrap does not."""
+    ols = law.get("ols")
+    if not ols or ols["n"] < 3 or not math.isfinite(ols["resid_sd"]) or ols["sxx"] <= 0:
+        return None
+    x0 = math.log(C)
+    y0 = math.log(law["coef"]) + law["exponent"] * x0
+    half = stats.t.ppf(0.975, ols["n"] - 2) * ols["resid_sd"] * math.sqrt(1 / ols["n"] + (x0 - ols["mean_x"]) ** 2 / ols["sxx"])
+    return [math.exp(y0 - half), math.exp(y0 + half)]
 
 
 def _loss_curve(C, E, k, gamma):
