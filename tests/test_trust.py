@@ -122,3 +122,13 @@ def test_fit_cli_flags_stdout_and_usage_errors(tmp_path):
     assert bad.exit_code == 2 and "isoflp" in bad.output
     doc = json.loads(runner.invoke(app, ["fit", str(csv), "--json", "--bootstrap", "20"]).stdout)
     assert doc["trust"]["verdict"] in ("trust", "caution") and doc["fits"]["isoflop"]["profile"] == "window"
+
+
+def test_optimiser_warnings_do_not_leak_to_stderr(capfd):
+    import warnings
+
+    pts = ic.sweep("narrow", 6, 0.03, 0.2, seed=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any RuntimeWarning escaping fit_points would raise here
+        fit_points(pts, ["isoflop", "parametric"], bootstrap=30)
+    assert "RuntimeWarning" not in capfd.readouterr().err

@@ -71,31 +71,40 @@ def _exclusions(points: Points, keep_outliers: bool, outlier_z: float, profile: 
     z = deleted residual / scale with scale = max(1.4826·MAD of all profile residuals, 1% of the
     budget's median loss), computed only where the profile describes the points (the window
     profile's points around the minimum; every point for the cubic): far edges of a wide sweep
-    are real measurements, not outliers.  The worst point goes first and the rest are judged
-    again without it, so one spike does not drag its neighbours out with it.
+    are real measurements, not outliers.  Each round drops the worst point of a budget (if beyond
+    ``outlier_z``) and judges the rest again without it, so one spike does not drag its
+    neighbours out with it; at most five rounds.
     """
-    excluded = [{"id": p.id, "reason": p.status + (f": {p.reason}" if p.reason else "")}
-                for p in points.points if p not in points.usable()]
     usable = points.usable()
+    ok = {id(p) for p in usable}  # once: this list is rebuilt per point otherwise (quadratic)
+    excluded = [{"id": p.id, "reason": p.status + (f": {p.reason}" if p.reason else "")}
+                for p in points.points if id(p) not in ok]
     if keep_outliers or len(usable) < 5:
         return usable, excluded
     keep = list(usable)
-    for _ in range(max(1, len(usable) // 5)):  # one point at a time: the worst, if it is off the curve
+    for _ in range(5):  # rounds: the worst point of each budget, if it is off the curve, then judge again
         N, D, L, budgets, _ = points.arrays(keep)
         r = profile_residuals(np.log(N), L, budgets, profile, min_points=6)
         finite = np.isfinite(r)
         if finite.sum() < 8:
             break
         mad_scale = 1.4826 * float(np.median(np.abs(r[finite] - np.median(r[finite]))))
-        floor = np.array([0.01 * float(np.median(L[budgets == b])) for b in budgets])
-        z = np.where(finite, r / np.maximum(mad_scale, floor), 0.0)
-        worst = int(np.argmax(np.abs(z)))
-        if abs(z[worst]) <= outlier_z:
+        medians = {b: 0.01 * float(np.median(L[budgets == b])) for b in np.unique(budgets)}
+        z = np.where(finite, r / np.maximum(mad_scale, np.array([medians[b] for b in budgets])), 0.0)
+        drop = []
+        for b in np.unique(budgets):
+            idx = np.flatnonzero(budgets == b)
+            worst = idx[int(np.argmax(np.abs(z[idx])))]
+            if abs(z[worst]) > outlier_z:
+                drop.append(worst)
+        if not drop:
             break
-        zi = z[worst]
-        excluded.append({"id": keep[worst].id, "reason": f"off its budget's {profile} profile (robust |z| = {abs(zi):.1f} > "
+        for i in drop:
+            zi = z[i]
+            excluded.append({"id": keep[i].id, "reason": f"off its budget's {profile} profile (robust |z| = {abs(zi):.1f} > "
                                                          f"{outlier_z:g}, {'above' if zi > 0 else 'below'} the curve)"})
-        keep.pop(worst)
+        gone = set(drop)
+        keep = [p for i, p in enumerate(keep) if i not in gone]
     return keep, excluded
 
 
@@ -178,6 +187,29 @@ def percentile_interval(values) -> list[float] | None:
 def fit_points(points: Points, approaches: list[str] = ("isoflop", "parametric"), bootstrap: int = 200, seed: int = 0,
                keep_outliers: bool = False, outlier_z: float = 3.5, backtest: bool = True,
                profile: str = "window") -> Fits:
+    """Fit the requested approaches; pure function of its inputs (see :func:`_fit_points`).
+
+    Numerical warnings of the optimisers (overflow in a degenerate resample, a singular
+    covariance) never reach stderr; they become one note when they matter (an interval is missing).
+    """
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
+        warnings.simplefilter("always")
+        fits = _fit_points(points, approaches, bootstrap, seed, keep_outliers, outlier_z, backtest, profile)
+    kinds = sorted({str(w.message).split(" in ")[0] for w in caught if issubclass(w.category, RuntimeWarning)})
+    par_ci = (fits.parametric or {}).get("ci") or {}
+    missing = bootstrap and ((fits.parametric and any(v is None for v in par_ci.values())) or
+                             (fits.isoflop and fits.isoflop["n_opt"].get("exponent_ci") is None))
+    if kinds and missing:  # they matter: an interval could not be computed
+        note = (f"numerical warnings while fitting ({len(caught)}: {'; '.join(kinds[:3])}) and an interval is "
+                f"missing: the data do not constrain every parameter")
+        fits = fits.model_copy(update={"notes": [*fits.notes, note]})
+    return fits
+
+
+def _fit_points(points: Points, approaches, bootstrap: int, seed: int, keep_outliers: bool, outlier_z: float,
+                backtest: bool, profile: str) -> Fits:
     """Fit the requested approaches; pure function of its inputs.
 
     ``profile`` is the IsoFLOP profile estimator (see :func:`~flops_fit.analysis.isoflop.profile_minimum`).

@@ -142,11 +142,14 @@ def profile_residuals(lnN: np.ndarray, L: np.ndarray, budgets: np.ndarray, profi
         else:
             idx = np.arange(len(x))
             degree = 3 if profile == "cubic" else 2
-        full = np.polyval(np.polyfit(x[idx], y[idx], degree), x[idx])
-        for pos, j in enumerate(idx):  # deleted residuals inside the range: a spike cannot drag the curve onto itself
-            rest = idx[idx != j]
-            inside = 0 < pos < len(idx) - 1
-            out[m[order][j]] = y[j] - (np.polyval(np.polyfit(x[rest], y[rest], degree), x[j]) if inside else full[pos])
+        X = np.vander(x[idx] - x[idx].mean(), degree + 1)
+        coef, *_ = np.linalg.lstsq(X, y[idx], rcond=None)
+        resid = y[idx] - X @ coef
+        q, _ = np.linalg.qr(X)
+        leverage = np.clip(np.sum(q**2, axis=1), 0.0, 0.999)
+        deleted = resid / (1 - leverage)  # the residual of a fit without that point, in closed form
+        deleted[[0, -1]] = resid[[0, -1]]  # the window's ends: a fit without them would extrapolate
+        out[m[order][idx]] = deleted
     return out
 
 

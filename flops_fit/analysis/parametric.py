@@ -84,10 +84,14 @@ def _theta(params: Parameters) -> np.ndarray:
     return np.array([params[n].value for n in ("a", "b", "e", "alpha", "beta")])
 
 
-def refit_fast(theta0: np.ndarray, lnN, lnD, lnL, delta: float = DELTA) -> np.ndarray:
-    """The same objective with scipy directly and an analytic Jacobian (for bootstrap)."""
+def refit_fast(theta0: np.ndarray, lnN, lnD, lnL, delta: float = DELTA, max_nfev: int = 300) -> np.ndarray:
+    """The same objective with scipy directly and an analytic Jacobian (for bootstrap).
+
+    Warm-started from the full-data fit and bounded to ``max_nfev`` evaluations: on
+    ill-conditioned data (E running to 0 in a resample) the optimiser would otherwise crawl
+    along a flat valley for thousands of evaluations for no change in the intervals."""
     res = least_squares(_residual, theta0, jac=_jacobian, args=(lnN, lnD, lnL), loss="huber", f_scale=delta,
-                        method="trf", x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=2000)
+                        method="trf", x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=max_nfev)
     return res.x
 
 
