@@ -47,7 +47,11 @@ class Spec(_spec.Spec):
 
     def estimate(self, retry_failed: bool = False) -> Estimate:
         """Dry run: per-experiment action and reason, FLOPs and wall-clock estimates.  Writes nothing."""
-        return estimate_plan(self, check(self), retry_failed)
+        import time
+
+        t0 = time.perf_counter()
+        plan = check(self)
+        return estimate_plan(self, plan, retry_failed, check_seconds=time.perf_counter() - t0)
 
     def run(self, retry_failed: bool = False, on_event: Callable[[RunEvent], None] | None = None,
             report: bool = True, train_only: bool = False, min_params: float | None = None,

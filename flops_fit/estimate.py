@@ -5,7 +5,10 @@ Each experiment's action and reason come from :func:`flops_fit.store.decide`, th
 largest model for a few real steps with the real worker (in a temporary folder: the run
 directory is never touched): seconds per step after the first step, interpolated
 log-linearly in N, times the remaining steps, plus the first step's extra cost
-(allocation, ``torch.compile``) once per experiment.  The
+(allocation, ``torch.compile``) once per experiment.  With several worker processes
+(``workers_per_gpu``, several GPUs) the calibration runs with a worker's share of the CPU
+threads and the total is the makespan of the experiments handed out in plan order to the
+workers (plus a worker's start-up), not their sum.  The
 GPU figure is ``remaining FLOPs / (peak FLOP/s × MFU)`` for the GPU named in
 ``[estimate]``.
 """
@@ -21,9 +24,10 @@ from .frozen import Frozen
 from .flops import PEAK_FLOPS, RULE_DESCRIPTIONS
 from .plan import Experiment, Plan
 from .spec import Spec
+from .launch import launch_plan
 from .store import Store, decide
 
-__all__ = ["EstimateRow", "Estimate", "estimate_plan", "calibrate"]
+__all__ = ["EstimateRow", "Estimate", "estimate_plan", "calibrate", "makespan"]
 
 
 
@@ -57,8 +61,20 @@ class Estimate(Frozen):
     gpu_est_seconds: float
 
 
-def calibrate(plan: Plan, steps: int) -> dict:
-    """Seconds per step of the smallest and largest planned models, from real steps."""
+def calibrate(plan: Plan, steps: int, threads: int | None = None) -> dict:
+    """Seconds per step of the smallest and largest planned models, from real steps.
+
+    ``threads``: CPU threads per worker process (the launcher gives each of W CPU workers
+    cores // W), so the calibration runs as a worker will."""
+    import torch
+
+    if threads is not None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return calibrate(plan, steps)
+        finally:
+            torch.set_num_threads(before)
     from .execute.runner import make_accelerator
     from .execute.worker import train_experiment
 
@@ -83,6 +99,29 @@ def calibrate(plan: Plan, steps: int) -> dict:
     return out
 
 
+def worker_start_seconds() -> float:
+    """Measured here: a fresh process importing the training stack, as each worker does first."""
+    import subprocess
+    import sys
+    import time
+
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, accelerate, flops_fit.api"], check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def makespan(seconds: list[float], workers: int) -> float:
+    """Wall-clock of independent jobs on ``workers`` processes that each take the next one in
+    plan order as they free up (list scheduling, as the store's locks hand them out)."""
+    import heapq
+
+    free = [0.0] * max(1, workers)
+    for s in seconds:
+        heapq.heapreplace(free, free[0] + s)
+    return max(free)
+
+
 def _overhead(calibration: dict) -> float:
     """Per-experiment start-up (first step: allocation, compilation), the largest measured."""
     return max((p["overhead_seconds"] for p in calibration.get("points", [])), default=0.0)
@@ -105,10 +144,17 @@ def _remaining_steps(exp: Experiment, action: str, checkpoint_step: int | None) 
     return exp.steps - (checkpoint_step or 0)
 
 
-def estimate_plan(spec: Spec, plan: Plan, retry_failed: bool = False, calibrate_steps: int | None = None) -> Estimate:
-    """The dry-run report for ``plan`` against the store in ``spec.run_dir``."""
+def estimate_plan(spec: Spec, plan: Plan, retry_failed: bool = False, calibrate_steps: int | None = None,
+                  check_seconds: float = 0.0) -> Estimate:
+    """The dry-run report for ``plan`` against the store in ``spec.run_dir`` (``check_seconds``:
+    how long validating the spec took here, which every worker process repeats)."""
+    import os
+
     store = Store(Path(plan.run_dir))
-    calib = calibrate(plan, calibrate_steps or spec.cost.calibrate_steps) if spec.cost.calibrate else {}
+    layout = launch_plan(spec)
+    workers = max(1, layout.workers)
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 and not layout.gpus else None
+    calib = calibrate(plan, calibrate_steps or spec.cost.calibrate_steps, threads) if spec.cost.calibrate else {}
     rows, remaining_flops, total_seconds = [], 0.0, 0.0
     for exp in plan.experiments:
         d = decide(store, exp, retry_failed)
@@ -120,6 +166,10 @@ def estimate_plan(spec: Spec, plan: Plan, retry_failed: bool = False, calibrate_
         rows.append(EstimateRow(id=exp.id, budget_flops=exp.budget_flops, size=exp.size, num_params=exp.num_params,
                                 num_tokens=exp.num_tokens, steps=exp.steps, flops=exp.flops, action=d.action,
                                 reason=d.reason, est_seconds=seconds))
+    if calib and workers > 1:  # experiments are claimed by W workers: the sweep ends with the busiest one
+        start = worker_start_seconds() + check_seconds  # each worker imports, then validates the spec
+        calib = {**calib, "workers": workers, "worker_start_seconds": start}
+        total_seconds = makespan([r.est_seconds or 0.0 for r in rows], workers) + start
     peak = PEAK_FLOPS[spec.cost.gpu][spec.train.precision]
     return Estimate(flop_rule=plan.flop_rule, flop_rule_description=RULE_DESCRIPTIONS[plan.flop_rule], experiments=rows,
                     dropped=[d.model_dump() for d in plan.dropped], total_flops=sum(e.flops for e in plan.experiments),

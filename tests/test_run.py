@@ -207,3 +207,17 @@ def test_trackers_get_one_run_per_experiment(in_tmp):
     assert len(Memory.runs) == 2 and all(r["finished"] for r in Memory.runs)
     assert {r["config"]["size"] for r in Memory.runs} == {4, 8}
     assert all(len(r["logged"]) > 5 and "train_loss" in r["logged"][-1][1] for r in Memory.runs)
+
+
+def test_estimate_models_worker_processes_within_2x_of_a_measured_run(in_tmp):
+    """Two CPU workers: the estimate is the makespan over them (not the sum), within 2x of the wall-clock."""
+    path = write_toy_spec(in_tmp, model="SlowMLP", sizes=(4, 8, 16), budgets=(2e5, 4e5),
+                          train="workers_per_gpu = 2\ndevice = \"cpu\"\n")
+    spec = Spec.load(path)
+    est = spec.estimate()
+    summed = sum(r.est_seconds for r in est.experiments)
+    assert est.est_seconds - est.calibration["worker_start_seconds"] < 0.8 * summed  # two processes share the work
+    t0 = time.perf_counter()
+    spec.run(train_only=True)
+    measured = time.perf_counter() - t0
+    assert measured / 2 <= est.est_seconds <= measured * 2, (est.est_seconds, measured, summed)
