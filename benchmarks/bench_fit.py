@@ -45,7 +45,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "rows.csv"
-        C = 10 ** rng.uniform(18, 21, args.rows)
+        C = 1e18 * 10 ** (rng.integers(0, 13, args.rows) / 4)
         N = 10 ** rng.uniform(7, 10, args.rows)
         D = C / (6 * N)
         L = 1.82 + 482 / N**0.348 + 2085 / D**0.366
