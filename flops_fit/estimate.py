@@ -157,7 +157,7 @@ def estimate_plan(spec: Spec, plan: Plan, retry_failed: bool = False, calibrate_
     calib = calibrate(plan, calibrate_steps or spec.cost.calibrate_steps, threads) if spec.cost.calibrate else {}
     rows, remaining_flops, total_seconds = [], 0.0, 0.0
     for exp in plan.experiments:
-        d = decide(store, exp, retry_failed)
+        d = decide(store, exp, retry_failed, dry_run=True)
         left = _remaining_steps(exp, d.action, d.checkpoint_step)
         sps = _seconds_per_step(calib, exp.num_params)
         seconds = left * sps + _overhead(calib) if sps is not None and left else (0.0 if sps is not None else None)

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -75,13 +76,36 @@ class Store:
     def result_path(self, exp_id: str) -> Path:
         return self.exp_dir(exp_id) / RESULT
 
-    def read_result(self, exp_id: str) -> dict | None:
+    def read_result(self, exp_id: str, quarantine: bool = True) -> dict | None:
+        """The finished record, or None.  A corrupt file counts as not finished, with a warning
+        naming it; with ``quarantine`` (not in dry runs) it is moved aside to ``result.json.corrupt``."""
         path = self.result_path(exp_id)
         if not path.exists():
             return None
-        return json.loads(path.read_text(encoding="utf-8"))
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(record, dict) or "status" not in record:
+                raise ValueError("not a result record")
+            return record
+        except (ValueError, UnicodeDecodeError) as exc:
+            aside = path.with_name(RESULT + ".corrupt")
+            if quarantine:
+                try:
+                    os.replace(path, aside)
+                except OSError:
+                    pass
+            warnings.warn(f"{path}: unreadable ({type(exc).__name__}: {exc}); "
+                          + (f"moved to {aside.name}, " if quarantine else "") + "the experiment will be trained again",
+                          stacklevel=2)
+            return None
 
     def write_result(self, exp_id: str, result: dict) -> None:
+        """Write the record last and atomically; a finished ``ok`` record is never replaced by a failure."""
+        current = self.read_result(exp_id)
+        if current is not None and current.get("status") == "ok" and result.get("status") != "ok":
+            warnings.warn(f"{self.result_path(exp_id)}: kept the finished ok result; not replaced by "
+                          f"{result.get('status')} ({result.get('reason', '')})", stacklevel=2)
+            return
         atomic_write_json(self.result_path(exp_id), result)
 
     def results(self) -> Iterator[dict]:
@@ -146,12 +170,14 @@ class Store:
         atomic_write_text(self.root / "plan.json", text)
 
 
-def decide(store: Store, experiment: Experiment, retry_failed: bool = False, holding_lock: bool = False) -> Decision:
-    """The run/skip/resume decision for one experiment, with its reason (read-only).
+def decide(store: Store, experiment: Experiment, retry_failed: bool = False, holding_lock: bool = False,
+           dry_run: bool = False) -> Decision:
+    """The run/skip/resume decision for one experiment, with its reason.
 
     ``holding_lock``: the caller holds the experiment's lock, so it is not "another process".
+    ``dry_run`` (estimate): a corrupt result is reported, not moved aside.
     """
-    result = store.read_result(experiment.id)
+    result = store.read_result(experiment.id, quarantine=not dry_run)
     if result is not None:
         status = result.get("status")
         if status == "ok":

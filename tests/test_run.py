@@ -221,3 +221,29 @@ def test_estimate_models_worker_processes_within_2x_of_a_measured_run(in_tmp):
     spec.run(train_only=True)
     measured = time.perf_counter() - t0
     assert measured / 2 <= est.est_seconds <= measured * 2, (est.est_seconds, measured, summed)
+
+
+def test_corrupt_result_is_quarantined_and_ok_results_are_never_overwritten(in_tmp):
+    from flops_fit.store import Store
+
+    store = Store(in_tmp / "runs" / "s")
+    store.write_result("e1", {"id": "e1", "status": "ok", "loss": 1.0})
+    store.write_result("e1", {"id": "e1", "status": "failed", "reason": "late duplicate"})
+    assert store.read_result("e1")["status"] == "ok"
+    store.result_path("e2").parent.mkdir(parents=True)
+    store.result_path("e2").write_bytes(b"\xff\xfe{not json")
+    with pytest.warns(UserWarning, match="result.json.corrupt"):
+        assert store.read_result("e2") is None
+    assert (store.exp_dir("e2") / "result.json.corrupt").exists() and not store.result_path("e2").exists()
+    spec = Spec.load(write_toy_spec(in_tmp, sizes=(4, 8), budgets=(1e6,)))
+    spec.run(report=False)
+    first = spec.plan().experiments[0]
+    path = in_tmp / "runs/toy/experiments" / first.id / "result.json"
+    path.write_text("{truncated")
+    with pytest.warns(UserWarning, match="unreadable"):
+        est = spec.estimate()
+    assert next(r for r in est.experiments if r.id == first.id).action == "run"
+    assert path.read_text() == "{truncated"  # the dry run moved nothing
+    with pytest.warns(UserWarning, match="moved to result.json.corrupt"):
+        spec.run(report=False)  # quarantined, trained again
+    assert json.loads(path.read_text())["status"] == "ok"
