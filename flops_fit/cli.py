@@ -80,9 +80,13 @@ def validate(spec: str = SpecArg, verbose: bool = VerboseOpt) -> None:
     """Check everything that can fail before training; writes nothing."""
     def go() -> None:
         t0 = time.perf_counter()
+        from .validate import fit_problems
+
         plan = _load(spec).check()
         err.print(f"[green]ok[/] {spec}: {len(plan.experiments)} experiments over {len(plan.budgets)} budgets, "
                   f"{len(plan.dropped)} dropped, FLOP rule {plan.flop_rule} ({time.perf_counter() - t0:.2f} s)")
+        for why in fit_problems(plan):
+            err.print(f"[yellow]warning: this plan cannot give a fit: {why}; add budgets or sizes[/]")
     _guard(go, verbose)
 
 
@@ -149,6 +153,15 @@ def _progress_handler(console: Console, live: bool = True):
     return progress, handle
 
 
+def _no_fit(result) -> bool:
+    """True (after printing why) when no approach produced a fit: the command then exits 1."""
+    f = result.fits
+    if f.isoflop or f.parametric or f.envelope:
+        return False
+    err.print("[bold red]error:[/] no fit: " + ("; ".join(f.notes) or "no usable points"), highlight=False)
+    return True
+
+
 def _print_result(result, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result.summary(), indent=2, default=float))
@@ -212,6 +225,8 @@ def run(spec: str = SpecArg, as_json: bool = JsonOpt,
             return
         _print_result(result, as_json)
         err.print(f"report: {s.run_dir / 'report'}")
+        if _no_fit(result):
+            raise typer.Exit(1)
         failed = [p for p in result.points.points if p.status == "failed"]
         if failed:
             err.print(f"[red]{len(failed)} experiment(s) failed; see their result.json; --retry-failed trains them again[/]")
@@ -228,6 +243,8 @@ def analyze(spec: str = SpecArg, as_json: bool = JsonOpt,
         s = _load(spec)
         result = s.analyze()
         _print_result(result, as_json)
+        if _no_fit(result):
+            raise typer.Exit(1)
         if suggest:
             advice = result.trust().suggest
             if advice["sizes"]:
@@ -260,6 +277,8 @@ def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,toke
         _print_result(result, as_json)
         if report:
             write_report(result, Path(report))
+        if _no_fit(result):
+            raise typer.Exit(1)
     _guard(go, verbose)
 
 

@@ -11,6 +11,8 @@ raises :class:`SpecError` with every problem otherwise.
 
 from __future__ import annotations
 
+import os
+
 import difflib
 import importlib.util
 import inspect
@@ -206,6 +208,7 @@ def check(spec: Spec, smoke: bool = True) -> Plan:
         if path and obj is not None and not callable(obj):
             c.add(key, f"{path!r} is not callable")
     _check_trackers(c)
+    _check_batch_split(c)
     plan = None
     if model_ok:
         plan = _compile(c, data is not None)
@@ -214,6 +217,42 @@ def check(spec: Spec, smoke: bool = True) -> Plan:
     if c.problems:
         raise SpecError(c.problems)
     return plan
+
+
+def _processes(spec: Spec) -> int:
+    """Processes one experiment is split over: a torchrun/accelerate launch, or data-parallel GPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        return world
+    if spec.train.parallel == "data" and spec.train.device != "cpu":
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    return 1
+
+
+def _check_batch_split(c: _Checker) -> None:
+    """Once, before anything is written: the global batch must split over the processes."""
+    t = c.spec.train
+    world = _processes(c.spec)
+    if t.batch_size % world:
+        c.add("train.batch_size", f"{t.batch_size} does not split over {world} processes", value=t.batch_size,
+              has_value=True, hint=f"use a multiple of {world}")
+    elif t.micro_batch_size and (t.batch_size // world) % t.micro_batch_size:
+        c.add("train.micro_batch_size", f"{t.batch_size // world} samples per process are not a multiple of "
+              f"{t.micro_batch_size}", value=t.micro_batch_size, has_value=True,
+              hint="choose a micro-batch that divides batch_size / processes")
+
+
+def fit_problems(plan: Plan) -> list[str]:
+    """Why none of the plan's approaches could give a fit (empty when one can)."""
+    per_budget = [len(plan.for_budget(b)) for b in plan.budgets]
+    can = {"isoflop": sum(1 for k in per_budget if k >= 3) >= 2, "parametric": len(plan.experiments) >= 5,
+           "envelope": len(plan.experiments) >= 2}
+    if any(can.get(a, False) for a in plan.approaches):
+        return []
+    return [f"{len(plan.budgets)} budget(s) with {per_budget} experiments: the IsoFLOP fit needs 2+ budgets of 3+ "
+            f"sizes, the parametric fit 5+ experiments"]
 
 
 def _compile(c: _Checker, data_ok: bool) -> Plan | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from flops_fit.cli import app
@@ -61,3 +62,27 @@ def test_fit_csv(tmp_path):
     assert any(r["budget_flops"] == 1e22 for r in doc["table"])
     bad = runner.invoke(app, ["fit", str(tmp_path / "missing.csv")])
     assert bad.exit_code == 1 and "cannot read CSV" in bad.output
+
+
+def test_batch_that_does_not_split_fails_validation_once(in_tmp, monkeypatch):
+    from flops_fit import Spec
+    from flops_fit.errors import SpecError
+    from tests.conftest import write_toy_spec
+
+    spec = Spec.load(write_toy_spec(in_tmp))  # batch_size 16
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(SpecError) as err:
+        spec.check()
+    assert [p.key for p in err.value.problems] == ["train.batch_size"] and "3 processes" in str(err.value)
+    assert not (in_tmp / "runs").exists()
+
+
+def test_unfittable_plan_warns_at_validate_and_run_exits_1(in_tmp):
+    from tests.conftest import write_toy_spec
+
+    path = write_toy_spec(in_tmp, sizes=(4, 8), budgets=(1e6,))
+    runner = CliRunner()
+    res = runner.invoke(app, ["validate", str(path)])
+    assert res.exit_code == 0 and "cannot give a fit" in res.output
+    res = runner.invoke(app, ["run", str(path)])
+    assert res.exit_code == 1 and "no fit" in res.output and "Traceback" not in res.output
