@@ -132,7 +132,8 @@ def _progress_handler(console: Console, live: bool = True):
         if event.kind == "decision":
             if event.decision.action == "skip":
                 progress.advance(state["sweep"])
-                progress.console.print(f"[dim]skip {exp.id}: {event.decision.reason}[/]")
+                style = "yellow" if "WARNING" in event.decision.reason else "dim"
+                progress.console.print(f"[{style}]skip {exp.id}: {event.decision.reason}[/]")
             else:
                 progress.console.print(f"{event.decision.action} {exp.id}: {event.decision.reason}")
                 if state["exp"] is not None:

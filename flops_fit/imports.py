@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-__all__ = ["ImportPathError", "IMPORT_PATH_RE", "register", "resolve", "import_path_of", "search_path"]
+__all__ = ["ImportPathError", "IMPORT_PATH_RE", "register", "resolve", "import_path_of", "search_path", "source_digest"]
 
 IMPORT_PATH_RE = re.compile(r"^(@[\w.-]+|[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*(:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*)?)$")
 
@@ -125,3 +125,29 @@ def import_path_of(obj: Any) -> str | None:
     except ImportPathError:
         return None
     return f"{module}:{qualname}" if found is obj else None
+
+
+def source_digest(paths: Sequence[str], folders: Sequence[str | Path] = ()) -> dict[str, str]:
+    """sha256 (12 hex) of the source file of each import path's module, found without importing it.
+
+    What the user's model, data and loss code says is not in an experiment's id (ids stay stable
+    across refactors); recording it lets ``run`` warn when a finished result was trained by code
+    that has changed since.  Objects without a source file (``@`` registrations, builtins) are skipped.
+    """
+    import hashlib
+    import importlib.util
+
+    out = {}
+    for path in paths:
+        if not path or path.startswith("@"):
+            continue
+        module = path.split(":")[0] if ":" in path else path.rsplit(".", 1)[0]
+        try:
+            with search_path(folders):
+                spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            continue
+        origin = getattr(spec, "origin", None) if spec else None
+        if origin and Path(origin).is_file():
+            out[module] = hashlib.sha256(Path(origin).read_bytes()).hexdigest()[:12]
+    return out

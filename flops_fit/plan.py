@@ -59,6 +59,13 @@ class Job(Frozen):
     train: TrainSpec
     search_path: list[str] = Field(default_factory=list)
 
+    @property
+    def targets(self) -> list[str]:
+        """The import paths of the user's code this job runs (model, data, held-out data, loss, optimizer)."""
+        found = [self.model.target, self.data.target, self.eval_data.target if self.eval_data else None,
+                 self.loss.target, self.train.optimizer]
+        return [t for t in found if t]
+
 
 class Experiment(Frozen):
     """One (budget, size) point of the sweep."""

@@ -170,6 +170,17 @@ class Store:
         atomic_write_text(self.root / "plan.json", text)
 
 
+def _changed_sources(result: dict, experiment: Experiment) -> list[str]:
+    """Modules of the user's code whose source differs from what trained this result."""
+    from .imports import source_digest
+
+    then = (result.get("provenance") or {}).get("sources") or {}
+    if not then:
+        return []
+    now = source_digest(experiment.job.targets, experiment.job.search_path)
+    return sorted(m for m, h in then.items() if m in now and now[m] != h)
+
+
 def decide(store: Store, experiment: Experiment, retry_failed: bool = False, holding_lock: bool = False,
            dry_run: bool = False) -> Decision:
     """The run/skip/resume decision for one experiment, with its reason.
@@ -181,7 +192,10 @@ def decide(store: Store, experiment: Experiment, retry_failed: bool = False, hol
     if result is not None:
         status = result.get("status")
         if status == "ok":
-            return Decision("skip", f"done: loss {result.get('loss'):.4g} ({RESULT} present)")
+            changed = _changed_sources(result, experiment)
+            note = (f"; WARNING: {', '.join(changed)} changed since it was trained: delete "
+                    f"{store.exp_dir(experiment.id)} to train it again") if changed else ""
+            return Decision("skip", f"done: loss {result.get('loss'):.4g} ({RESULT} present){note}")
         if not retry_failed:
             return Decision("skip", f"{status}: {result.get('reason', '')} (use --retry-failed to train again)".strip())
         return Decision("run", f"retry after {status} (--retry-failed)")

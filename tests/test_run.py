@@ -248,3 +248,17 @@ def test_corrupt_result_is_quarantined_and_ok_results_are_never_overwritten(in_t
     with pytest.warns(UserWarning, match="moved to result.json.corrupt"):
         spec.run(report=False)  # quarantined, trained again
     assert json.loads(path.read_text())["status"] == "ok"
+
+
+def test_edited_model_source_is_flagged_on_cached_results(in_tmp):
+
+    (in_tmp / "mymodel.py").write_text((ROOT / "tests/toy.py").read_text())
+    path = write_toy_spec(in_tmp, sizes=(4, 8), budgets=(1e6,))
+    path.write_text(path.read_text().replace('target = "tests.toy:MLP"', 'target = "mymodel:MLP"'))
+    spec = Spec.load(path)
+    spec.run(report=False)
+    _, events = _events(Spec.load(path), report=False)
+    assert all("WARNING" not in e.decision.reason for e in events if e.kind == "decision")
+    (in_tmp / "mymodel.py").write_text((in_tmp / "mymodel.py").read_text().replace("nn.GELU()", "nn.ReLU()"))
+    est = Spec.load(path).estimate()
+    assert all(r.action == "skip" and "mymodel changed since it was trained" in r.reason for r in est.experiments)

@@ -25,6 +25,7 @@ from accelerate.utils import set_seed
 from .._version import __version__
 from ..components import build_data, build_loss, build_model, call_model
 from ..errors import RunError
+from ..imports import source_digest
 from ..plan import Job
 from ..store import Store
 from .checkpoint import load_checkpoint, save_checkpoint, save_rng
@@ -281,5 +282,6 @@ def _result(job: Job, run: _Run, final: float, source, notes: list[str], acceler
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "processes": accelerator.num_processes, "precision": job.train.precision,
             "host": platform.node(), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "sources": source_digest(job.targets, job.search_path),
         },
     }
