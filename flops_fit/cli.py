@@ -27,16 +27,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 220)  # progress, messages, --json's company
 out = Console(width=None if sys.stdout.isatty() else 220)  # the human report: `flops-fit fit x.csv > report.txt` keeps it
 
-class Approach(str, Enum):
-    isoflop = "isoflop"
-    parametric = "parametric"
-    envelope = "envelope"
+def _choices(name: str, field: str) -> type[Enum]:
+    """A CLI Enum of the spec's own Literal for ``[analysis] field`` (one list of names, not two)."""
+    from typing import get_args
+
+    from .spec import AnalysisSpec
+
+    kind = AnalysisSpec.model_fields[field].annotation
+    values = get_args(get_args(kind)[0] if field == "approaches" else kind)
+    return Enum(name, {v: v for v in values}, type=str)
 
 
-class Profile(str, Enum):
-    window = "window"
-    cubic = "cubic"
-    parabola = "parabola"
+Approach = _choices("Approach", "approaches")
+Profile = _choices("Profile", "profile")
 
 
 SpecArg = typer.Argument(..., help="Path of the spec TOML file.", exists=False)

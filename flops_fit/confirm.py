@@ -107,19 +107,12 @@ def confirm_dir(spec: Spec, budget_flops: float, approach: str | None = None) ->
 
 
 def _size_loss(fits, num_params: float, num_tokens: float) -> tuple[float | None, list[float] | None]:
-    from .analysis.fit import percentile_interval
-    from .analysis.parametric import named, predict_loss
+    from .analysis.parametric import loss_band
 
-    par = fits.parametric
-    if not par:
+    if not fits.parametric:
         return None, None
-    loss = float(predict_loss(par, np.float64(num_params), np.float64(num_tokens)))
-    samples = par.get("samples") or []
-    if len(samples) < 10:
-        return loss, None
-    with np.errstate(all="ignore"):
-        boot = [float(predict_loss(named(t), np.float64(num_params), np.float64(num_tokens))) for t in samples]
-    return loss, percentile_interval(boot)
+    loss, lo, hi = loss_band(fits.parametric, num_params, num_tokens)
+    return float(loss), None if lo is None else [float(lo), float(hi)]
 
 
 def _check_budget(spec: Spec, plan: Plan, budget_flops: float) -> None:

@@ -183,17 +183,13 @@ def confirm_figure(result: Result, confirmation: Any):
     n_grid = np.logspace(math.log10(n_lo), math.log10(n_hi), 40)
     par = result.fits.parametric
     if par:
-        from .analysis.parametric import named, predict_loss
+        from .analysis.parametric import loss_band
 
         fpu = result.fits.flops_per_unit
-        d_grid = C / (fpu["coef"] * n_grid ** fpu["exponent"])
-        right.plot(n_grid, predict_loss(par, n_grid, d_grid), color="C1", label="predicted L(N, D = C / FLOPs per unit)")
-        samples = par.get("samples") or []
-        if len(samples) >= 10:
-            with np.errstate(all="ignore"):
-                boot = np.array([predict_loss(named(t), n_grid, d_grid) for t in samples])
-            right.fill_between(n_grid, np.nanpercentile(boot, 2.5, axis=0), np.nanpercentile(boot, 97.5, axis=0),
-                               color="C1", alpha=0.2, label="95% band")
+        loss, lo, hi = loss_band(par, n_grid, C / (fpu["coef"] * n_grid ** fpu["exponent"]))
+        right.plot(n_grid, loss, color="C1", label="predicted L(N, D = C / FLOPs per unit)")
+        if lo is not None:
+            right.fill_between(n_grid, lo, hi, color="C1", alpha=0.2, label="95% band")
     for s in sizes:
         if s.loss_ci is not None:
             right.errorbar([s.num_params], [s.loss], yerr=[[s.loss - s.loss_ci[0]], [s.loss_ci[1] - s.loss]], fmt="D",

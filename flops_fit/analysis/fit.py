@@ -59,7 +59,8 @@ def optimal_allocation(params: dict, C: float, fpu: dict) -> tuple[float, float,
     alpha, beta, A, B = (np.float64(params[k]) for k in ("alpha", "beta", "A", "B"))
     c, p = np.float64(fpu["coef"]), np.float64(fpu["exponent"])
     with np.errstate(all="ignore"):  # numpy powers give NaN (not complex) for a degenerate bootstrap fit
-        N = (alpha * A / (p * beta * B * c**beta)) ** (1 / (alpha + p * beta)) * C ** (beta / (alpha + p * beta))
+        a, _ = allocation_exponents(params, fpu)
+        N = (alpha * A / (p * beta * B * c**beta)) ** (1 / (alpha + p * beta)) * C ** a
         D = C / (c * N**p)
         loss = float(predict_loss(params, np.array(N), np.array(D)))
     return float(N), float(D), loss

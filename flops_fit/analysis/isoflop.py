@@ -17,10 +17,9 @@ from lmfit import Model
 from lmfit.models import LinearModel, QuadraticModel
 from scipy import stats
 
-__all__ = ["budget_minima", "power_law", "loss_law", "profile_residuals", "profile_minimum", "PROFILES",
-           "WINDOW_POINTS", "mean_interval"]
+__all__ = ["budget_minima", "power_law", "loss_law", "profile_residuals", "profile_minimum", "WINDOW_POINTS",
+           "mean_interval"]
 
-PROFILES = ("window", "cubic", "parabola")
 WINDOW_POINTS = 5
 
 
@@ -39,6 +38,13 @@ def _window(x: np.ndarray, y: np.ndarray, k: int | None = None) -> np.ndarray:
     i = int(np.argmin(smooth))
     lo = min(max(0, i - k // 2), max(0, len(x) - k))
     return np.arange(lo, min(len(x), lo + k))
+
+
+def _profile_points(x: np.ndarray, y: np.ndarray, profile: str) -> tuple[np.ndarray, int]:
+    """Which points (indices into x sorted ascending) a profile fits, and the polynomial degree."""
+    if profile == "window":
+        return _window(x, y), 2
+    return np.arange(len(x)), 3 if profile == "cubic" and len(x) >= 5 else 2
 
 
 def profile_minimum(x: np.ndarray, y: np.ndarray, profile: str = "window") -> tuple[float | None, float | None, list, str]:
@@ -60,10 +66,8 @@ def profile_minimum(x: np.ndarray, y: np.ndarray, profile: str = "window") -> tu
     if len(np.unique(x)) < 3:
         return None, None, [], f"{len(np.unique(x))} sizes (< 3) for a profile"
     x_lo, x_hi = x.min(), x.max()
-    if profile == "window":
-        idx = _window(x, y)
-        x, y = x[idx], y[idx]
-    degree = 3 if profile == "cubic" and len(x) >= 5 else 2
+    idx, degree = _profile_points(x, y, profile)
+    x, y = x[idx], y[idx]
     coef = np.polyfit(x, y, degree)
     if degree == 2:
         p2, p1, _ = coef
@@ -136,12 +140,7 @@ def profile_residuals(lnN: np.ndarray, L: np.ndarray, budgets: np.ndarray, profi
             continue
         order = np.argsort(lnN[m])
         x, y = lnN[m][order], L[m][order]
-        if profile == "window":
-            idx = _window(x, y)
-            degree = 2
-        else:
-            idx = np.arange(len(x))
-            degree = 3 if profile == "cubic" else 2
+        idx, degree = _profile_points(x, y, profile)
         X = np.vander(x[idx] - x[idx].mean(), degree + 1)
         coef, *_ = np.linalg.lstsq(X, y[idx], rcond=None)
         resid = y[idx] - X @ coef

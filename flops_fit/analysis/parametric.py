@@ -21,7 +21,7 @@ from lmfit import Parameters, minimize
 from scipy.optimize import least_squares, nnls
 from scipy.special import logsumexp
 
-__all__ = ["fit_parametric", "huber_objective", "predict_loss", "allocation", "refit_fast", "DELTA"]
+__all__ = ["fit_parametric", "huber_objective", "predict_loss", "loss_band", "allocation", "refit_fast", "DELTA"]
 
 DELTA = 1e-3
 _GRID = np.arange(0.05, 1.51, 0.05)
@@ -30,6 +30,19 @@ _GRID = np.arange(0.05, 1.51, 0.05)
 def predict_loss(params: dict, N: np.ndarray, D: np.ndarray) -> np.ndarray:
     """L(N, D) = E + A/N^α + B/D^β."""
     return params["E"] + params["A"] / N ** params["alpha"] + params["B"] / D ** params["beta"]
+
+
+def loss_band(fit: dict, N, D) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """L(N, D) of ``fit`` and its 95% band (2.5/97.5 percentiles over the fit's bootstrap
+    ``samples``; None without 10 of them), elementwise over N and D."""
+    N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
+    loss = predict_loss(fit, N, D)
+    samples = fit.get("samples") or []
+    if len(samples) < 10:
+        return loss, None, None
+    with np.errstate(all="ignore"):
+        boot = np.array([predict_loss(named(t), N, D) for t in samples])
+    return loss, np.nanpercentile(boot, 2.5, axis=0), np.nanpercentile(boot, 97.5, axis=0)
 
 
 def _log_pred(theta: np.ndarray, lnN: np.ndarray, lnD: np.ndarray) -> np.ndarray:
