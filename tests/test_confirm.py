@@ -90,3 +90,21 @@ def test_confirm_cli(swept):
     assert doc["budget_flops"] == 1.2e7 and len(doc["measured"]) == 3
     bad = runner.invoke(app, ["confirm", str(swept), "--budget", "2e6"])
     assert bad.exit_code == 1 and "one of the sweep's" in bad.output and "Traceback" not in bad.output
+
+
+def test_compare_scores_the_check_and_notes_data_repetition():
+    from flops_fit.confirm import PlannedSize, Prediction, compare
+
+    sizes = [PlannedSize(id=f"e{s}", size=s, num_params=n, num_tokens=1e6, loss=2.0, loss_ci=[1.9, 2.1])
+             for s, n in ((16, 1000), (24, 2000), (32, 4000))]
+    pred = Prediction(budget_flops=1e12, approach="parametric", num_params=2000, num_tokens=1e6, loss=2.0,
+                      loss_ci=[1.9, 2.1], sizes=sizes, fit={}, created="t")
+    results = {"e16": {"status": "ok", "loss": 2.3, "epochs": 6.0}, "e24": {"status": "ok", "loss": 2.05, "epochs": 3.0},
+               "e32": {"status": "ok", "loss": 2.02, "epochs": 1.5}}
+    c = compare(pred, results, sweep_epochs=2.0)
+    assert c.best_size == 32 and c.predicted_size == 24 and not c.best_is_predicted and c.best_is_adjacent
+    assert c.loss_error == pytest.approx(2.02 / 2.0 - 1) and c.inside == 2
+    assert [m.inside for m in c.measured] == [False, True, True]
+    assert any("e16 repeats its data 6.0 times" in n for n in c.notes)
+    assert not any("e32 repeats" in n for n in c.notes)
+    assert any("edge of the confirmation sizes" in n for n in c.notes)
