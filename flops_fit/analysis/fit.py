@@ -59,7 +59,7 @@ def optimal_allocation(params: dict, C: float, fpu: dict) -> tuple[float, float,
     alpha, beta, A, B = (np.float64(params[k]) for k in ("alpha", "beta", "A", "B"))
     c, p = np.float64(fpu["coef"]), np.float64(fpu["exponent"])
     with np.errstate(all="ignore"):  # numpy powers give NaN (not complex) for a degenerate bootstrap fit
-        a, _ = allocation_exponents(params, fpu)
+        a = np.float64(allocation_exponents(params, fpu)[0])  # numpy: overflow gives inf, not an exception
         N = (alpha * A / (p * beta * B * c**beta)) ** (1 / (alpha + p * beta)) * C ** a
         D = C / (c * N**p)
         loss = float(predict_loss(params, np.array(N), np.array(D)))
