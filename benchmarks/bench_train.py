@@ -27,8 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from flops_fit.execute.runner import make_accelerator
 from flops_fit.execute.worker import train_experiment
-from flops_fit.plan import Component, Job
-from flops_fit.spec import TrainSpec
+from flops_fit.plan import Component, Job, Loop, Optim, Runtime, Schedule
 from flops_fit.store import Store
 
 PEAK = 989e12
@@ -108,19 +107,23 @@ def engine(model_target: str, model_kwargs: dict, size_param: str, size, data_ta
            loss_target: str, batch: int, steps: int, warmup: int, lr: float, precision: str, compile_: bool,
            device: torch.device) -> float:
     """Samples per second of flops-fit's loop after warm-up, from its logged wall-clock."""
-    train = TrainSpec(batch_size=batch, learning_rate=lr, precision=precision, compile=compile_, log_points=8,
-                      eval_points=0, checkpoint_seconds=1e9, warmup_fraction=0.1)
-    job = Job(experiment_id="bench", model=Component(target=model_target, kwargs=model_kwargs), size_param=size_param,
-              size=size, data=Component(target=data_target, kwargs=data_kwargs), eval_fraction=0.01, eval_batches=1,
-              loss=Component(target=loss_target), tokens_per_sample=1, steps=steps, warmup_steps=max(1, steps // 10),
-              num_params=1, flops_per_sample=1.0, train=train, search_path=[str(Path(__file__).parent.parent)])
-    acc = make_accelerator(precision, "auto" if device.type == "cuda" else "cpu", [], tempfile.gettempdir())
+    job = Job(experiment_id="bench", budget_flops=1.0, model=Component(target=model_target, kwargs=model_kwargs),
+              size_param=size_param, size=size, data=Component(target=data_target, kwargs=data_kwargs),
+              eval_fraction=0.01, eval_batches=1, loss=Component(target=loss_target), tokens_per_sample=1, steps=steps,
+              num_params=1, flops_per_sample=1.0, precision=precision,
+              optim=Optim(learning_rate=lr, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, grad_clip=1.0),
+              schedule=Schedule(kind="cosine", warmup_steps=max(1, steps // 10), min_lr_ratio=0.1, decay_fraction=0.2),
+              loop=Loop(batch_size=batch, seed=0, divergence_factor=3.0, log_points=8, eval_points=0, num_workers=0,
+                        checkpoint_seconds=1e9, keep_checkpoints=1),
+              search_path=[str(Path(__file__).parent.parent)])
+    acc = make_accelerator(Runtime(precision=precision, device="auto" if device.type == "cuda" else "cpu",
+                                   compile=compile_), tempfile.gettempdir())
     with tempfile.TemporaryDirectory() as tmp:
-        result = train_experiment(job, Store(Path(tmp)), acc)
-    curve = result["curve"]
-    first = next(p for p in curve if p["step"] >= warmup)
+        result = train_experiment(job, Store(Path(tmp)), acc, compile=compile_)
+    curve = result.curve
+    first = next(p for p in curve if p.step >= warmup)
     last = curve[-1]
-    return (last["step"] - first["step"]) * batch / (last["seconds"] - first["seconds"])
+    return (last.step - first.step) * batch / (last.seconds - first.seconds)
 
 
 def gpt_flops_per_token(d: int, layers: int, vocab: int, seq: int) -> float:

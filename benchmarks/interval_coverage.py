@@ -26,8 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flops_fit.analysis import Point, Points, fit_points
-from flops_fit.analysis.fit import hull
-from flops_fit.analysis.isoflop import mean_interval
+from flops_fit.analysis.laws import hull
 
 LAWS = {"epoch": {"E": 1.82, "A": 482.0, "B": 2085.4, "alpha": 0.3478, "beta": 0.3658},
         "skewed": {"E": 2.5, "A": 1000.0, "B": 300.0, "alpha": 0.5, "beta": 0.25}}
@@ -95,21 +94,21 @@ def coverage(design: str, budgets: int, profile: str, sweeps: int, bootstrap: in
         iso = fit_points(pts, ["isoflop"], bootstrap=bootstrap, seed=s, backtest=False, profile=profile).isoflop
         if iso is None:
             continue
-        n = iso["n_opt"]
+        n = iso.n_opt
         C4 = 4 * max(p.budget_flops for p in pts.points)
         truth_n = n_opt(C4)
-        samples = np.array(iso.get("samples") or [])
+        samples = np.array(iso.samples)
         boot_n = None
         if len(samples) >= 10:
             vals = np.exp(samples[:, 0] + samples[:, 1] * math.log(C4))
             boot_n = [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
         t.fits += 1
-        t.a_hull += _inside(n["exponent_ci"], a)
-        t.a_boot += _inside(n.get("exponent_boot_ci"), a)
-        t.a_t += _inside(n.get("exponent_t_ci"), a)
-        t.n_hull += _inside(hull(boot_n, mean_interval(n, C4)), truth_n)
+        t.a_hull += _inside(n.exponent_ci, a)
+        t.a_boot += _inside(n.exponent_boot_ci, a)
+        t.a_t += _inside(n.exponent_t_ci, a)
+        t.n_hull += _inside(hull(boot_n, n.interval(C4)), truth_n)
         t.n_boot += _inside(boot_n, truth_n)
-        t.error += n["exponent"] - a
+        t.error += n.exponent - a
     return t.row()
 
 

@@ -12,13 +12,13 @@ from typing import Any, Callable, Iterable, Optional
 
 from typing import TYPE_CHECKING
 
-from . import spec as _spec
 from .errors import Problem, RunError, SpecError
 from .estimate import Estimate, estimate_plan
 from .imports import import_path_of, register
 from .launch import launch_plan, run_launched
-from .plan import Plan, compile_plan
-from .store import Store, atomic_write_text
+from .plan import Plan, compile_plan, runtime as plan_runtime
+from .spec import SpecModel
+from .store import Store
 from .validate import check
 
 if TYPE_CHECKING:  # the training and fitting stacks load on first use, so `validate` starts fast
@@ -27,11 +27,11 @@ if TYPE_CHECKING:  # the training and fitting stacks load on first use, so `vali
     from .execute.runner import RunEvent
     from .report import Result
 
-__all__ = ["Spec", "find_optimal", "fit", "analyze_plan", "write_report"]
+__all__ = ["Spec", "find_optimal", "fit", "analyze_plan", "train_plan"]
 
 
-class Spec(_spec.Spec):
-    """A validated spec with the verbs of the pipeline.
+class Spec(SpecModel):
+    """A validated spec with the verbs of the pipeline (the one ``Spec`` users hold).
 
     ``Spec.load(path)`` → ``spec.check()`` (every pre-training check) → ``spec.plan()`` →
     ``spec.estimate()`` (dry run) → ``spec.run()`` (train what is pending, fit, report).
@@ -47,43 +47,23 @@ class Spec(_spec.Spec):
 
     def estimate(self, retry_failed: bool = False) -> Estimate:
         """Dry run: per-experiment action and reason, FLOPs and wall-clock estimates.  Writes nothing."""
-        import time
-
-        t0 = time.perf_counter()
-        plan = check(self)
-        return estimate_plan(self, plan, retry_failed, check_seconds=time.perf_counter() - t0)
+        return estimate_plan(self, check(self), retry_failed)
 
     def run(self, retry_failed: bool = False, on_event: Callable[[RunEvent], None] | None = None,
-            report: bool = True, train_only: bool = False, min_params: float | None = None,
-            max_params: float | None = None) -> Result | None:
+            report: bool = True) -> Result | None:
         """Train every pending experiment (cached ones are reused), fit and report.
 
-        Several GPUs or ``train.workers_per_gpu > 1`` spread the sweep over processes (see
-        :mod:`flops_fit.launch`); ``train_only`` (a worker) skips the analysis.
+        Several GPUs or ``train.workers_per_gpu > 1`` spread the sweep over worker processes
+        (see :mod:`flops_fit.launch`), ``find_optimal`` included; objects registered under a
+        ``cache_key`` exist only in this process, so such a sweep trains here.  Under
+        ``accelerate launch`` only the main process fits and reports (the others return None).
         """
-        from .execute.runner import make_accelerator, run_plan
-
         plan = check(self)
-        store = Store(Path(plan.run_dir))
-        layout = launch_plan(self)
-        if not layout.in_process and self.source:
-            codes = run_launched(layout, self.source, retry_failed)
-            if any(codes):
-                raise RunError(f"{sum(1 for c in codes if c)} worker process(es) failed (exit codes {codes})")
-        else:
-            t = self.train
-            accelerator = make_accelerator(t.precision, t.device, list(t.log_with), str(store.root / "tracking"))
-
-            def select(e) -> bool:
-                return (min_params is None or e.num_params >= min_params) and (max_params is None or e.num_params < max_params)
-            run_plan(plan, store, accelerator, retry_failed, on_event, select)
-            if not accelerator.is_main_process:
-                return None
-        if train_only:
+        if not train_plan(self, plan, retry_failed, on_event):
             return None
         result = analyze_plan(self, plan)
         if report:
-            write_report(result, store.root / "report")
+            result.save(Path(plan.run_dir) / "report")
         return result
 
     def confirm(self, budget_flops: float, sizes: int = 3, approach: str | None = None, retry_failed: bool = False,
@@ -100,9 +80,9 @@ class Spec(_spec.Spec):
         def train(experiments, store) -> None:
             from .execute.runner import make_accelerator, run_experiments
 
-            t = self.train
-            accelerator = make_accelerator(t.precision, t.device, list(t.log_with), str(store.root / "tracking"))
-            run_experiments(experiments, store, accelerator, retry_failed, on_event)
+            runtime = plan_runtime(self)
+            accelerator = make_accelerator(runtime, str(store.root / "tracking"))
+            run_experiments(experiments, store, accelerator, retry_failed, on_event, compile=runtime.compile)
 
         return confirm(self, float(budget_flops), sizes, approach, train=train, analyze=analyze_plan,
                        predict_only=predict_only)
@@ -112,49 +92,48 @@ class Spec(_spec.Spec):
         plan = compile_plan(self)
         result = analyze_plan(self, plan)
         if report:
-            write_report(result, Path(plan.run_dir) / "report")
+            result.save(Path(plan.run_dir) / "report")
         return result
 
 
-def analyze_plan(spec: _spec.Spec, plan: Plan) -> Result:
+def train_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False,
+               on_event: Callable[[RunEvent], None] | None = None) -> bool:
+    """Train the plan's pending experiments here or in worker processes (:func:`launch_plan`).
+    False in the non-main processes of a distributed launch."""
+    store = Store(Path(plan.run_dir))
+    layout = launch_plan(spec)
+    registered = sorted({t for e in plan.experiments for t in e.job.targets if t.startswith("@")})
+    if not layout.in_process and registered:
+        warnings.warn(f"{', '.join(registered)} exist only in this process (registered by cache_key), so the sweep "
+                      f"trains here instead of in {layout.workers or layout.gpus} worker processes; pass objects "
+                      f"importable by module path to use them", stacklevel=3)
+    if not layout.in_process and not registered:
+        store.write_plan_json(plan.to_json())
+        codes = run_launched(layout, plan, retry_failed)
+        if any(codes):
+            raise RunError(f"{sum(1 for c in codes if c)} worker process(es) failed (exit codes {codes})")
+        return True
+    from .execute.runner import make_accelerator, run_plan
+
+    accelerator = make_accelerator(plan.runtime, str(store.root / "tracking"))
+    run_plan(plan, store, accelerator, retry_failed, on_event)
+    return accelerator.is_main_process
+
+
+def analyze_plan(spec: SpecModel, plan: Plan) -> Result:
     """Collect the plan's finished experiments from the store and fit them."""
     from .analysis import Points, fit_points
     from .report import Result
 
-    store = Store(Path(plan.run_dir))
-    results = []
-    for exp in plan.experiments:
-        r = store.read_result(exp.id)
-        if r is not None:
-            results.append({**r, "budget_flops": exp.budget_flops})
-    if not results:
+    records = Store(Path(plan.run_dir)).collect(plan.experiments)
+    if not records:
         raise SpecError([Problem(f"the store {plan.run_dir} holds no finished experiment of this plan",
                                  hint="run `flops-fit run` first")])
-    points = Points.from_results(results, [(s.size, s.num_params) for s in plan.sizes], plan.flop_rule, plan.run_dir)
+    points = Points.from_records(records, [(s.size, s.num_params) for s in plan.sizes], plan.flop_rule, plan.run_dir)
     a = spec.analysis
     fits = fit_points(points, a.approaches, a.bootstrap, a.seed, a.keep_outliers, a.outlier_z, profile=a.profile)
     return Result(fits=fits, points=points, budgets=plan.budgets, predict_budgets=a.predict,
                   size_param=plan.size_param, flop_rule=plan.flop_rule)
-
-
-def write_report(result: Result, folder: Path) -> Path:
-    """fits.json, result.json, chinchilla_table.md/.csv and the PNG plots under ``folder``."""
-    import json
-
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "fits.json", json.dumps(result.summary(), indent=2, default=float) + "\n")
-    atomic_write_text(folder / "result.json", result.to_json())
-    table = result.chinchilla_table()
-    atomic_write_text(folder / "chinchilla_table.md", table.to_markdown())
-    atomic_write_text(folder / "chinchilla_table.csv", table.to_csv())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        figures = result.plot(folder)
-    import matplotlib.pyplot as plt
-
-    for fig in figures.values():
-        plt.close(fig)
-    return folder
 
 
 def fit(points: "Points | str | Path | Iterable[dict]", approaches: Iterable[str] = ("isoflop", "parametric"),

@@ -52,8 +52,8 @@ def _guard(fn: Callable[[], None], verbose: bool) -> None:
     try:
         fn()
     except FlopsFitError as exc:
-        for problem in exc.problems:
-            err.print(f"[bold red]error:[/] {problem.format()}", highlight=False, soft_wrap=True)
+        for line in exc.lines():
+            err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
         if verbose:
             err.print(traceback.format_exc())
         raise typer.Exit(1)
@@ -100,10 +100,7 @@ def estimate(spec: str = SpecArg, as_json: bool = JsonOpt, retry_failed: bool = 
     def go() -> None:
         est = _load(spec).estimate(retry_failed)
         if as_json:
-            doc = est.model_dump(mode="json")
-            doc["experiments"] = [{k: r[k] for k in ("id", "budget_flops", "size", "num_params", "num_tokens", "steps",
-                                                     "flops", "action", "reason", "est_seconds")} for r in doc["experiments"]]
-            print(json.dumps(doc, indent=2))
+            print(est.model_dump_json(indent=2))
             return
         t = Table(title=f"Plan of {spec}  (FLOP rule: {est.flop_rule_description})")
         for col in ("id", "C", "size", "N", "D", "steps", "FLOPs", "time", "action", "reason"):
@@ -113,7 +110,7 @@ def estimate(spec: str = SpecArg, as_json: bool = JsonOpt, retry_failed: bool = 
                       str(r.steps), f"{r.flops:.3g}", _fmt_seconds(r.est_seconds), r.action, r.reason)
         err.print(t)
         for d in est.dropped:
-            err.print(f"[dim]dropped C={d['budget_flops']:.2g} size={d['size']}: {d['reason']}[/]")
+            err.print(f"[dim]dropped C={d.budget_flops:.2g} size={d.size}: {d.reason}[/]")
         err.print(f"total {est.total_flops:.3g} FLOPs, {est.remaining_flops:.3g} to train; "
                   f"~{_fmt_seconds(est.est_seconds)} on {est.device}; "
                   f"~{_fmt_seconds(est.gpu_est_seconds)} on one {est.gpu} at {est.gpu_mfu:.0%} MFU")
@@ -145,15 +142,15 @@ def _progress_handler(console: Console, live: bool = True):
                 state["t"] = time.perf_counter()
         elif event.kind == "log":
             p = event.point
-            rate = p["tokens"] / max(1e-9, time.perf_counter() - state["t"])
-            progress.update(state["exp"], completed=p["step"], info=f"loss {p['train_loss']:.4f}  {rate:,.0f} units/s")
+            rate = p.tokens / max(1e-9, time.perf_counter() - state["t"])
+            progress.update(state["exp"], completed=p.step, info=f"loss {p.train_loss:.4f}  {rate:,.0f} units/s")
         elif event.kind == "result":
             r = event.result
             progress.advance(state["sweep"])
-            color = "green" if r["status"] == "ok" else "red"
-            loss = f"{r['loss']:.4f}" if r.get("loss") is not None else "–"
-            progress.console.print(f"[{color}]{r['status']}[/] {exp.id}: loss {loss} "
-                                   f"({_fmt_seconds(r.get('train_seconds'))}) {r.get('reason', '')}")
+            color = "green" if r.status == "ok" else "red"
+            loss = f"{r.loss:.4f}" if r.loss is not None else "–"
+            progress.console.print(f"[{color}]{r.status}[/] {exp.id}: loss {loss} "
+                                   f"({_fmt_seconds(r.train_seconds)}) {r.reason}")
     return progress, handle
 
 
@@ -172,33 +169,34 @@ def _print_result(result, as_json: bool) -> None:
         return
     from .flops import RULE_DESCRIPTIONS
 
-    underdetermined = len((result.fits.isoflop or {}).get("minima", [])) < 3
+    f = result.fits
+    underdetermined = len(f.isoflop.minima if f.isoflop else []) < 3
 
     out.print(result.chinchilla_table())
-    s = result.summary()
-    for name, fit in s["fits"].items():
-        if name == "parametric":
-            ci = fit.get("ci", {})
-            out.print(f"parametric: L = {fit['E']:.4g} + {fit['A']:.4g}/N^{fit['alpha']:.4f} + {fit['B']:.4g}/D^{fit['beta']:.4f};"
-                      f" a = {fit['a']:.3f} {_ci(ci.get('a'))}, b = {fit['b']:.3f} {_ci(ci.get('b'))}")
-        else:
-            n = fit["n_opt"]
-            law = "underdetermined (fewer than 3 budgets), not a law: " if name == "isoflop" and underdetermined else ""
-            out.print(f"{name}: {law}N_opt ∝ C^{n['exponent']:.3f} {_ci(n.get('exponent_ci'))}, "
-                      f"D_opt ∝ C^{fit['d_opt']['exponent']:.3f}, R² {n['r2']:.3f}")
-    for e in s["excluded"]:
-        out.print(f"[yellow]excluded {e['id']}: {e['reason']}[/]")
+    if f.parametric:
+        p = f.parametric
+        out.print(f"parametric: L = {p.E:.4g} + {p.A:.4g}/N^{p.alpha:.4f} + {p.B:.4g}/D^{p.beta:.4f};"
+                  f" a = {p.a:.3f} {_ci(p.ci.get('a'))}, b = {p.b:.3f} {_ci(p.ci.get('b'))}")
+    for name, law in (("isoflop", f.isoflop), ("envelope", f.envelope)):
+        if law is not None:
+            what = "underdetermined (fewer than 3 budgets), not a law: " if name == "isoflop" and underdetermined else ""
+            out.print(f"{name}: {what}N_opt ∝ C^{law.n_opt.exponent:.3f} {_ci(law.n_opt.exponent_ci)}, "
+                      f"D_opt ∝ C^{law.d_opt.exponent:.3f}, R² {law.n_opt.r2:.3f}")
+    for e in f.excluded:
+        out.print(f"[yellow]excluded {e.id}: {e.reason}[/]")
     verdict_lines = result.trust().lines()
-    for note in s["notes"]:
+    for note in result.summary()["notes"]:
         if not note.startswith("trust verdict") and not any(note in line for line in verdict_lines):
             out.print(f"[yellow]note: {note}[/]")
-    bt = s.get("backtest")
+    bt = f.backtest
     if bt:
-        m = bt["measured"]
-        for name, p in bt["predicted"].items():
-            loss = f"{p['loss']:.4g}" if p.get("loss") is not None else "–"
-            out.print(f"backtest ({name}, fit without C={bt['held_out_budget']:.2g}): predicted loss {loss} vs measured "
-                      f"{m.get('loss', m['loss_min']):.4g}; N_opt {p['num_params']:.3g} vs {m.get('num_params', m['num_params_at_min']):.3g}")
+        m = bt.measured
+        for name, p in bt.predicted.items():
+            loss = f"{p.loss:.4g}" if p.loss is not None else "–"
+            measured_loss = m.loss if m.loss is not None else m.loss_min
+            measured_n = m.num_params if m.num_params is not None else m.num_params_at_min
+            out.print(f"backtest ({name}, fit without C={bt.held_out_budget:.2g}): predicted loss {loss} vs measured "
+                      f"{measured_loss:.4g}; N_opt {p.num_params:.3g} vs {measured_n:.3g}")
     out.print(f"FLOP rule: {RULE_DESCRIPTIONS.get(result.flop_rule, result.flop_rule)}")
     color = {"trust": "green", "caution": "yellow", "do not trust": "red"}[result.trust().verdict]
     for i, line in enumerate(verdict_lines):
@@ -212,20 +210,16 @@ def _ci(ci) -> str:
 @app.command()
 def run(spec: str = SpecArg, as_json: bool = JsonOpt,
         retry_failed: bool = typer.Option(False, "--retry-failed", help="Train again experiments that diverged or failed."),
-        worker: bool = typer.Option(False, "--worker", hidden=True, help="Train only (a launched worker process)."),
-        min_params: Optional[float] = typer.Option(None, "--min-params", hidden=True),
-        max_params: Optional[float] = typer.Option(None, "--max-params", hidden=True),
         verbose: bool = VerboseOpt) -> None:
     """Train what is pending (cached results are reused), fit and report."""
     def go() -> None:
         s = _load(spec)
-        progress, handle = _progress_handler(err, live=not worker)
+        progress, handle = _progress_handler(err)
         try:
-            result = s.run(retry_failed=retry_failed, on_event=handle, train_only=worker, min_params=min_params,
-                           max_params=max_params)
+            result = s.run(retry_failed=retry_failed, on_event=handle)
         finally:
             progress.stop()
-        if result is None:  # a worker, or a non-main process of a distributed launch
+        if result is None:  # a non-main process of a distributed launch: the main one reports
             return
         _print_result(result, as_json)
         err.print(f"report: {s.run_dir / 'report'}")
@@ -274,13 +268,13 @@ def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,toke
             verbose: bool = VerboseOpt) -> None:
     """Fit measurements made elsewhere."""
     def go() -> None:
-        from .api import fit, write_report
+        from .api import fit
 
         result = fit(points, approaches=[a.value for a in approach] if approach else ("isoflop", "parametric"),
                      bootstrap=bootstrap, predict=predict or (), keep_outliers=keep_outliers, profile=profile.value)
         _print_result(result, as_json)
         if report:
-            write_report(result, Path(report))
+            result.save(Path(report))
         if _no_fit(result):
             raise typer.Exit(1)
     _guard(go, verbose)

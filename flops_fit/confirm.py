@@ -33,8 +33,8 @@ import numpy as np
 from .errors import Problem, SpecError
 from .frozen import Frozen
 from .plan import Experiment, Plan, compile_plan, confirm_experiments, format_number
-from .spec import Spec
-from .store import Store, atomic_write_text
+from .spec import SpecModel
+from .store import RunRecord, Store, atomic_write_text
 
 __all__ = ["PlannedSize", "Prediction", "MeasuredSize", "Confirmation", "confirm", "preregister", "confirm_dir"]
 
@@ -100,22 +100,20 @@ class Confirmation(Frozen):
         return self.model_dump(mode="json")
 
 
-def confirm_dir(spec: Spec, budget_flops: float, approach: str | None = None) -> Path:
+def confirm_dir(spec: SpecModel, budget_flops: float, approach: str | None = None) -> Path:
     """``<run_dir>/confirm/<C>``, or ``<C>-<approach>`` for an approach other than the default (parametric)."""
     suffix = f"-{approach}" if approach not in (None, "parametric") else ""
     return spec.run_dir / "confirm" / (format_number(budget_flops) + suffix)
 
 
 def _size_loss(fits, num_params: float, num_tokens: float) -> tuple[float | None, list[float] | None]:
-    from .analysis.parametric import loss_band
-
     if not fits.parametric:
         return None, None
-    loss, lo, hi = loss_band(fits.parametric, num_params, num_tokens)
+    loss, lo, hi = fits.parametric.band(num_params, num_tokens)
     return float(loss), None if lo is None else [float(lo), float(hi)]
 
 
-def _check_budget(spec: Spec, plan: Plan, budget_flops: float) -> None:
+def _check_budget(spec: SpecModel, plan: Plan, budget_flops: float) -> None:
     if not (math.isfinite(budget_flops) and budget_flops > 0):
         raise SpecError([Problem("the budget must be a positive, finite number of FLOPs", key="--budget",
                                  value=budget_flops, has_value=True)])
@@ -125,7 +123,7 @@ def _check_budget(spec: Spec, plan: Plan, budget_flops: float) -> None:
                                  hint=f"use a budget above {max(plan.budgets):.3g} (3-4x is a good test)")])
 
 
-def preregister(spec: Spec, plan: Plan, result, budget_flops: float, k: int = 3,
+def preregister(spec: SpecModel, plan: Plan, result, budget_flops: float, k: int = 3,
                 approach: str | None = None) -> tuple[Prediction, list[Experiment]]:
     """The prediction at ``budget_flops`` from ``result``'s fits, and the experiments that will test it (pure)."""
     _check_budget(spec, plan, budget_flops)
@@ -137,7 +135,7 @@ def preregister(spec: Spec, plan: Plan, result, budget_flops: float, k: int = 3,
                                  f"(fitted: {', '.join(available) or 'none'})", key="--approach",
                                  hint="run the sweep first (`flops-fit run SPEC`) and check `flops-fit analyze SPEC`")])
     row = result.predict(budget_flops)[approach]
-    experiments = confirm_experiments(spec, plan.sizes, budget_flops, row["num_params"], k)
+    experiments = confirm_experiments(spec, plan.sizes, budget_flops, row.num_params, k)
     sizes = []
     for e in experiments:
         loss, ci = _size_loss(fits, e.num_params, e.num_tokens)
@@ -146,34 +144,34 @@ def preregister(spec: Spec, plan: Plan, result, budget_flops: float, k: int = 3,
     fit_doc = {"approach": approach, "points": fits.num_points, "budgets": sorted(plan.budgets),
                "flop_rule": plan.flop_rule}
     if approach == "parametric":
-        fit_doc.update({k_: fits.parametric[k_] for k_ in ("E", "A", "B", "alpha", "beta", "a", "b")})
+        fit_doc.update(fits.parametric.model_dump(include={"E", "A", "B", "alpha", "beta", "a", "b"}))
     else:
-        fit_doc.update(n_opt=fits.isoflop["n_opt"], loss_opt=fits.isoflop["loss_opt"])
-    pred = Prediction(budget_flops=budget_flops, approach=approach, num_params=row["num_params"],
-                      num_tokens=row["num_tokens"], loss=row.get("loss"), loss_ci=row.get("loss_ci"),
-                      num_params_ci=row.get("num_params_ci"), num_tokens_ci=row.get("num_tokens_ci"),
-                      size=row.get("size"), sizes=sizes, fit=fit_doc,
+        fit_doc.update(fits.isoflop.model_dump(mode="json", include={"n_opt", "loss_opt"}))
+    pred = Prediction(budget_flops=budget_flops, approach=approach, num_params=row.num_params,
+                      num_tokens=row.num_tokens, loss=row.loss, loss_ci=row.loss_ci,
+                      num_params_ci=row.num_params_ci, num_tokens_ci=row.num_tokens_ci,
+                      size=row.size, sizes=sizes, fit=fit_doc,
                       created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     return pred, experiments
 
 
-def compare(prediction: Prediction, results: dict[str, dict | None], sweep_epochs: float = 1.0) -> Confirmation:
-    """Predicted against measured (``results``: experiment id -> its result.json, or None;
+def compare(prediction: Prediction, results: dict[str, RunRecord | None], sweep_epochs: float = 1.0) -> Confirmation:
+    """Predicted against measured (``results``: experiment id -> its run record, or None;
     ``sweep_epochs``: the most passes over the data of any sweep run, for the repetition note)."""
     measured, notes = [], []
     for p in prediction.sizes:
         r = results.get(p.id)
-        loss = r.get("loss") if r and r.get("status") == "ok" else None
+        loss = r.loss if r and r.status == "ok" else None
         inside = None if loss is None or p.loss_ci is None else bool(p.loss_ci[0] <= loss <= p.loss_ci[1])
-        epochs = r.get("epochs") if r else None
+        epochs = r.epochs if r else None
         measured.append(MeasuredSize(id=p.id, size=p.size, num_params=p.num_params, num_tokens=p.num_tokens, loss=loss,
-                                     status=r.get("status", "missing") if r else "missing", epochs=epochs,
+                                     status=r.status if r else "missing", epochs=epochs,
                                      predicted_loss=p.loss, predicted_loss_ci=p.loss_ci, inside=inside))
         if epochs is not None and epochs > sweep_epochs * 1.25 and epochs > 1:
             notes.append(f"{p.id} repeats its data {epochs:.1f} times (the sweep at most {sweep_epochs:.1f}): "
                          f"the law assumes fresh data, so its loss is likely above the prediction")
-        if r and r.get("status") != "ok":
-            notes.append(f"{p.id}: {r.get('status')} {r.get('reason', '')}".strip())
+        if r and r.status != "ok":
+            notes.append(f"{p.id}: {r.status} {r.reason}".strip())
     centre = min(prediction.sizes, key=lambda s: abs(math.log(s.num_params) - math.log(prediction.num_params)))
     done = [m for m in measured if m.loss is not None]
     best = min(done, key=lambda m: m.loss) if done else None
@@ -211,7 +209,7 @@ def _register(path: Path, prediction: Prediction) -> Prediction:
     return prediction
 
 
-def confirm(spec: Spec, budget_flops: float, k: int = 3, approach: str | None = None,
+def confirm(spec: SpecModel, budget_flops: float, k: int = 3, approach: str | None = None,
             train: Callable[[list[Experiment], Store], None] | None = None, analyze: Callable | None = None,
             predict_only: bool = False) -> Confirmation | Prediction:
     """Pre-register a prediction at ``budget_flops``, train the ``k`` sizes around it, compare.
@@ -248,8 +246,7 @@ def confirm(spec: Spec, budget_flops: float, k: int = 3, approach: str | None = 
         return prediction
     if train is not None:
         train(experiments, store)
-    swept = [store.read_result(e.id) for e in plan.experiments]
-    sweep_epochs = max([r.get("epochs") or 0.0 for r in swept if r] or [0.0])
+    sweep_epochs = max([r.epochs or 0.0 for r in store.collect(plan.experiments)] or [0.0])
     confirmation = compare(prediction, {e.id: store.read_result(e.id) for e in experiments}, sweep_epochs)
     atomic_write_text(folder / "confirm.json", json.dumps(confirmation.summary(), indent=2) + "\n")
     if analyze is not None and confirmation.measured:

@@ -55,6 +55,10 @@ class Problem:
         return self.format()
 
 
+#: Problems shown before the rest are counted (a CSV with thousands of bad cells stays readable).
+SHOWN = 20
+
+
 class FlopsFitError(Exception):
     """Base class of every error flops-fit raises on purpose (exit code 1 in the CLI)."""
 
@@ -62,7 +66,14 @@ class FlopsFitError(Exception):
         if isinstance(problems, str):
             problems = [Problem(problems)]
         self.problems: tuple[Problem, ...] = tuple(problems)
-        super().__init__("\n".join(p.format() for p in self.problems))
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self, limit: int = SHOWN) -> list[str]:
+        """One line per problem, the first ``limit`` of them, then how many more there are."""
+        out = [p.format() for p in self.problems[:limit]]
+        if len(self.problems) > limit:
+            out.append(f"... and {len(self.problems) - limit} more problems (the first {limit} are shown)")
+        return out
 
 
 class SpecError(FlopsFitError):

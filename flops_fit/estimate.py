@@ -22,8 +22,8 @@ from typing import Optional
 
 from .frozen import Frozen
 from .flops import PEAK_FLOPS, RULE_DESCRIPTIONS
-from .plan import Experiment, Plan
-from .spec import Spec
+from .plan import Dropped, Experiment, Plan
+from .spec import SpecModel
 from .launch import launch_plan
 from .store import Store, decide
 
@@ -50,7 +50,7 @@ class Estimate(Frozen):
     flop_rule: str
     flop_rule_description: str
     experiments: list[EstimateRow]
-    dropped: list[dict]
+    dropped: list[Dropped]
     total_flops: float
     remaining_flops: float
     est_seconds: Optional[float]
@@ -82,20 +82,21 @@ def calibrate(plan: Plan, steps: int, threads: int | None = None) -> dict:
         return {}
     by_n = sorted(plan.experiments, key=lambda e: e.num_params)
     picks = {by_n[0].num_params: by_n[0], by_n[-1].num_params: by_n[-1]}
-    job0 = by_n[0].job
-    accelerator = make_accelerator(job0.train.precision, job0.train.device, [], tempfile.gettempdir())
+    accelerator = make_accelerator(plan.runtime.model_copy(update={"log_with": []}), tempfile.gettempdir())
     out = {"device": str(accelerator.device), "points": []}
     with tempfile.TemporaryDirectory(prefix="flops-fit-calibrate-") as tmp:
         for n, exp in picks.items():
-            train = exp.job.train.model_copy(update={"log_points": 4, "eval_points": 0, "checkpoint_seconds": 1e9,
-                                                     "checkpoint_steps": None, "log_with": []})
-            job = exp.job.model_copy(update={"steps": steps + 2, "warmup_steps": 1, "train": train, "eval_batches": 1,
-                                             "experiment_id": f"calibrate-{n}"})
-            result = train_experiment(job, Store(Path(tmp)), accelerator)
-            first, last = result["curve"][0], result["curve"][-1]
-            per_step = (last["seconds"] - first["seconds"]) / max(1, last["step"] - first["step"])
+            job = exp.job
+            loop = job.loop.model_copy(update={"log_points": 4, "eval_points": 0, "checkpoint_seconds": 1e9,
+                                               "checkpoint_steps": None})
+            job = job.model_copy(update={"steps": steps + 2, "loop": loop, "eval_batches": 1,
+                                         "schedule": job.schedule.model_copy(update={"warmup_steps": 1}),
+                                         "experiment_id": f"calibrate-{n}"})
+            result = train_experiment(job, Store(Path(tmp)), accelerator, compile=plan.runtime.compile)
+            first, last = result.curve[0], result.curve[-1]
+            per_step = (last.seconds - first.seconds) / max(1, last.step - first.step)
             out["points"].append({"num_params": n, "seconds_per_step": per_step,
-                                  "overhead_seconds": max(0.0, first["seconds"] - first["step"] * per_step)})
+                                  "overhead_seconds": max(0.0, first.seconds - first.step * per_step)})
     return out
 
 
@@ -106,7 +107,7 @@ def worker_start_seconds() -> float:
     import time
 
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch, accelerate, flops_fit.api"], check=False,
+    subprocess.run([sys.executable, "-c", "import torch, accelerate, flops_fit.launch, flops_fit.execute.runner"], check=False,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
@@ -144,10 +145,8 @@ def _remaining_steps(exp: Experiment, action: str, checkpoint_step: int | None) 
     return exp.steps - (checkpoint_step or 0)
 
 
-def estimate_plan(spec: Spec, plan: Plan, retry_failed: bool = False, calibrate_steps: int | None = None,
-                  check_seconds: float = 0.0) -> Estimate:
-    """The dry-run report for ``plan`` against the store in ``spec.run_dir`` (``check_seconds``:
-    how long validating the spec took here, which every worker process repeats)."""
+def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calibrate_steps: int | None = None) -> Estimate:
+    """The dry-run report for ``plan`` against the store in ``spec.run_dir``."""
     import os
 
     store = Store(Path(plan.run_dir))
@@ -167,12 +166,12 @@ def estimate_plan(spec: Spec, plan: Plan, retry_failed: bool = False, calibrate_
                                 num_tokens=exp.num_tokens, steps=exp.steps, flops=exp.flops, action=d.action,
                                 reason=d.reason, est_seconds=seconds))
     if calib and workers > 1:  # experiments are claimed by W workers: the sweep ends with the busiest one
-        start = worker_start_seconds() + check_seconds  # each worker imports, then validates the spec
+        start = worker_start_seconds()  # each worker imports the training stack and reads plan.json
         calib = {**calib, "workers": workers, "worker_start_seconds": start}
         total_seconds = makespan([r.est_seconds or 0.0 for r in rows], workers) + start
-    peak = PEAK_FLOPS[spec.cost.gpu][spec.train.precision]
+    peak = PEAK_FLOPS[spec.cost.gpu][plan.runtime.precision]
     return Estimate(flop_rule=plan.flop_rule, flop_rule_description=RULE_DESCRIPTIONS[plan.flop_rule], experiments=rows,
-                    dropped=[d.model_dump() for d in plan.dropped], total_flops=sum(e.flops for e in plan.experiments),
+                    dropped=list(plan.dropped), total_flops=sum(e.flops for e in plan.experiments),
                     remaining_flops=remaining_flops, est_seconds=total_seconds if calib else None,
                     device=calib.get("device", "not calibrated"), calibration=calib, gpu=spec.cost.gpu,
                     gpu_mfu=spec.cost.mfu, gpu_est_seconds=remaining_flops / (peak * spec.cost.mfu))

@@ -5,28 +5,36 @@
   walks the plan and claims whole experiments through the store's file locks, so none is
   trained twice; several workers on one GPU pack small models that would leave it idle.
   The same mechanism lets several nodes on a shared filesystem work on one store.
-* Data-parallel: ``torchrun --nproc_per_node G -m flops_fit run SPEC --worker`` trains each
-  experiment over all GPUs (accelerate reads torchrun's environment).
+* Data-parallel: ``torchrun --nproc_per_node G -m flops_fit.launch RUN_DIR SELECTION`` trains
+  each experiment over all GPUs (accelerate reads torchrun's environment).
 * ``parallel = "auto"``: experiments with N below ``train.data_parallel_min_params`` go to the
   workers, larger ones are trained data-parallel afterwards.
 
-Every result is the same as a single-process run's (each experiment is seeded by its job);
-only the wall-clock changes.
+A worker is ``python -m flops_fit.launch RUN_DIR [SELECTION_JSON]``: it reads the compiled
+``RUN_DIR/plan.json`` (never the spec: nothing is re-validated or re-planned) and trains the
+experiments the :class:`Selection` accepts.  Every result is the same as a single-process
+run's (each experiment is seeded by its job); only the wall-clock changes.  Workers die
+with their parent (Linux ``PR_SET_PDEATHSIG``), so a killed ``run`` leaves no orphans.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import torch
 
-from .spec import Spec
+from .frozen import Frozen
+from .plan import Experiment, Plan
+from .spec import SpecModel
 
-__all__ = ["LaunchPlan", "launch_plan", "run_launched", "WORKER_ENV"]
+__all__ = ["LaunchPlan", "Selection", "launch_plan", "run_launched", "worker_main", "import_roots", "WORKER_ENV"]
 
 WORKER_ENV = "FLOPS_FIT_WORKER"
 
@@ -45,7 +53,19 @@ class LaunchPlan:
         return self.workers <= 1 and not self.data_parallel
 
 
-def launch_plan(spec: Spec, gpus: int | None = None) -> LaunchPlan:
+class Selection(Frozen):
+    """Which experiments of a plan one worker trains: ``min_params <= N < max_params``."""
+
+    min_params: Optional[float] = None
+    max_params: Optional[float] = None
+    retry_failed: bool = False
+
+    def accepts(self, exp: Experiment) -> bool:
+        return ((self.min_params is None or exp.num_params >= self.min_params)
+                and (self.max_params is None or exp.num_params < self.max_params))
+
+
+def launch_plan(spec: SpecModel, gpus: int | None = None) -> LaunchPlan:
     """The process layout for ``spec`` on this machine (``in_process`` inside a worker)."""
     if os.environ.get(WORKER_ENV) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return LaunchPlan(0, 0, False, None)
@@ -62,28 +82,96 @@ def launch_plan(spec: Spec, gpus: int | None = None) -> LaunchPlan:
     return LaunchPlan(gpus, workers if workers > 1 else 0, gpus > 1, split)
 
 
-def _worker_cmd(spec_path: str, retry_failed: bool, extra: list[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "flops_fit", "run", spec_path, "--worker"] + extra
-    return cmd + (["--retry-failed"] if retry_failed else [])
+def import_roots(plan: Plan) -> list[str]:
+    """Folders a fresh process needs on ``sys.path`` to import the plan's user code as this one did.
+
+    The job's search path (the spec's folder) plus, for every user module already imported here
+    (``find_optimal`` hands over objects), the folder above its top-level package."""
+    roots: list[str] = []
+    for exp in plan.experiments[:1]:
+        roots += exp.job.search_path
+        for target in exp.job.targets:
+            module = sys.modules.get(target.split(":")[0])
+            file = getattr(module, "__file__", None)
+            if file:
+                depth = target.split(":")[0].count(".") + (1 if Path(file).name == "__init__.py" else 0)
+                roots.append(str(Path(file).resolve().parents[depth]))
+    return list(dict.fromkeys(roots))
 
 
-def run_launched(layout: LaunchPlan, spec_path: str, retry_failed: bool) -> list[int]:
-    """Run the phases of ``layout``; returns the exit codes of the processes."""
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def run_launched(layout: LaunchPlan, plan: Plan, retry_failed: bool) -> list[int]:
+    """Run the phases of ``layout`` over ``plan`` (its ``plan.json`` must be in the store);
+    returns the exit codes of the processes.  Ctrl-C stops the workers too."""
     codes = []
-    env = {**os.environ, WORKER_ENV: "1"}
-    if layout.workers > 1:
-        extra = ["--max-params", repr(layout.threshold)] if layout.threshold is not None else []
-        procs = []
-        for i in range(layout.workers):
-            child = dict(env)
-            if layout.gpus:
-                child["CUDA_VISIBLE_DEVICES"] = str(i % layout.gpus)
-            elif "OMP_NUM_THREADS" not in os.environ:  # CPU workers share the cores
-                child["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // layout.workers))
-            procs.append(subprocess.Popen(_worker_cmd(spec_path, retry_failed, extra), env=child))
-        codes += [p.wait() for p in procs]
-    if layout.data_parallel:
-        extra = ["--min-params", repr(layout.threshold)] if layout.threshold is not None else []
-        torchrun = [shutil.which("torchrun"), "--standalone", f"--nproc_per_node={layout.gpus}"]
-        codes.append(subprocess.run(torchrun + _worker_cmd(spec_path, retry_failed, extra)[1:], env=env).returncode)
+    env = {**os.environ, WORKER_ENV: "1",
+           "PYTHONPATH": os.pathsep.join([*import_roots(plan), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    entry = ["-m", "flops_fit.launch", plan.run_dir]
+    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    procs: list[subprocess.Popen] = []
+    try:
+        if layout.workers > 1:
+            selection = Selection(max_params=layout.threshold, retry_failed=retry_failed).model_dump_json()
+            for i in range(layout.workers):
+                child = dict(env)
+                if layout.gpus:
+                    child["CUDA_VISIBLE_DEVICES"] = str(i % layout.gpus)
+                elif "OMP_NUM_THREADS" not in os.environ:  # CPU workers share the cores
+                    child["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // layout.workers))
+                procs.append(subprocess.Popen([sys.executable, *entry, selection], env=child, preexec_fn=preexec))
+            codes += [p.wait() for p in procs]
+        if layout.data_parallel:
+            selection = Selection(min_params=layout.threshold, retry_failed=retry_failed).model_dump_json()
+            torchrun = [shutil.which("torchrun") or "torchrun", "--standalone", f"--nproc_per_node={layout.gpus}"]
+            procs = [subprocess.Popen(torchrun + entry + [selection], env=env, preexec_fn=preexec)]
+            codes.append(procs[0].wait())
+    finally:
+        for p in procs:  # interrupted: take the workers down with us (they checkpoint on SIGTERM)
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
     return codes
+
+
+def _print_event(event) -> None:
+    """A worker's progress on stderr (stdout stays the parent's, for --json): a line per decision and result."""
+    exp = event.experiment
+    if event.kind == "decision":
+        print(f"{event.decision.action} {exp.id}: {event.decision.reason}", file=sys.stderr, flush=True)
+    elif event.kind == "result":
+        r = event.result
+        loss = f"{r.loss:.4f}" if r.loss is not None else "–"
+        print(f"{r.status} {exp.id}: loss {loss} ({r.train_seconds:.0f} s) {r.reason}".rstrip(), file=sys.stderr, flush=True)
+
+
+def worker_main(run_dir: str, selection: Selection) -> int:
+    """Train the selected experiments of ``RUN_DIR/plan.json``; 0 when every one was decided."""
+    from .execute.runner import make_accelerator, run_experiments
+    from .store import Store
+
+    store = Store(Path(run_dir))
+    plan = Plan.from_json((store.root / "plan.json").read_text(encoding="utf-8"))
+    accelerator = make_accelerator(plan.runtime, str(store.root / "tracking"))
+    experiments = [e for e in plan.experiments if selection.accepts(e)]
+    run_experiments(experiments, store, accelerator, selection.retry_failed, _print_event, compile=plan.runtime.compile)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (2, 3):
+        print("usage: python -m flops_fit.launch RUN_DIR [SELECTION_JSON]", file=sys.stderr)
+        sys.exit(2)
+    os.environ[WORKER_ENV] = "1"
+    sys.exit(worker_main(sys.argv[1], Selection.model_validate_json(sys.argv[2]) if len(sys.argv) == 3 else Selection()))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field
 
@@ -25,9 +25,9 @@ from .frozen import Frozen
 from .flops import count_params, flops_per_sample, measure_flops_per_sample, to_meta
 from .hashing import HASH_VERSION, content_hash
 from .imports import resolve
-from .spec import Spec, TrainSpec
+from .spec import SpecModel
 
-__all__ = ["Component", "Job", "Experiment", "Dropped", "SizeInfo", "Plan", "compile_plan", "size_info", "size_infos",
+__all__ = ["Component", "Optim", "Schedule", "Loop", "Runtime", "NOT_HASHED", "runtime", "Job", "Experiment", "Dropped", "SizeInfo", "Plan", "compile_plan", "size_info", "size_infos",
            "sample_batch", "experiment_id", "confirm_experiments", "format_number"]
 
 
@@ -39,10 +39,79 @@ class Component(Frozen):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+class Optim(Frozen):
+    """The optimizer of one experiment (``[train]`` optimizer keys)."""
+
+    target: Optional[str] = None  # import path of factory(params, lr); None: AdamW
+    learning_rate: float
+    weight_decay: float
+    betas: tuple[float, float]
+    eps: float
+    grad_clip: Optional[float]
+
+
+class Schedule(Frozen):
+    """The learning-rate schedule of one experiment, in optimizer steps."""
+
+    kind: Literal["cosine", "constant", "wsd"]
+    warmup_steps: int
+    min_lr_ratio: float
+    decay_fraction: float
+
+
+class Loop(Frozen):
+    """How the loop walks the data: batch split, seed, logging, checkpoints, divergence rule."""
+
+    batch_size: int
+    micro_batch_size: Optional[int] = None
+    seed: int
+    divergence_factor: float
+    log_points: int
+    eval_points: int
+    num_workers: int
+    checkpoint_seconds: float
+    checkpoint_steps: Optional[int] = None
+    keep_checkpoints: int
+
+
+class Runtime(Frozen):
+    """Run-level settings the runner builds its one Accelerator from (``make_accelerator``)."""
+
+    precision: Literal["fp32", "bf16", "fp16"]
+    device: Literal["auto", "cpu", "cuda"]
+    compile: bool
+    log_with: list[str] = Field(default_factory=list)
+
+
+#: ``[train]`` keys that do not change an experiment's loss, with why (the rest are hashed).
+NOT_HASHED: dict[str, str] = {
+    "device": "where it runs, not what it computes",
+    "compile": "same computation, compiled",
+    "log_with": "trackers only observe",
+    "log_points": "when the loss is read, not the loss",
+    "eval_points": "held-out evaluations during training do not touch the weights",
+    "num_workers": "DataLoader processes load the same samples in the same order",
+    "checkpoint_seconds": "checkpoints resume exactly",
+    "checkpoint_steps": "checkpoints resume exactly",
+    "keep_checkpoints": "checkpoints resume exactly",
+    "parallel": "the process layout (each experiment is seeded by its job)",
+    "workers_per_gpu": "the process layout",
+    "data_parallel_min_params": "the process layout",
+    "micro_batch_size": "gradient accumulation sums to the same batch gradient",
+}
+
+
 class Job(Frozen):
-    """Everything a worker needs to train one experiment (and nothing of the Spec)."""
+    """Everything a worker needs to train one experiment (and nothing of the Spec).
+
+    Its identity (:meth:`identity`, the content hash) is exactly what changes the loss;
+    ``experiment_id``, ``budget_flops``, ``hash``, ``search_path`` and the loop's bookkeeping
+    keys (:data:`NOT_HASHED`) are not part of it.
+    """
 
     experiment_id: str
+    hash: str = ""
+    budget_flops: float
     model: Component
     size_param: str
     size: Any
@@ -53,18 +122,43 @@ class Job(Frozen):
     loss: Component
     tokens_per_sample: float
     steps: int
-    warmup_steps: int
     num_params: int
     flops_per_sample: float
-    train: TrainSpec
+    optim: Optim
+    schedule: Schedule
+    loop: Loop
+    precision: Literal["fp32", "bf16", "fp16"]
     search_path: list[str] = Field(default_factory=list)
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.schedule.warmup_steps
 
     @property
     def targets(self) -> list[str]:
         """The import paths of the user's code this job runs (model, data, held-out data, loss, optimizer)."""
         found = [self.model.target, self.data.target, self.eval_data.target if self.eval_data else None,
-                 self.loss.target, self.train.optimizer]
+                 self.loss.target, self.optim.target]
         return [t for t in found if t]
+
+    def identity(self) -> dict:
+        """Exactly what changes the experiment's loss (DESIGN.md principle 2); its hash is the id's suffix."""
+        o, sc, lp = self.optim, self.schedule, self.loop
+        ev = self.eval_data
+        return {
+            "version": HASH_VERSION,
+            "model": {"target": self.model.target, "kwargs": self.model.kwargs, "size_param": self.size_param,
+                      "size": self.size},
+            "data": {"target": self.data.target, "kwargs": self.data.kwargs, "tokens_per_sample": self.tokens_per_sample,
+                     "eval_target": ev.target if ev else None, "eval_kwargs": ev.kwargs if ev else {},
+                     "eval_fraction": self.eval_fraction, "eval_batches": self.eval_batches},
+            "loss": {"target": self.loss.target, "kwargs": self.loss.kwargs},
+            "steps": self.steps, "batch_size": lp.batch_size, "warmup_steps": sc.warmup_steps,
+            "optimizer": {"target": o.target, "lr": o.learning_rate, "weight_decay": o.weight_decay,
+                          "betas": list(o.betas), "eps": o.eps, "grad_clip": o.grad_clip},
+            "schedule": {"kind": sc.kind, "min_lr_ratio": sc.min_lr_ratio, "decay_fraction": sc.decay_fraction},
+            "seed": lp.seed, "precision": self.precision, "divergence_factor": lp.divergence_factor,
+        }
 
 
 class Experiment(Frozen):
@@ -109,6 +203,7 @@ class Plan(Frozen):
     dropped: list[Dropped]
     approaches: list[str]
     predict: list[float]
+    runtime: Runtime
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -136,14 +231,14 @@ def experiment_id(budget_flops: float, size_param: str, size: Any, digest: str) 
     return f"c{_fmt_number(budget_flops)}-{size_param[:1]}{_fmt_number(size) if isinstance(size, float) else size}-{digest}"
 
 
-def sample_batch(spec: Spec) -> Any:
+def sample_batch(spec: SpecModel) -> Any:
     """One small real batch, needed only by the ``measured`` and ``function`` FLOP rules (else None)."""
     if spec.flops.rule == "6N":
         return None
     return first_batch(build_data(spec.data.target, spec.data.kwargs, [str(spec.folder)]), min(spec.train.batch_size, 8))
 
 
-def size_info(spec: Spec, size: Any, batch: Any = None) -> SizeInfo:
+def size_info(spec: SpecModel, size: Any, batch: Any = None) -> SizeInfo:
     """N and FLOPs per sample of one size: the model is built on the meta device."""
     folders = [str(spec.folder)]
     model = build_model(spec.model.target, spec.model.size_param, size, spec.model.kwargs, folders, device="meta")
@@ -153,13 +248,13 @@ def size_info(spec: Spec, size: Any, batch: Any = None) -> SizeInfo:
                     flops_per_sample=flops_per_sample(spec.flops.rule, n, spec.data.tokens_per_sample, measured))
 
 
-def size_infos(spec: Spec) -> list[SizeInfo]:
+def size_infos(spec: SpecModel) -> list[SizeInfo]:
     """:func:`size_info` for every size of the spec."""
     batch = sample_batch(spec)
     return [size_info(spec, size, batch) for size in spec.model.sizes]
 
 
-def _measured(spec: Spec, model: Any, batch: Any, folders: list[str]) -> float:
+def _measured(spec: SpecModel, model: Any, batch: Any, folders: list[str]) -> float:
     inputs, targets = split_batch(batch)
     rows = _batch_rows(targets)
     if spec.flops.rule == "function":
@@ -181,25 +276,7 @@ def _batch_rows(value: Any) -> int:
     raise TypeError(f"cannot tell the batch size of {type(value).__name__}")
 
 
-def _hash_payload(spec: Spec, size: Any, steps: int, warmup_steps: int) -> dict:
-    """Exactly what changes an experiment's loss (DESIGN.md principle 2)."""
-    t = spec.train
-    return {
-        "version": HASH_VERSION,
-        "model": {"target": spec.model.target, "kwargs": spec.model.kwargs, "size_param": spec.model.size_param, "size": size},
-        "data": {"target": spec.data.target, "kwargs": spec.data.kwargs, "tokens_per_sample": spec.data.tokens_per_sample,
-                 "eval_target": spec.data.eval_target, "eval_kwargs": spec.data.eval_kwargs,
-                 "eval_fraction": spec.data.eval_fraction, "eval_batches": spec.data.eval_batches},
-        "loss": {"target": spec.loss.target, "kwargs": spec.loss.kwargs},
-        "steps": steps, "batch_size": t.batch_size, "warmup_steps": warmup_steps,
-        "optimizer": {"target": t.optimizer, "lr": t.learning_rate, "weight_decay": t.weight_decay, "betas": list(t.betas),
-                      "eps": t.eps, "grad_clip": t.grad_clip},
-        "schedule": {"kind": t.schedule, "min_lr_ratio": t.min_lr_ratio, "decay_fraction": t.decay_fraction},
-        "seed": t.seed, "precision": t.precision, "divergence_factor": t.divergence_factor,
-    }
-
-
-def _warmup_steps(spec: Spec, num_params: int, steps: int) -> int:
+def _warmup_steps(spec: SpecModel, num_params: int, steps: int) -> int:
     t = spec.train
     if t.warmup_fraction is not None:
         return int(round(t.warmup_fraction * steps))
@@ -208,7 +285,7 @@ def _warmup_steps(spec: Spec, num_params: int, steps: int) -> int:
     return int(min(math.ceil(tokens / per_step), t.max_warmup_fraction * steps))
 
 
-def _centred(candidates: list[tuple[SizeInfo, int]], budget: float, spec: Spec) -> set:
+def _centred(candidates: list[tuple[SizeInfo, int]], budget: float, spec: SpecModel) -> set:
     """The k sizes whose D/N is nearest the expected optimum, as a contiguous window."""
     k = spec.sweep.sizes_per_budget
     if k is None or len(candidates) <= k:
@@ -224,7 +301,7 @@ def _centred(candidates: list[tuple[SizeInfo, int]], budget: float, spec: Spec) 
     return {c[0].size for c in candidates[start:start + k]}
 
 
-def compile_plan(spec: Spec, sizes: list[SizeInfo] | None = None) -> Plan:
+def compile_plan(spec: SpecModel, sizes: list[SizeInfo] | None = None) -> Plan:
     """Compile ``spec`` into a :class:`Plan`; raises SpecError when a budget fits no size."""
     sizes = sizes if sizes is not None else size_infos(spec)
     experiments, dropped, problems = [], [], []
@@ -255,28 +332,47 @@ def compile_plan(spec: Spec, sizes: list[SizeInfo] | None = None) -> Plan:
     return Plan(name=spec.name, run_dir=str(spec.run_dir), flop_rule=spec.flops.rule, size_param=spec.model.size_param,
                 tokens_per_sample=spec.data.tokens_per_sample, budgets=list(spec.sweep.budgets), sizes=sizes,
                 experiments=experiments, dropped=dropped, approaches=list(spec.analysis.approaches),
-                predict=list(spec.analysis.predict))
+                predict=list(spec.analysis.predict), runtime=runtime(spec))
 
 
-def _experiment(spec: Spec, budget: float, info: SizeInfo, steps: int) -> Experiment:
-    warmup = _warmup_steps(spec, info.num_params, steps)
-    digest = content_hash(_hash_payload(spec, info.size, steps, warmup))
-    exp_id = experiment_id(budget, spec.model.size_param, info.size, digest)
-    samples = steps * spec.train.batch_size
-    d = spec.data
-    job = Job(experiment_id=exp_id, model=Component(target=spec.model.target, kwargs=spec.model.kwargs),
+def runtime(spec: SpecModel) -> Runtime:
+    """The run-level part of ``[train]``: precision, device, compile, trackers."""
+    t = spec.train
+    return Runtime(precision=t.precision, device=t.device, compile=t.compile, log_with=list(t.log_with))
+
+
+def _job(spec: SpecModel, budget: float, info: SizeInfo, steps: int) -> Job:
+    """The narrow job of one (budget, size); its id is the readable prefix plus the hash of its identity."""
+    t, d = spec.train, spec.data
+    job = Job(experiment_id="", budget_flops=budget, model=Component(target=spec.model.target, kwargs=spec.model.kwargs),
               size_param=spec.model.size_param, size=info.size, data=Component(target=d.target, kwargs=d.kwargs),
               eval_data=Component(target=d.eval_target, kwargs=d.eval_kwargs) if d.eval_target else None,
               eval_fraction=d.eval_fraction, eval_batches=d.eval_batches,
               loss=Component(target=spec.loss.target, kwargs=spec.loss.kwargs), tokens_per_sample=d.tokens_per_sample,
-              steps=steps, warmup_steps=warmup, num_params=info.num_params, flops_per_sample=info.flops_per_sample,
-              train=spec.train, search_path=[str(Path(spec.folder).resolve())])
-    return Experiment(id=exp_id, hash=digest, budget_flops=budget, size=info.size, num_params=info.num_params,
-                      num_tokens=samples * d.tokens_per_sample, num_samples=samples, steps=steps,
-                      flops=samples * info.flops_per_sample, job=job)
+              steps=steps, num_params=info.num_params, flops_per_sample=info.flops_per_sample,
+              optim=Optim(target=t.optimizer, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+                          betas=t.betas, eps=t.eps, grad_clip=t.grad_clip),
+              schedule=Schedule(kind=t.schedule, warmup_steps=_warmup_steps(spec, info.num_params, steps),
+                                min_lr_ratio=t.min_lr_ratio, decay_fraction=t.decay_fraction),
+              loop=Loop(batch_size=t.batch_size, micro_batch_size=t.micro_batch_size, seed=t.seed,
+                        divergence_factor=t.divergence_factor, log_points=t.log_points, eval_points=t.eval_points,
+                        num_workers=t.num_workers, checkpoint_seconds=t.checkpoint_seconds,
+                        checkpoint_steps=t.checkpoint_steps, keep_checkpoints=t.keep_checkpoints),
+              precision=t.precision, search_path=[str(Path(spec.folder).resolve())])
+    digest = content_hash(job.identity())
+    return job.model_copy(update={"hash": digest,
+                                  "experiment_id": experiment_id(budget, spec.model.size_param, info.size, digest)})
 
 
-def confirm_experiments(spec: Spec, sizes: list[SizeInfo], budget_flops: float, num_params: float,
+def _experiment(spec: SpecModel, budget: float, info: SizeInfo, steps: int) -> Experiment:
+    job = _job(spec, budget, info, steps)
+    samples = steps * spec.train.batch_size
+    return Experiment(id=job.experiment_id, hash=job.hash, budget_flops=budget, size=info.size,
+                      num_params=info.num_params, num_tokens=samples * spec.data.tokens_per_sample,
+                      num_samples=samples, steps=steps, flops=samples * info.flops_per_sample, job=job)
+
+
+def confirm_experiments(spec: SpecModel, sizes: list[SizeInfo], budget_flops: float, num_params: float,
                         k: int = 3) -> list[Experiment]:
     """The ``k`` sizes of ``model.sizes`` around a predicted N_opt, as ordinary experiments at ``budget_flops``.
 

@@ -38,22 +38,23 @@ def _isoflop(result: Result, plt):
     pts = result.points.usable()
     budgets = sorted({p.budget_flops for p in pts})
     cmap = plt.get_cmap("viridis")
-    minima = {m["budget_flops"]: m for m in (result.fits.isoflop or {}).get("minima", [])}
+    iso = result.fits.isoflop
+    minima = {m.budget_flops: m for m in (iso.minima if iso else [])}
     for i, C in enumerate(budgets):
         color = cmap(i / max(1, len(budgets) - 1))
         mine = sorted((p.num_params, p.loss) for p in pts if p.budget_flops == C)
         ax.scatter([m[0] for m in mine], [m[1] for m in mine], color=color, label=f"C = {C:.2g}", zorder=3)
         if C in minima:
-            coef = minima[C]["coef"]
+            coef = minima[C].coef
             poly, (lo, hi) = coef[:-2], coef[-2:]  # the fitted profile and the ln N range it covers
             x = np.linspace(lo, hi, 100)
             ax.plot(np.exp(x), np.polyval(poly, x), color=color, lw=1)
-            ax.scatter([minima[C]["n_opt"]], [minima[C]["loss"]], marker="*", s=160, color=color, edgecolor="k", zorder=4)
-    excluded = {e["id"] for e in result.fits.excluded}
+            ax.scatter([minima[C].n_opt], [minima[C].loss], marker="*", s=160, color=color, edgecolor="k", zorder=4)
+    excluded = {e.id for e in result.fits.excluded}
     bad = [p for p in result.points.points if p.id in excluded and p.loss is not None]
     if bad:
         ax.scatter([p.num_params for p in bad], [p.loss for p in bad], marker="x", color="red", label="excluded")
-    _axes(ax, "parameters N", "final held-out loss", f"IsoFLOP profiles (Approach 2, {(result.fits.isoflop or {}).get('profile', 'parabola')} profile in ln N), minima starred",
+    _axes(ax, "parameters N", "final held-out loss", f"IsoFLOP profiles (Approach 2, {iso.profile if iso else 'parabola'} profile in ln N), minima starred",
           logy=False)
     fig.tight_layout()
     return fig
@@ -67,17 +68,17 @@ def _scaling(result: Result, plt):
     colors = {"isoflop": "C0", "parametric": "C1", "envelope": "C2"}
     for ax, key, label in zip(axes, ("num_params", "num_tokens", "loss"), ("N_opt", "D_opt", "L_opt")):
         for approach in colors:
-            ys = [p.get(approach, {}).get(key) for p in preds]
+            ys = [getattr(p[approach], key) if approach in p else None for p in preds]
             if all(y is None for y in ys):
                 continue
             ax.plot(grid, [np.nan if y is None else y for y in ys], color=colors[approach], label=approach)
-            cis = [p.get(approach, {}).get(f"{key}_ci") for p in preds]
+            cis = [getattr(p[approach], f"{key}_ci") if approach in p else None for p in preds]
             if all(c is not None for c in cis):
                 ax.fill_between(grid, [c[0] for c in cis], [c[1] for c in cis], color=colors[approach], alpha=0.2)
-        minima = (result.fits.isoflop or {}).get("minima", [])
+        minima = result.fits.isoflop.minima if result.fits.isoflop else []
         mkey = {"num_params": "n_opt", "num_tokens": "d_opt", "loss": "loss"}[key]
         if minima:
-            ax.scatter([m["budget_flops"] for m in minima], [m[mkey] for m in minima], color="k", zorder=3,
+            ax.scatter([m.budget_flops for m in minima], [getattr(m, mkey) for m in minima], color="k", zorder=3,
                        label="IsoFLOP minima")
         _axes(ax, "compute C (FLOPs)", None, f"{label} vs C (95% bands)")
     fig.tight_layout()
@@ -88,25 +89,22 @@ def _contours(result: Result, plt):
     par = result.fits.parametric
     if not par:
         return None
-    from .analysis.parametric import predict_loss
-
     pts = result.points.usable()
     N = np.array([p.num_params for p in pts])
     D = np.array([p.num_tokens for p in pts])
     n_grid = np.logspace(math.log10(N.min()) - 0.5, math.log10(N.max()) + 0.5, 200)
     d_grid = np.logspace(math.log10(D.min()) - 0.5, math.log10(D.max()) + 0.5, 200)
     NN, DD = np.meshgrid(n_grid, d_grid)
-    LL = predict_loss(par, NN, DD)
+    LL = par.loss(NN, DD)
     fig, ax = plt.subplots(figsize=(7, 5.5))
     cs = ax.contour(NN, DD, LL, levels=15, cmap="viridis")
     ax.clabel(cs, fontsize=7, fmt="%.2f")
     Cs = np.logspace(math.log10(min(p.flops for p in pts)) - 0.5, math.log10(max(p.flops for p in pts)) + 0.5, 30)
-    frontier = np.array([result.predict(C)["parametric"] and (result.predict(C)["parametric"]["num_params"],
-                                                             result.predict(C)["parametric"]["num_tokens"]) for C in Cs])
+    frontier = np.array([par.allocate(C)[:2] for C in Cs])
     ax.plot(frontier[:, 0], frontier[:, 1], "r-", lw=2, label="efficient frontier")
     sc = ax.scatter(N, D, c=[p.loss for p in pts], cmap="viridis", edgecolor="k", zorder=3, label="runs")
     fig.colorbar(sc, ax=ax, label="measured loss")
-    _axes(ax, "parameters N", "data D", f"Iso-loss contours of L(N,D) = E + A/N^α + B/D^β (α={par['alpha']:.3f}, β={par['beta']:.3f})")
+    _axes(ax, "parameters N", "data D", f"Iso-loss contours of L(N,D) = E + A/N^α + B/D^β (α={par.alpha:.3f}, β={par.beta:.3f})")
     fig.tight_layout()
     return fig
 
@@ -119,10 +117,10 @@ def _envelope(result: Result, plt):
     fig, ax = plt.subplots(figsize=(7, 5))
     norm = plt.Normalize(math.log10(min(p.num_params for p in pts)), math.log10(max(p.num_params for p in pts)))
     for p in pts:
-        ax.plot([c["flops"] for c in p.curve], [c["train_loss"] for c in p.curve], color=plt.cm.viridis(norm(math.log10(p.num_params))),
+        ax.plot([c.flops for c in p.curve], [c.train_loss for c in p.curve], color=plt.cm.viridis(norm(math.log10(p.num_params))),
                 lw=0.8, alpha=0.7)
     if env:
-        ax.plot([e["flops"] for e in env["points"]], [e["loss"] for e in env["points"]], "r.-", label="lower envelope")
+        ax.plot([e.flops for e in env.points], [e.loss for e in env.points], "r.-", label="lower envelope")
         ax.legend()
     ax.set_xscale("log")
     ax.set_xlabel("FLOPs so far")
@@ -158,10 +156,10 @@ def confirm_figure(result: Result, confirmation: Any):
     approach = pred.approach
     budgets = sorted(set(result.budgets) | {C})
     grid = np.logspace(math.log10(min(budgets)) - 0.2, math.log10(max(budgets)) + 0.2, 40)
-    rows = [result.predict(c).get(approach, {}) for c in grid]
-    if all(r.get("loss") is not None for r in rows):
-        left.plot(grid, [r["loss"] for r in rows], color="C1", label=f"L_opt ({approach} fit)")
-        cis = [r.get("loss_ci") for r in rows]
+    rows = [result.fits.predict(c).get(approach) for c in grid]
+    if all(r is not None and r.loss is not None for r in rows):
+        left.plot(grid, [r.loss for r in rows], color="C1", label=f"L_opt ({approach} fit)")
+        cis = [r.loss_ci for r in rows]
         if all(ci is not None for ci in cis):
             left.fill_between(grid, [c[0] for c in cis], [c[1] for c in cis], color="C1", alpha=0.2, label="95% band")
     best_per_budget = {}
@@ -183,10 +181,8 @@ def confirm_figure(result: Result, confirmation: Any):
     n_grid = np.logspace(math.log10(n_lo), math.log10(n_hi), 40)
     par = result.fits.parametric
     if par:
-        from .analysis.parametric import loss_band
-
-        fpu = result.fits.flops_per_unit
-        loss, lo, hi = loss_band(par, n_grid, C / (fpu["coef"] * n_grid ** fpu["exponent"]))
+        fpu = par.flops_per_unit
+        loss, lo, hi = par.band(n_grid, C / (fpu.coef * n_grid ** fpu.exponent))
         right.plot(n_grid, loss, color="C1", label="predicted L(N, D = C / FLOPs per unit)")
         if lo is not None:
             right.fill_between(n_grid, lo, hi, color="C1", alpha=0.2, label="95% band")

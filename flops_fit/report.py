@@ -13,18 +13,19 @@ import csv
 import io
 import json
 import math
+from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .analysis.fit import Fits, hull, optimal_allocation, percentile_interval
-from .analysis.isoflop import mean_interval
-from .analysis.parametric import named
+from .analysis.fit import Fits
+from .analysis.laws import Prediction
 from .analysis.points import Points
+from .store import atomic_write_text
 from .verdict import Verdict, assess
 
-__all__ = ["Result", "Table", "size_for"]
+__all__ = ["Result", "Table", "size_for", "write_report"]
 
 
 def size_for(sizes: list[tuple[Any, float]], num_params: float) -> float | None:
@@ -41,20 +42,21 @@ def size_for(sizes: list[tuple[Any, float]], num_params: float) -> float | None:
 
 
 class Table(BaseModel):
-    """Rows of the Chinchilla table; printable (rich), exportable to Markdown and CSV."""
+    """Rows of the Chinchilla table (one :class:`Prediction` per approach and budget);
+    printable (rich), exportable to Markdown and CSV."""
 
     model_config = ConfigDict(frozen=True)
-    rows: list[dict]
+    rows: list[Prediction]
     size_param: Optional[str] = None
 
     COLUMNS: ClassVar[tuple] = (("approach", "approach"), ("budget_flops", "C (FLOPs)"), ("num_params", "N_opt"),
                ("num_params_ci", "N 95% CI"), ("num_tokens", "D_opt"), ("num_tokens_ci", "D 95% CI"),
                ("tokens_per_param", "D/N"), ("loss", "loss"), ("loss_ci", "loss 95% CI"), ("size", "size"))
 
-    def _cells(self, row: dict) -> list[str]:
+    def _cells(self, row: Prediction) -> list[str]:
         out = []
         for key, _ in self.COLUMNS:
-            v = row.get(key)
+            v = getattr(row, key)
             if v is None:
                 out.append("–")
             elif isinstance(v, list):
@@ -79,7 +81,7 @@ class Table(BaseModel):
         w = csv.writer(buf)
         w.writerow(keys)
         for r in self.rows:
-            w.writerow([json.dumps(r.get(k)) if isinstance(r.get(k), list) else r.get(k) for k in keys])
+            w.writerow([json.dumps(getattr(r, k)) if isinstance(getattr(r, k), list) else getattr(r, k) for k in keys])
         return buf.getvalue()
 
     def __rich__(self):
@@ -112,61 +114,16 @@ class Result(BaseModel):
         return cls.model_validate_json(text)
 
     # -- predictions -------------------------------------------------------------------
-    def predict(self, budget_flops: float) -> dict[str, dict]:
-        """N_opt, D_opt, loss (and 95% intervals where bootstrapped) per approach at ``budget_flops``."""
-        C = float(budget_flops)
-        out = {}
-        f = self.fits
-        if f.isoflop:
-            out["isoflop"] = self._predict_isoflop(C)
-        if f.parametric:
-            out["parametric"] = self._predict_parametric(C)
-        if f.envelope:
-            e = f.envelope
-            out["envelope"] = {"num_params": e["n_opt"]["coef"] * C ** e["n_opt"]["exponent"],
-                               "num_tokens": e["d_opt"]["coef"] * C ** e["d_opt"]["exponent"], "loss": None}
-        for row in out.values():
-            row["size"] = size_for(self.points.sizes, row["num_params"])
-            row["tokens_per_param"] = row["num_tokens"] / row["num_params"]
-        return out
-
-    def _predict_isoflop(self, C: float) -> dict:
-        iso = self.fits.isoflop
-        lo = iso["loss_opt"]
-        row = {"num_params": iso["n_opt"]["coef"] * C ** iso["n_opt"]["exponent"],
-               "num_tokens": iso["d_opt"]["coef"] * C ** iso["d_opt"]["exponent"],
-               "loss": lo["E"] + lo["coef"] * C ** -lo["exponent"] if lo else None}
-        s = np.array(iso.get("samples") or [])
-        boot_n = boot_d = None
-        if len(s) >= 10:
-            boot_n = percentile_interval(np.exp(s[:, 0] + s[:, 1] * math.log(C)))
-            boot_d = percentile_interval(np.exp(s[:, 2] + s[:, 3] * math.log(C)))
-        # the hull with the OLS interval of the law at C: the minima's scatter about the law counts too
-        n_ci, d_ci = hull(boot_n, mean_interval(iso["n_opt"], C)), hull(boot_d, mean_interval(iso["d_opt"], C))
-        if n_ci is not None:
-            row["num_params_ci"] = n_ci
-        if d_ci is not None:
-            row["num_tokens_ci"] = d_ci
-        return row
-
-    def _predict_parametric(self, C: float) -> dict:
-        fpu = self.fits.flops_per_unit
-        n, d, loss = optimal_allocation(self.fits.parametric, C, fpu)
-        row = {"num_params": n, "num_tokens": d, "loss": loss}
-        samples = self.fits.parametric.get("samples") or []
-        if len(samples) >= 10:
-            with np.errstate(all="ignore"):
-                boot = np.array([optimal_allocation(named(t), C, fpu) for t in samples])
-            row.update(num_params_ci=percentile_interval(boot[:, 0]), num_tokens_ci=percentile_interval(boot[:, 1]), loss_ci=percentile_interval(boot[:, 2]))
-        return row
+    def predict(self, budget_flops: float) -> dict[str, Prediction]:
+        """N_opt, D_opt, loss (and 95% intervals where bootstrapped) per approach at ``budget_flops``,
+        with N_opt mapped back to the size parameter."""
+        return {name: p.model_copy(update={"size": size_for(self.points.sizes, p.num_params)})
+                for name, p in self.fits.predict(budget_flops).items()}
 
     def chinchilla_table(self, budgets: list[float] | None = None) -> Table:
         """Every approach side by side at ``budgets`` (default: the sweep's budgets and [analysis] predict)."""
         budgets = budgets if budgets is not None else sorted(set(self.budgets) | set(self.predict_budgets))
-        rows = []
-        for C in budgets:
-            for approach, row in self.predict(C).items():
-                rows.append({"approach": approach, "budget_flops": float(C), **row})
+        rows = [row for C in budgets for row in self.predict(C).values()]
         return Table(rows=rows, size_param=self.size_param)
 
     def trust(self) -> Verdict:
@@ -179,17 +136,22 @@ class Result(BaseModel):
         f = self.fits
         fits: dict[str, Any] = {}
         if f.isoflop:
-            fits["isoflop"] = {k: f.isoflop[k] for k in ("n_opt", "d_opt", "loss_opt", "minima", "dropped_budgets", "profile") if k in f.isoflop}
+            fits["isoflop"] = f.isoflop.model_dump(mode="json", exclude={"samples"})
         if f.parametric:
-            fits["parametric"] = {k: v for k, v in f.parametric.items() if k not in ("samples", "theta")}
+            fits["parametric"] = f.parametric.model_dump(mode="json", exclude={"samples", "theta"})
         if f.envelope:
-            fits["envelope"] = {k: f.envelope[k] for k in ("n_opt", "d_opt")}
+            fits["envelope"] = f.envelope.model_dump(mode="json", include={"n_opt", "d_opt"})
         verdict = self.trust()
         notes = list(f.notes) + [f"trust verdict: {verdict.verdict}"] + \
             [f"{c.name}: {c.message}" for c in verdict.checks if not c.ok] + verdict.advice
-        return {"points": f.num_points, "flop_rule": self.flop_rule, "excluded": f.excluded, "notes": notes,
-                "fits": fits, "table": self.chinchilla_table().rows, "backtest": f.backtest,
+        return {"points": f.num_points, "flop_rule": self.flop_rule, "excluded": [e.model_dump() for e in f.excluded],
+                "notes": notes, "fits": fits, "table": [r.model_dump(mode="json") for r in self.chinchilla_table().rows],
+                "backtest": f.backtest.model_dump(mode="json") if f.backtest else None,
                 "trust": verdict.model_dump(mode="json")}
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the report: fits.json, result.json, chinchilla_table.md/.csv and the plots (see :func:`write_report`)."""
+        return write_report(self, Path(folder))
 
     def plot(self, path: str | None = None) -> dict:
         """Matplotlib figures (isoflop, scaling, contours); saved as PNGs under ``path`` when given."""
@@ -197,3 +159,24 @@ class Result(BaseModel):
 
         return make_figures(self, path)
 
+
+
+def write_report(result: Result, folder: Path) -> Path:
+    """fits.json (the ``--json`` document), result.json (the Result), chinchilla_table.md/.csv and
+    the PNG plots under ``folder``; each file written atomically."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "fits.json", json.dumps(result.summary(), indent=2, default=float) + "\n")
+    atomic_write_text(folder / "result.json", result.to_json())
+    table = result.chinchilla_table()
+    atomic_write_text(folder / "chinchilla_table.md", table.to_markdown())
+    atomic_write_text(folder / "chinchilla_table.csv", table.to_csv())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        figures = result.plot(folder)
+    for fig in figures.values():
+        plt.close(fig)
+    return folder

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .spec import Spec
+from .spec import SpecModel
 
 __all__ = ["spec_schema"]
 
@@ -43,7 +43,7 @@ def _strip(node: Any) -> Any:
 
 
 def spec_schema() -> dict:
-    schema = Spec.model_json_schema(mode="validation")
+    schema = SpecModel.model_json_schema(mode="validation")
     schema = _strip(schema)
     schema["$schema"] = "http://json-schema.org/draft-07/schema#"
     schema["title"] = "flops-fit spec"

@@ -25,7 +25,7 @@ from .imports import IMPORT_PATH_RE
 from .tomlpos import key_lines, format_loc
 
 __all__ = [
-    "Spec", "ModelSpec", "DataSpec", "LossSpec", "SweepSpec", "FlopsSpec", "TrainSpec",
+    "SpecModel", "ModelSpec", "DataSpec", "LossSpec", "SweepSpec", "FlopsSpec", "TrainSpec",
     "AnalysisSpec", "EstimateSpec", "ImportPath",
 ]
 
@@ -194,8 +194,12 @@ class EstimateSpec(_Frozen):
     calibrate_steps: int = Field(default=4, ge=2, description="Timed steps per calibration model (after one warm-up step).")
 
 
-class Spec(_Frozen):
+# The data of a spec file.  Users hold flops_fit.Spec, the one Spec class, which adds the
+# pipeline's verbs (run, estimate, ...) on top of it; the stages below the facade take a SpecModel.
+class SpecModel(_Frozen):
     """A flops-fit spec: everything needed to plan, train and fit an IsoFLOP sweep."""
+
+    model_config = ConfigDict(title="Spec")
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Names the run directory <runs_dir>/<name>.")
     runs_dir: str = Field(default="runs", min_length=1, description="Folder of run directories, relative to the working directory.")

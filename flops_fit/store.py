@@ -23,13 +23,16 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Literal, Optional
 
 from filelock import FileLock, Timeout
+from pydantic import Field, ValidationError
 
-from .plan import Experiment
+from .frozen import Frozen
+from .plan import Experiment, Job
 
-__all__ = ["Store", "Decision", "decide", "atomic_write_text", "atomic_write_json"]
+__all__ = ["Store", "Decision", "decide", "atomic_write_text", "atomic_write_json", "RunRecord", "CurvePoint",
+           "Provenance"]
 
 RESULT = "result.json"
 MARKER = "COMPLETE"
@@ -54,6 +57,72 @@ def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, indent=2, allow_nan=True) + "\n")
 
 
+class CurvePoint(Frozen):
+    """One logged point of a training curve (a line of ``metrics.jsonl``)."""
+
+    step: int
+    tokens: float
+    flops: float
+    train_loss: float
+    lr: float
+    seconds: float = 0.0
+    eval_loss: Optional[float] = None
+
+
+class Provenance(Frozen):
+    """Where and with what a result was trained."""
+
+    flops_fit: str
+    torch: str
+    python: str
+    device: str
+    processes: int
+    precision: str  # the Accelerator's mixed_precision ("no", "bf16", "fp16")
+    host: str
+    finished: str
+    sources: dict[str, str] = Field(default_factory=dict)  # module -> sha256 of its source file
+
+
+class RunRecord(Frozen):
+    """``result.json``: one experiment's outcome, written by the worker (or the runner when the
+    user's code raised) exactly once, last and atomically.  Every field is set when it is made."""
+
+    id: str
+    hash: str
+    budget_flops: float
+    status: Literal["ok", "failed", "diverged"]
+    reason: str = ""
+    loss: Optional[float] = None
+    train_loss: Optional[float] = None
+    initial_loss: Optional[float] = None
+    size: Any = None
+    num_params: int
+    num_tokens: float
+    num_samples: int = 0
+    flops: float
+    flops_per_sample: float = 0.0
+    steps: int = 0
+    planned_steps: int = 0
+    warmup_steps: int = 0
+    batch_size: int = 0
+    train_seconds: float = 0.0
+    epochs: Optional[float] = None
+    notes: list[str] = Field(default_factory=list)
+    curve: list[CurvePoint] = Field(default_factory=list)
+    provenance: Optional[Provenance] = None
+    traceback: Optional[str] = None
+
+    @classmethod
+    def failed(cls, job: Job, reason: str, traceback: str | None = None, provenance: Provenance | None = None) -> "RunRecord":
+        """The record of an experiment whose code raised (D and FLOPs are the planned ones)."""
+        samples = job.steps * job.loop.batch_size
+        return cls(id=job.experiment_id, hash=job.hash, budget_flops=job.budget_flops, status="failed", reason=reason,
+                   size=job.size, num_params=job.num_params, num_tokens=samples * job.tokens_per_sample,
+                   flops=samples * job.flops_per_sample,
+                   flops_per_sample=job.flops_per_sample, planned_steps=job.steps, warmup_steps=job.warmup_steps,
+                   batch_size=job.loop.batch_size, traceback=traceback, provenance=provenance)
+
+
 @dataclass(frozen=True)
 class Decision:
     """What ``run`` will do with one experiment, and why."""
@@ -76,44 +145,40 @@ class Store:
     def result_path(self, exp_id: str) -> Path:
         return self.exp_dir(exp_id) / RESULT
 
-    def read_result(self, exp_id: str, quarantine: bool = True) -> dict | None:
+    def read_result(self, exp_id: str, quarantine: bool = True) -> RunRecord | None:
         """The finished record, or None.  A corrupt file counts as not finished, with a warning
         naming it; with ``quarantine`` (not in dry runs) it is moved aside to ``result.json.corrupt``."""
         path = self.result_path(exp_id)
         if not path.exists():
             return None
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(record, dict) or "status" not in record:
-                raise ValueError("not a result record")
-            return record
-        except (ValueError, UnicodeDecodeError) as exc:
+            return RunRecord.model_validate_json(path.read_bytes())
+        except (ValidationError, ValueError, UnicodeDecodeError) as exc:
             aside = path.with_name(RESULT + ".corrupt")
             if quarantine:
                 try:
                     os.replace(path, aside)
                 except OSError:
                     pass
-            warnings.warn(f"{path}: unreadable ({type(exc).__name__}: {exc}); "
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            warnings.warn(f"{path}: unreadable ({type(exc).__name__}: {first}); "
                           + (f"moved to {aside.name}, " if quarantine else "") + "the experiment will be trained again",
                           stacklevel=2)
             return None
 
-    def write_result(self, exp_id: str, result: dict) -> None:
+    def write_result(self, record: RunRecord) -> None:
         """Write the record last and atomically; a finished ``ok`` record is never replaced by a failure."""
-        current = self.read_result(exp_id)
-        if current is not None and current.get("status") == "ok" and result.get("status") != "ok":
-            warnings.warn(f"{self.result_path(exp_id)}: kept the finished ok result; not replaced by "
-                          f"{result.get('status')} ({result.get('reason', '')})", stacklevel=2)
+        current = self.read_result(record.id)
+        if current is not None and current.status == "ok" and record.status != "ok":
+            warnings.warn(f"{self.result_path(record.id)}: kept the finished ok result; not replaced by "
+                          f"{record.status} ({record.reason})", stacklevel=2)
             return
-        atomic_write_json(self.result_path(exp_id), result)
+        atomic_write_text(self.result_path(record.id), record.model_dump_json(indent=2) + "\n")
 
-    def results(self) -> Iterator[dict]:
-        """Every finished experiment in the store, in id order."""
-        folder = self.root / "experiments"
-        if folder.is_dir():
-            for path in sorted(folder.glob(f"*/{RESULT}")):
-                yield json.loads(path.read_text(encoding="utf-8"))
+    def collect(self, experiments: list[Experiment]) -> list[RunRecord]:
+        """The finished records of ``experiments`` (a plan's), in plan order; unfinished ones are left out."""
+        found = (self.read_result(e.id) for e in experiments)
+        return [r for r in found if r is not None]
 
     # -- checkpoints ------------------------------------------------------------------
     def checkpoints_dir(self, exp_id: str) -> Path:
@@ -170,11 +235,11 @@ class Store:
         atomic_write_text(self.root / "plan.json", text)
 
 
-def _changed_sources(result: dict, experiment: Experiment) -> list[str]:
+def _changed_sources(result: RunRecord, experiment: Experiment) -> list[str]:
     """Modules of the user's code whose source differs from what trained this result."""
     from .imports import source_digest
 
-    then = (result.get("provenance") or {}).get("sources") or {}
+    then = result.provenance.sources if result.provenance else {}
     if not then:
         return []
     now = source_digest(experiment.job.targets, experiment.job.search_path)
@@ -190,14 +255,14 @@ def decide(store: Store, experiment: Experiment, retry_failed: bool = False, hol
     """
     result = store.read_result(experiment.id, quarantine=not dry_run)
     if result is not None:
-        status = result.get("status")
+        status = result.status
         if status == "ok":
             changed = _changed_sources(result, experiment)
             note = (f"; WARNING: {', '.join(changed)} changed since it was trained: delete "
                     f"{store.exp_dir(experiment.id)} to train it again") if changed else ""
-            return Decision("skip", f"done: loss {result.get('loss'):.4g} ({RESULT} present){note}")
+            return Decision("skip", f"done: loss {result.loss:.4g} ({RESULT} present){note}")
         if not retry_failed:
-            return Decision("skip", f"{status}: {result.get('reason', '')} (use --retry-failed to train again)".strip())
+            return Decision("skip", f"{status}: {result.reason} (use --retry-failed to train again)".strip())
         return Decision("run", f"retry after {status} (--retry-failed)")
     if not holding_lock and store.is_locked(experiment.id):
         return Decision("skip", "being trained by another process (locked)")

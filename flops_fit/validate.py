@@ -26,13 +26,13 @@ from .components import build_data, build_loss, build_model, call_model, first_b
 from .errors import FlopsFitError, Problem, SpecError
 from .imports import ImportPathError, resolve
 from .plan import Plan, compile_plan, sample_batch, size_info
-from .spec import Spec
+from .spec import SpecModel
 
 __all__ = ["check"]
 
 
 class _Checker:
-    def __init__(self, spec: Spec):
+    def __init__(self, spec: SpecModel):
         self.spec = spec
         self.folders = [str(spec.folder)]
         self.problems: list[Problem] = []
@@ -186,7 +186,7 @@ def _smoke(c: _Checker, data: Any, loss_fn: Callable) -> None:
         c.user_error("loss.target", "backward through the loss", exc)
 
 
-def _builds(spec: Spec, size) -> bool:
+def _builds(spec: SpecModel, size) -> bool:
     """Whether the model at ``size`` builds on the meta device (tells a model error from a FLOP-rule error)."""
     try:
         build_model(spec.model.target, spec.model.size_param, size, spec.model.kwargs, [str(spec.folder)], device="meta")
@@ -195,7 +195,7 @@ def _builds(spec: Spec, size) -> bool:
         return False
 
 
-def check(spec: Spec, smoke: bool = True) -> Plan:
+def check(spec: SpecModel, smoke: bool = True) -> Plan:
     """Run every check; return the Plan, or raise SpecError listing every problem."""
     c = _Checker(spec)
     model_ok = _check_model(c)
@@ -219,7 +219,7 @@ def check(spec: Spec, smoke: bool = True) -> Plan:
     return plan
 
 
-def _processes(spec: Spec) -> int:
+def _processes(spec: SpecModel) -> int:
     """Processes one experiment is split over: a torchrun/accelerate launch, or data-parallel GPUs."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1:

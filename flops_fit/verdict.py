@@ -83,8 +83,8 @@ def assess(fits: Any, points: Any, budgets: list[float], predict: Callable[[floa
     usable = points.usable()
     fit_budgets = sorted({p.budget_flops for p in usable})
 
-    minima = (iso or {}).get("minima", [])
-    dropped = (iso or {}).get("dropped_budgets", [])
+    minima = iso.minima if iso else []
+    dropped = iso.dropped_budgets if iso else []
     n_ok = len(minima)
     if iso is None and not fit_budgets:
         checks.append(Check(name="budgets", ok=False, severity="fail", message="no usable points"))
@@ -93,16 +93,16 @@ def assess(fits: Any, points: Any, budgets: list[float], predict: Callable[[floa
                             message=f"{n_ok} of {len(fit_budgets)} budgets have an interior minimum"
                             + ("" if n_ok >= 3 else "; fewer than 3: the exponents are underdetermined")))
     for d in dropped:
-        reason = d["reason"]
+        reason = d.reason
         side = "smallest" if "smallest" in reason else "largest" if "largest" in reason else None
         if side is None:
-            advice.append(f"budget {d['budget_flops']:.3g}: {reason}")
+            advice.append(f"budget {d.budget_flops:.3g}: {reason}")
             continue
-        mine = [p for p in usable if p.budget_flops == d["budget_flops"]]
+        mine = [p for p in usable if p.budget_flops == d.budget_flops]
         by_size = [p.size for p in mine if p.size is not None]
         values = _beyond(points.sizes, by_size, side) if by_size else _beyond([], [p.num_params for p in mine], side)
         what = "sizes" if by_size else "N"
-        advice.append(f"budget {d['budget_flops']:.3g}: its minimum lies beyond the {side} sampled size; "
+        advice.append(f"budget {d.budget_flops:.3g}: its minimum lies beyond the {side} sampled size; "
                       f"add {what} {', '.join(f'{v:g}' for v in values)}")
         add_sizes += [v for v in values if v not in add_sizes]
     if n_ok < 3 and fit_budgets:
@@ -119,8 +119,8 @@ def assess(fits: Any, points: Any, budgets: list[float], predict: Callable[[floa
             a, b = row.get("isoflop"), row.get("parametric")
             if not (a and b):
                 continue
-            ratio = max(a["num_params"], b["num_params"]) / min(a["num_params"], b["num_params"])
-            ci_a, ci_b = a.get("num_params_ci"), b.get("num_params_ci")
+            ratio = max(a.num_params, b.num_params) / min(a.num_params, b.num_params)
+            ci_a, ci_b = a.num_params_ci, b.num_params_ci
             agree = _overlap(ci_a, ci_b) if ci_a and ci_b else ratio <= 1.5
             if not agree and ratio > worst:
                 worst, where = ratio, C
@@ -130,25 +130,24 @@ def assess(fits: Any, points: Any, budgets: list[float], predict: Callable[[floa
                             f"(their intervals do not overlap)"))
     if par:
         lowest = min(p.loss for p in usable)
-        checks.append(Check(name="E", ok=par["E"] < lowest, severity="fail",
-                            message=f"E = {par['E']:.4g} " + ("below" if par["E"] < lowest else "ABOVE")
+        checks.append(Check(name="E", ok=par.E < lowest, severity="fail",
+                            message=f"E = {par.E:.4g} " + ("below" if par.E < lowest else "ABOVE")
                             + f" the lowest measured loss {lowest:.4g}"))
     bt = fits.backtest
-    if bt and bt.get("measured", {}).get("num_params") is not None:
-        m = bt["measured"]
+    if bt and bt.measured.num_params is not None:
+        m = bt.measured
         problems = []
-        for name, p in bt["predicted"].items():
-            ci = p.get("num_params_ci")
-            if ci and not (ci[0] <= m["num_params"] <= ci[1]):
-                problems.append(f"{name} N_opt {p['num_params']:.3g} (95% {ci[0]:.3g}–{ci[1]:.3g}) vs measured "
-                                f"{m['num_params']:.3g}")
-            elif not ci and max(p["num_params"], m["num_params"]) / min(p["num_params"], m["num_params"]) > 1.5:
-                problems.append(f"{name} N_opt {p['num_params']:.3g} vs measured {m['num_params']:.3g} "
-                                f"({max(p['num_params'], m['num_params']) / min(p['num_params'], m['num_params']):.2g}x off)")
-            if p.get("loss") is not None and abs(p["loss"] / m["loss"] - 1) > 0.02:
-                problems.append(f"{name} loss {p['loss']:.4g} vs measured {m['loss']:.4g}")
+        for name, p in bt.predicted.items():
+            ci, off = p.num_params_ci, max(p.num_params, m.num_params) / min(p.num_params, m.num_params)
+            if ci and not (ci[0] <= m.num_params <= ci[1]):
+                problems.append(f"{name} N_opt {p.num_params:.3g} (95% {ci[0]:.3g}–{ci[1]:.3g}) vs measured "
+                                f"{m.num_params:.3g}")
+            elif not ci and off > 1.5:
+                problems.append(f"{name} N_opt {p.num_params:.3g} vs measured {m.num_params:.3g} ({off:.2g}x off)")
+            if p.loss is not None and m.loss is not None and abs(p.loss / m.loss - 1) > 0.02:
+                problems.append(f"{name} loss {p.loss:.4g} vs measured {m.loss:.4g}")
         checks.append(Check(name="backtest", ok=not problems,
-                            message=f"refit without {bt['held_out_budget']:.3g}: " +
+                            message=f"refit without {bt.held_out_budget:.3g}: " +
                             ("predictions hold" if not problems else "; ".join(problems))))
     if fit_budgets:
         far = max(budgets or fit_budgets) / fit_budgets[-1]

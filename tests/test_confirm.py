@@ -99,8 +99,12 @@ def test_compare_scores_the_check_and_notes_data_repetition():
              for s, n in ((16, 1000), (24, 2000), (32, 4000))]
     pred = Prediction(budget_flops=1e12, approach="parametric", num_params=2000, num_tokens=1e6, loss=2.0,
                       loss_ci=[1.9, 2.1], sizes=sizes, fit={}, created="t")
-    results = {"e16": {"status": "ok", "loss": 2.3, "epochs": 6.0}, "e24": {"status": "ok", "loss": 2.05, "epochs": 3.0},
-               "e32": {"status": "ok", "loss": 2.02, "epochs": 1.5}}
+    from flops_fit.store import RunRecord
+
+    def record(i, loss, epochs):
+        return RunRecord(id=i, hash="h", budget_flops=1e12, status="ok", loss=loss, epochs=epochs, num_params=1,
+                         num_tokens=1e6, flops=1e12)
+    results = {"e16": record("e16", 2.3, 6.0), "e24": record("e24", 2.05, 3.0), "e32": record("e32", 2.02, 1.5)}
     c = compare(pred, results, sweep_epochs=2.0)
     assert c.best_size == 32 and c.predicted_size == 24 and not c.best_is_predicted and c.best_is_adjacent
     assert c.loss_error == pytest.approx(2.02 / 2.0 - 1) and c.inside == 2

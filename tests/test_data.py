@@ -6,16 +6,19 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from flops_fit.execute.data import Layout, _Order, make_sources
-from flops_fit.plan import Component, Job
-from flops_fit.spec import TrainSpec
+from flops_fit.plan import Component, Job, Loop, Optim, Schedule
 from tests.toy import DictData, regression
 
 
 def _job(steps: int = 5, batch: int = 8) -> Job:
-    return Job(experiment_id="t", model=Component(target="tests.toy:MLP"), size_param="width", size=4,
+    return Job(experiment_id="t", budget_flops=1.0, model=Component(target="tests.toy:MLP"), size_param="width", size=4,
                data=Component(target="tests.toy:regression"), eval_fraction=0.1, eval_batches=2,
-               loss=Component(target="tests.toy:mse"), tokens_per_sample=1, steps=steps, warmup_steps=1, num_params=1,
-               flops_per_sample=1.0, train=TrainSpec(batch_size=batch, seed=3))
+               loss=Component(target="tests.toy:mse"), tokens_per_sample=1, steps=steps, num_params=1,
+               flops_per_sample=1.0, precision="fp32",
+               optim=Optim(learning_rate=1e-3, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8, grad_clip=None),
+               schedule=Schedule(kind="constant", warmup_steps=1, min_lr_ratio=0.1, decay_fraction=0.2),
+               loop=Loop(batch_size=batch, seed=3, divergence_factor=3.0, log_points=4, eval_points=0, num_workers=0,
+                         checkpoint_seconds=600.0, keep_checkpoints=1))
 
 
 def test_order_crosses_epochs_and_shards_tile_the_batch():

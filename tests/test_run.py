@@ -58,6 +58,8 @@ def test_result_json_contents(in_tmp):
     flops = [p["flops"] for p in record["curve"]]
     assert flops == sorted(flops) and flops[0] < flops[-1] / 10  # FLOP-spaced, early points included
     assert record["provenance"]["torch"] and record["provenance"]["device"]
+    assert record["provenance"]["precision"] == "no"  # the Accelerator's mixed_precision, for fp32
+    assert record["budget_flops"] == 1e6 and record["hash"] == exp.hash
     assert not (in_tmp / "runs/toy/experiments" / exp.id / "checkpoints").exists()
     lines = (in_tmp / "runs/toy/experiments" / exp.id / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(record["curve"])
@@ -114,8 +116,8 @@ def test_divergence_is_marked_and_sweep_completes(in_tmp):
     except SpecError:
         pass  # nothing usable to fit is fine: every run diverged
     results = [e.result for e in seen if e.kind == "result"]
-    assert len(results) == 3 and {r["status"] for r in results} == {"diverged"}
-    assert all(r["reason"] for r in results)
+    assert len(results) == 3 and {r.status for r in results} == {"diverged"}
+    assert all(r.reason for r in results)
     again = Spec.load(in_tmp / "toy.toml").estimate()
     assert all(r.action == "skip" and "diverged" in r.reason for r in again.experiments)
     assert all(r.action == "run" for r in Spec.load(in_tmp / "toy.toml").estimate(retry_failed=True).experiments)
@@ -218,8 +220,11 @@ def test_estimate_models_worker_processes_within_2x_of_a_measured_run(in_tmp):
     est = spec.estimate()
     summed = sum(r.est_seconds for r in est.experiments)
     assert est.est_seconds - est.calibration["worker_start_seconds"] < 0.8 * summed  # two processes share the work
+    from flops_fit.api import train_plan
+
+    plan = spec.check()
     t0 = time.perf_counter()
-    spec.run(train_only=True)
+    train_plan(spec, plan)
     measured = time.perf_counter() - t0
     assert measured / 2 <= est.est_seconds <= measured * 2, (est.est_seconds, measured, summed)
 
@@ -227,10 +232,14 @@ def test_estimate_models_worker_processes_within_2x_of_a_measured_run(in_tmp):
 def test_corrupt_result_is_quarantined_and_ok_results_are_never_overwritten(in_tmp):
     from flops_fit.store import Store
 
+    from flops_fit.store import RunRecord
+
     store = Store(in_tmp / "runs" / "s")
-    store.write_result("e1", {"id": "e1", "status": "ok", "loss": 1.0})
-    store.write_result("e1", {"id": "e1", "status": "failed", "reason": "late duplicate"})
-    assert store.read_result("e1")["status"] == "ok"
+    ok = RunRecord(id="e1", hash="h", budget_flops=1e6, status="ok", loss=1.0, num_params=10, num_tokens=1e3, flops=1e6)
+    store.write_result(ok)
+    with pytest.warns(UserWarning, match="kept the finished ok result"):
+        store.write_result(ok.model_copy(update={"status": "failed", "reason": "late duplicate", "loss": None}))
+    assert store.read_result("e1") == ok
     store.result_path("e2").parent.mkdir(parents=True)
     store.result_path("e2").write_bytes(b"\xff\xfe{not json")
     with pytest.warns(UserWarning, match="result.json.corrupt"):

@@ -35,10 +35,10 @@ def test_between_budget_scatter_widens_the_exponent_interval():
     r = ic.coverage("centred", 6, "window", sweeps=20, bootstrap=60, sigma_w=0.0005, sigma_b=0.15, seed=700)
     assert r["a (hull)"] >= 0.9
     pts = ic.sweep("centred", 6, 0.0005, 0.15, seed=701)
-    n = fit_points(pts, ["isoflop"], bootstrap=60, backtest=False).isoflop["n_opt"]
-    lo, hi = n["exponent_ci"]
-    assert lo <= n["exponent_t_ci"][0] and hi >= n["exponent_t_ci"][1]
-    assert lo <= n["exponent_boot_ci"][0] and hi >= n["exponent_boot_ci"][1]
+    n = fit_points(pts, ["isoflop"], bootstrap=60, backtest=False).isoflop.n_opt
+    lo, hi = n.exponent_ci
+    assert lo <= n.exponent_t_ci[0] and hi >= n.exponent_t_ci[1]
+    assert lo <= n.exponent_boot_ci[0] and hi >= n.exponent_boot_ci[1]
 
 
 def test_far_edges_of_a_wide_sweep_are_not_outliers(skewed_law):
@@ -46,16 +46,16 @@ def test_far_edges_of_a_wide_sweep_are_not_outliers(skewed_law):
     assert fit_points(pts, ["isoflop"], bootstrap=0, backtest=False).excluded == []
     spiked = [p.model_copy(update={"loss": p.loss * 1.2}) if p.id == pts.points[27].id else p for p in pts.points]
     excluded = fit_points(Points(points=spiked), ["isoflop"], bootstrap=0, backtest=False).excluded
-    assert [e["id"] for e in excluded] == [pts.points[27].id]
-    assert "|z| = " in excluded[0]["reason"] and "above the curve" in excluded[0]["reason"]
+    assert [e.id for e in excluded] == [pts.points[27].id]
+    assert "|z| = " in excluded[0].reason and "above the curve" in excluded[0].reason
 
 
 def test_epoch_isoflop_with_the_default_profile_keeps_every_budget():
     from tests.test_analysis import isoflop_subset
 
     iso = fit_points(isoflop_subset(), ["isoflop"], bootstrap=100, backtest=False)
-    assert len(iso.isoflop["minima"]) == 9 and iso.excluded == []
-    lo, hi = iso.isoflop["n_opt"]["exponent_ci"]
+    assert len(iso.isoflop.minima) == 9 and iso.excluded == []
+    lo, hi = iso.isoflop.n_opt.exponent_ci
     assert lo < 0.49 < hi  # Chinchilla's Approach 2
 
 
@@ -100,10 +100,10 @@ def test_verdict_names_sizes_to_add_when_a_minimum_lies_beyond_the_sizes():
 def test_verdict_fails_when_e_is_above_the_measured_losses_and_when_approaches_disagree():
     pts = ic.sweep("centred", 6, 0.003, 0.0, seed=14)
     r = _result(pts)
-    bad_e = r.model_copy(update={"fits": r.fits.model_copy(update={"parametric": {**r.fits.parametric, "E": 10.0}})})
+    bad_e = r.model_copy(update={"fits": r.fits.model_copy(update={"parametric": r.fits.parametric.model_copy(update={"E": 10.0})})})
     v = bad_e.trust()
     assert v.verdict == "do not trust" and any(c.name == "E" and not c.ok for c in v.checks)
-    par = {**r.fits.parametric, "A": r.fits.parametric["A"] * 50, "samples": []}
+    par = r.fits.parametric.model_copy(update={"A": r.fits.parametric.A * 50, "samples": []})
     off = r.model_copy(update={"fits": r.fits.model_copy(update={"parametric": par})})
     check = next(c for c in off.trust().checks if c.name == "agreement")
     assert not check.ok and "disagree" in check.message

@@ -27,11 +27,22 @@ class Exploding(MLP):
         return super().forward(x) * 1e6
 
 
-def regression(n: int = 2048, in_dim: int = 8, seed: int = 0) -> Dataset:
+class ScaledMLP(MLP):
+    """An MLP whose one optimizer group has learning rate ``lr_scale`` × the spec's (as μP models do)."""
+
+    def __init__(self, width: int, in_dim: int = 8, lr_scale: float = 1.0):
+        super().__init__(width, in_dim)
+        self.lr_scale = lr_scale
+
+    def optimizer_groups(self):
+        return [{"params": list(self.parameters()), "lr_scale": self.lr_scale, "weight_decay": 0.0}]
+
+
+def regression(n: int = 2048, in_dim: int = 8, seed: int = 0, shift: float = 0.0) -> Dataset:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, in_dim, generator=g)
     w = torch.randn(in_dim, generator=g)
-    y = torch.sin(x @ w) + 0.1 * torch.randn(n, generator=g)
+    y = torch.sin(x @ w) + 0.1 * torch.randn(n, generator=g) + shift
     return TensorDataset(x, y)
 
 

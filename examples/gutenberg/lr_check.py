@@ -43,13 +43,13 @@ def lr_check(spec_path: str, sizes: list[float], tokens: float, multipliers: lis
             rows.append({"size": s, "num_params": exp.num_params, "lr": spec.train.learning_rate, "multiplier": m,
                          "id": exp.id, "steps": exp.steps})
     store = Store(base.run_dir.parent / f"{base.name}-lr")
-    t = base.train
-    accelerator = make_accelerator(t.precision, t.device, [], str(store.root / "tracking"))
-    run_experiments(experiments, store, accelerator, on_event=on_event)
+    runtime = plan.runtime.model_copy(update={"log_with": []})
+    accelerator = make_accelerator(runtime, str(store.root / "tracking"))
+    run_experiments(experiments, store, accelerator, on_event=on_event, compile=runtime.compile)
     for r in rows:
-        res = store.read_result(r["id"]) or {}
-        r["loss"] = res.get("loss") if res.get("status") == "ok" else None
-        r["status"] = res.get("status")
+        res = store.read_result(r["id"])
+        r["loss"] = res.loss if res and res.status == "ok" else None
+        r["status"] = res.status if res else None
     best = {}
     for s in sizes:
         mine = sorted((math.log2(r["lr"]), r["loss"]) for r in rows if r["size"] == s and r["loss"] is not None)

@@ -12,22 +12,23 @@ from __future__ import annotations
 import numpy as np
 
 from .isoflop import power_law
+from .laws import EnvelopeFit, EnvelopePoint
 
 __all__ = ["envelope"]
 
 
-def envelope(curves: list[tuple[float, list[dict]]], bins: int = 30, min_fraction: float = 0.1,
-             loss_key: str = "train_loss") -> dict | None:
-    """``curves``: (num_params, curve points with flops, tokens, loss).  None when too few points."""
+def envelope(curves: list[tuple[float, list]], bins: int = 30, min_fraction: float = 0.1,
+             loss_key: str = "train_loss") -> EnvelopeFit | None:
+    """``curves``: (num_params, logged curve points with flops, tokens and the loss).  None when too few points."""
     rows = []
     for num_params, curve in curves:
         if not curve:
             continue
-        last = curve[-1]["flops"]
+        last = curve[-1].flops
         for p in curve:
-            loss = p.get(loss_key)
-            if loss is not None and np.isfinite(loss) and p["flops"] >= min_fraction * last:
-                rows.append((p["flops"], loss, num_params, p["tokens"]))
+            loss = getattr(p, loss_key)
+            if loss is not None and np.isfinite(loss) and p.flops >= min_fraction * last:
+                rows.append((p.flops, loss, num_params, p.tokens))
     if len(rows) < 5:
         return None
     arr = np.array(rows)
@@ -40,6 +41,6 @@ def envelope(curves: list[tuple[float, list[dict]]], bins: int = 30, min_fractio
     env = np.array(env)
     if len(env) < 4 or len(np.unique(env[:, 2])) < 2:
         return None
-    return {"n_opt": power_law(env[:, 0], env[:, 2]), "d_opt": power_law(env[:, 0], env[:, 3]),
-            "points": [{"flops": float(c), "loss": float(l), "num_params": float(n), "num_tokens": float(d)}
-                       for c, l, n, d in env]}
+    return EnvelopeFit(n_opt=power_law(env[:, 0], env[:, 2]), d_opt=power_law(env[:, 0], env[:, 3]),
+                       points=[EnvelopePoint(flops=float(c), loss=float(l), num_params=float(n), num_tokens=float(d))
+                               for c, l, n, d in env])

@@ -10,63 +10,73 @@ the prediction at that budget with what was measured there.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ..frozen import Frozen
 from .envelope import envelope
-from .isoflop import budget_minima, loss_law, mean_interval, power_law, profile_minimum, profile_residuals
-from .parametric import fit_parametric, named, predict_loss, refit_fast
+from .isoflop import budget_minima, loss_law, power_law, profile_minimum, profile_residuals
+from .laws import (EnvelopeFit, FlopsPerUnit, IsoflopFit, ParametricFit, Prediction, hull, percentile_interval)
+from .parametric import fit_parametric, refit_fast
 from .points import Point, Points
 
-__all__ = ["Fits", "fit_points", "hull", "optimal_allocation", "flops_per_unit_law", "percentile_interval", "allocation_exponents"]
+__all__ = ["Fits", "Exclusion", "Backtest", "fit_points", "flops_per_unit_law"]
 
 
-class Fits(BaseModel):
+class Exclusion(Frozen):
+    """A point left out of the fits, and why."""
+
+    id: str
+    reason: str
+
+
+class BacktestMeasured(Frozen):
+    loss_min: float
+    num_params_at_min: float
+    loss: Optional[float] = None  # the held-out budget's profile minimum, when bracketed
+    num_params: Optional[float] = None
+
+
+class Backtest(Frozen):
+    """The fits without the largest budget, predicting it, against what was measured there."""
+
+    held_out_budget: float
+    fit_budgets: list[float]
+    measured: BacktestMeasured
+    predicted: dict[str, Prediction] = Field(default_factory=dict)
+
+
+class Fits(Frozen):
     """Every fit of one analysis; JSON round-trip (``model_dump_json``/``model_validate_json``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    isoflop: Optional[dict] = None
-    parametric: Optional[dict] = None
-    envelope: Optional[dict] = None
-    excluded: list[dict] = Field(default_factory=list)
+    isoflop: Optional[IsoflopFit] = None
+    parametric: Optional[ParametricFit] = None
+    envelope: Optional[EnvelopeFit] = None
+    excluded: list[Exclusion] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
-    flops_per_unit: dict = Field(default_factory=lambda: {"coef": 6.0, "exponent": 1.0})
-    backtest: Optional[dict] = None
+    flops_per_unit: FlopsPerUnit = Field(default_factory=FlopsPerUnit)
+    backtest: Optional[Backtest] = None
     num_points: int = 0
 
+    def predict(self, budget_flops: float) -> dict[str, Prediction]:
+        """Each fitted approach's :class:`Prediction` at ``budget_flops``."""
+        fits = {"isoflop": self.isoflop, "parametric": self.parametric, "envelope": self.envelope}
+        return {name: fit.predict(budget_flops) for name, fit in fits.items() if fit is not None}
 
-def flops_per_unit_law(points: list[Point]) -> dict:
+
+def flops_per_unit_law(points: list[Point]) -> FlopsPerUnit:
     """FLOPs per data unit as a power law of N (exactly 6·N under the 6N rule)."""
     N = np.array([p.num_params for p in points], dtype=float)
     f = np.array([p.flops / p.num_tokens for p in points], dtype=float)
     if len(np.unique(N)) < 2:
-        return {"coef": float(np.mean(f / N)), "exponent": 1.0}
+        return FlopsPerUnit(coef=float(np.mean(f / N)), exponent=1.0)
     slope, icpt = np.polyfit(np.log(N), np.log(f), 1)
-    return {"coef": float(math.exp(icpt)), "exponent": float(slope)}
+    return FlopsPerUnit(coef=float(math.exp(icpt)), exponent=float(slope))
 
 
-def optimal_allocation(params: dict, C: float, fpu: dict) -> tuple[float, float, float]:
-    """Minimise L(N, D) subject to C = c·N^p·D (FLOPs per data unit c·N^p; 6N: c = 6, p = 1).
-
-    Substituting D = C/(c·N^p) and setting dL/dN = 0 gives the closed form
-
-        N_opt = (α·A / (p·β·B·c^β))^(1/(α+pβ)) · C^(β/(α+pβ)),   D_opt = C / (c·N_opt^p),
-
-    which reduces to Chinchilla's G·(C/6)^a with a = β/(α+β) when c = 6, p = 1.
-    """
-    alpha, beta, A, B = (np.float64(params[k]) for k in ("alpha", "beta", "A", "B"))
-    c, p = np.float64(fpu["coef"]), np.float64(fpu["exponent"])
-    with np.errstate(all="ignore"):  # numpy powers give NaN (not complex) for a degenerate bootstrap fit
-        a = np.float64(allocation_exponents(params, fpu)[0])  # numpy: overflow gives inf, not an exception
-        N = (alpha * A / (p * beta * B * c**beta)) ** (1 / (alpha + p * beta)) * C ** a
-        D = C / (c * N**p)
-        loss = float(predict_loss(params, np.array(N), np.array(D)))
-    return float(N), float(D), loss
-
-
-def _exclusions(points: Points, keep_outliers: bool, outlier_z: float, profile: str) -> tuple[list[Point], list[dict]]:
+def _exclusions(points: Points, keep_outliers: bool, outlier_z: float, profile: str) -> tuple[list[Point], list[Exclusion]]:
     """Drop non-usable points, then points far off their budget's profile curve.
 
     z = deleted residual / scale with scale = max(1.4826·MAD of all profile residuals, 1% of the
@@ -78,7 +88,7 @@ def _exclusions(points: Points, keep_outliers: bool, outlier_z: float, profile: 
     """
     usable = points.usable()
     ok = {id(p) for p in usable}  # once: this list is rebuilt per point otherwise (quadratic)
-    excluded = [{"id": p.id, "reason": p.status + (f": {p.reason}" if p.reason else "")}
+    excluded = [Exclusion(id=p.id, reason=p.status + (f": {p.reason}" if p.reason else ""))
                 for p in points.points if id(p) not in ok]
     if keep_outliers or len(usable) < 5:
         return usable, excluded
@@ -102,23 +112,23 @@ def _exclusions(points: Points, keep_outliers: bool, outlier_z: float, profile: 
             break
         for i in drop:
             zi = z[i]
-            excluded.append({"id": keep[i].id, "reason": f"off its budget's {profile} profile (robust |z| = {abs(zi):.1f} > "
-                                                         f"{outlier_z:g}, {'above' if zi > 0 else 'below'} the curve)"})
+            excluded.append(Exclusion(id=keep[i].id, reason=f"off its budget's {profile} profile (robust |z| = "
+                                      f"{abs(zi):.1f} > {outlier_z:g}, {'above' if zi > 0 else 'below'} the curve)"))
         gone = set(drop)
         keep = [p for i, p in enumerate(keep) if i not in gone]
     return keep, excluded
 
 
-def _fit_isoflop(N, D, L, budgets, profile: str = "window") -> tuple[dict | None, str | None]:
+def _fit_isoflop(N, D, L, budgets, profile: str = "window") -> tuple[IsoflopFit | None, str | None]:
     minima, dropped = budget_minima(np.log(N), np.log(D), L, budgets, profile)
     if len(minima) < 2:
         return None, f"isoflop: {len(minima)} budget(s) with a bracketed minimum (need 2): " + \
-            "; ".join(f"{d['budget_flops']:.3g}: {d['reason']}" for d in dropped)
-    C = np.array([m["budget_flops"] for m in minima])
-    fit = {"n_opt": power_law(C, np.array([m["n_opt"] for m in minima])),
-           "d_opt": power_law(C, np.array([m["d_opt"] for m in minima])),
-           "loss_opt": loss_law(C, np.array([m["loss"] for m in minima])),
-           "minima": minima, "dropped_budgets": dropped, "profile": profile}
+            "; ".join(f"{d.budget_flops:.3g}: {d.reason}" for d in dropped)
+    C = np.array([m.budget_flops for m in minima])
+    fit = IsoflopFit(n_opt=power_law(C, np.array([m.n_opt for m in minima])),
+                     d_opt=power_law(C, np.array([m.d_opt for m in minima])),
+                     loss_opt=loss_law(C, np.array([m.loss for m in minima])),
+                     minima=minima, dropped_budgets=dropped, profile=profile)
     return fit, None
 
 
@@ -163,12 +173,6 @@ def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator, profile: s
     return samples
 
 
-def hull(*intervals) -> list[float] | None:
-    """The smallest interval containing every given one (None ones skipped)."""
-    given = [i for i in intervals if i is not None and all(math.isfinite(v) for v in i)]
-    return [float(min(i[0] for i in given)), float(max(i[1] for i in given))] if given else None
-
-
 def _boot_parametric(theta, N, D, L, n: int, rng: np.random.Generator) -> list[list[float]]:
     lnN, lnD, lnL = np.log(N), np.log(D), np.log(L)
     out = []
@@ -176,13 +180,6 @@ def _boot_parametric(theta, N, D, L, n: int, rng: np.random.Generator) -> list[l
         idx = rng.integers(0, len(L), len(L))
         out.append(refit_fast(np.asarray(theta), lnN[idx], lnD[idx], lnL[idx]).tolist())
     return out
-
-
-def percentile_interval(values) -> list[float] | None:
-    """The 95% percentile interval of the finite values (None when there are none)."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else None
 
 
 def fit_points(points: Points, approaches: list[str] = ("isoflop", "parametric"), bootstrap: int = 200, seed: int = 0,
@@ -199,9 +196,9 @@ def fit_points(points: Points, approaches: list[str] = ("isoflop", "parametric")
         warnings.simplefilter("always")
         fits = _fit_points(points, approaches, bootstrap, seed, keep_outliers, outlier_z, backtest, profile)
     kinds = sorted({str(w.message).split(" in ")[0] for w in caught if issubclass(w.category, RuntimeWarning)})
-    par_ci = (fits.parametric or {}).get("ci") or {}
-    missing = bootstrap and ((fits.parametric and any(v is None for v in par_ci.values())) or
-                             (fits.isoflop and fits.isoflop["n_opt"].get("exponent_ci") is None))
+    par, iso = fits.parametric, fits.isoflop
+    missing = bootstrap and ((par is not None and any(v is None for v in par.ci.values())) or
+                             (iso is not None and iso.n_opt.exponent_ci is None))
     if kinds and missing:  # they matter: an interval could not be computed
         note = (f"numerical warnings while fitting ({len(caught)}: {'; '.join(kinds[:3])}) and an interval is "
                 f"missing: the data do not constrain every parameter")
@@ -220,64 +217,56 @@ def _fit_points(points: Points, approaches, bootstrap: int, seed: int, keep_outl
     rng = np.random.default_rng(seed)
     usable, excluded = _exclusions(points, keep_outliers, outlier_z, profile)
     notes: list[str] = []
-    fits: dict[str, Any] = {}
     if not usable:
         return Fits(excluded=excluded, notes=["no usable points"], num_points=0)
     N, D, L, budgets, _ = points.arrays(usable)
     fpu = flops_per_unit_law(usable)
+    iso = par = env = None
     if "isoflop" in approaches:
         iso, why = _fit_isoflop(N, D, L, budgets, profile)
-        if iso is not None:
-            for key in ("n_opt", "d_opt"):
-                iso[key]["exponent_t_ci"] = iso[key]["exponent_ci"]
         if iso is not None and bootstrap:
-            use = {m["budget_flops"] for m in iso["minima"]}
-            samples = _boot_isoflop(N, D, L, budgets, bootstrap, rng, profile, use)
-            if len(samples) >= 10:
-                s = np.array(samples)
-                for key, col in (("n_opt", 1), ("d_opt", 3)):
-                    iso[key]["exponent_boot_ci"] = percentile_interval(s[:, col])
-                    iso[key]["exponent_ci"] = hull(iso[key]["exponent_t_ci"], iso[key]["exponent_boot_ci"])
-            iso["samples"] = samples
-        fits["isoflop"] = iso
+            iso = _with_isoflop_intervals(iso, N, D, L, budgets, bootstrap, rng, profile)
         if why:
             notes.append(why)
     if "parametric" in approaches:
-        fits["parametric"] = _parametric(N, D, L, bootstrap, rng, notes, fpu)
+        par = _parametric(N, D, L, bootstrap, rng, notes, fpu)
     if "envelope" in approaches:
         env = envelope([(p.num_params, p.curve) for p in usable])
-        fits["envelope"] = env
         if env is None:
             notes.append("envelope: too few logged curve points (Approach 1 needs training curves)")
-    bt = _backtest(points, usable, approaches, fpu, profile) if backtest else None
-    return Fits(**fits, excluded=excluded, notes=notes, flops_per_unit=fpu, backtest=bt, num_points=len(usable))
+    bt = _backtest(points, usable, approaches, profile) if backtest else None
+    return Fits(isoflop=iso, parametric=par, envelope=env, excluded=excluded, notes=notes, flops_per_unit=fpu,
+                backtest=bt, num_points=len(usable))
 
 
-def allocation_exponents(params: dict, fpu: dict) -> tuple[float, float]:
-    """(a, b) of N_opt ∝ C^a and D_opt ∝ C^b under C = c·N^p·D: a = β/(α+pβ), b = 1 − p·a
-    (Chinchilla's β/(α+β) and α/(α+β) when p = 1, the 6N rule)."""
-    p = float(fpu["exponent"])
-    a = params["beta"] / (params["alpha"] + p * params["beta"])
-    return a, 1 - p * a
+def _with_isoflop_intervals(iso: IsoflopFit, N, D, L, budgets, bootstrap: int, rng, profile: str) -> IsoflopFit:
+    """The two-stage bootstrap's samples, and each exponent's interval widened to the hull of
+    its OLS t-interval and the bootstrap percentile interval."""
+    samples = _boot_isoflop(N, D, L, budgets, bootstrap, rng, profile, {m.budget_flops for m in iso.minima})
+    update: dict = {"samples": samples}
+    if len(samples) >= 10:
+        s = np.array(samples)
+        for key, col in (("n_opt", 1), ("d_opt", 3)):
+            law = getattr(iso, key)
+            boot = percentile_interval(s[:, col])
+            update[key] = law.model_copy(update={"exponent_boot_ci": boot, "exponent_ci": hull(law.exponent_t_ci, boot)})
+    return iso.model_copy(update=update)
 
 
-def _parametric(N, D, L, bootstrap: int, rng, notes: list[str], fpu: dict) -> dict | None:
+def _parametric(N, D, L, bootstrap: int, rng, notes: list[str], fpu: FlopsPerUnit) -> ParametricFit | None:
     if len(L) < 5:
         notes.append(f"parametric: {len(L)} points (need 5)")
         return None
-    fit = fit_parametric(N, D, L)
-    fit["a"], fit["b"] = allocation_exponents(fit, fpu)
-    if bootstrap:
-        samples = _boot_parametric(fit["theta"], N, D, L, bootstrap, rng)
-        params = [named(t) for t in samples]
-        for q in params:
-            q["a"], q["b"] = allocation_exponents(q, fpu)
-        fit["ci"] = {k: percentile_interval(np.array([p[k] for p in params])) for k in ("E", "A", "B", "alpha", "beta", "a", "b")}
-        fit["samples"] = samples
-    return fit
+    fit = fit_parametric(N, D, L, fpu=fpu)
+    if not bootstrap:
+        return fit
+    samples = _boot_parametric(fit.theta, N, D, L, bootstrap, rng)
+    boot = [ParametricFit.from_theta(t, fpu) for t in samples]
+    ci = {k: percentile_interval(np.array([getattr(q, k) for q in boot])) for k in ("E", "A", "B", "alpha", "beta", "a", "b")}
+    return fit.model_copy(update={"ci": ci, "samples": samples})
 
 
-def _backtest(points: Points, usable: list[Point], approaches, fpu: dict, profile: str = "window") -> dict | None:
+def _backtest(points: Points, usable: list[Point], approaches, profile: str = "window") -> Backtest | None:
     """Refit without the largest budget; compare the prediction there with the measurement."""
     budgets = sorted({p.budget_flops for p in usable})
     if len(budgets) < 3:
@@ -288,19 +277,8 @@ def _backtest(points: Points, usable: list[Point], approaches, fpu: dict, profil
     sub = fit_points(Points(points=train, sizes=points.sizes, flop_rule=points.flop_rule), approaches, bootstrap=0,
                      keep_outliers=True, backtest=False, profile=profile)
     N, D, L, B, _ = points.arrays(test)
-    measured = {"loss_min": float(L.min()), "num_params_at_min": float(N[np.argmin(L)])}
     minima, _ = budget_minima(np.log(N), np.log(D), L, B, profile)
-    if minima:
-        measured.update(loss=minima[0]["loss"], num_params=minima[0]["n_opt"])
-    predicted = {}
-    if sub.parametric:
-        n, d, loss = optimal_allocation(sub.parametric, held, fpu)
-        predicted["parametric"] = {"num_params": n, "num_tokens": d, "loss": loss}
-    if sub.isoflop:
-        iso = sub.isoflop
-        predicted["isoflop"] = {"num_params": iso["n_opt"]["coef"] * held ** iso["n_opt"]["exponent"],
-                                "num_params_ci": mean_interval(iso["n_opt"], held),
-                                "num_tokens": iso["d_opt"]["coef"] * held ** iso["d_opt"]["exponent"],
-                                "loss": (iso["loss_opt"]["E"] + iso["loss_opt"]["coef"] * held ** -iso["loss_opt"]["exponent"])
-                                if iso["loss_opt"] else None}
-    return {"held_out_budget": held, "fit_budgets": budgets[:-1], "measured": measured, "predicted": predicted}
+    measured = BacktestMeasured(loss_min=float(L.min()), num_params_at_min=float(N[np.argmin(L)]),
+                                loss=minima[0].loss if minima else None, num_params=minima[0].n_opt if minima else None)
+    predicted = {k: v for k, v in sub.predict(held).items() if k != "envelope"}
+    return Backtest(held_out_budget=held, fit_budgets=budgets[:-1], measured=measured, predicted=predicted)

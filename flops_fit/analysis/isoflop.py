@@ -17,8 +17,9 @@ from lmfit import Model
 from lmfit.models import LinearModel, QuadraticModel
 from scipy import stats
 
-__all__ = ["budget_minima", "power_law", "loss_law", "profile_residuals", "profile_minimum", "WINDOW_POINTS",
-           "mean_interval"]
+from .laws import OLS, BudgetMinimum, DroppedBudget, LossLaw, PowerLaw
+
+__all__ = ["budget_minima", "power_law", "loss_law", "profile_residuals", "profile_minimum", "WINDOW_POINTS"]
 
 WINDOW_POINTS = 5
 
@@ -90,19 +91,15 @@ def profile_minimum(x: np.ndarray, y: np.ndarray, profile: str = "window") -> tu
 
 
 def budget_minima(lnN: np.ndarray, lnD: np.ndarray, L: np.ndarray, budgets: np.ndarray,
-                  profile: str = "window") -> tuple[list[dict], list[dict]]:
-    """Per-budget minima (``budget_flops, n_opt, d_opt, loss, n_opt_ci, coef``) and dropped budgets.
-
-    ``coef`` is the fitted polynomial (highest power first) followed by the ln N range it covers.
-    ``n_opt_ci`` is the delta-method interval of a parabola's minimum (parabola and window only).
-    """
+                  profile: str = "window") -> tuple[list[BudgetMinimum], list[DroppedBudget]]:
+    """Per-budget profile minima and the budgets without one (with the reason)."""
     minima, dropped = [], []
     for C in np.unique(budgets):
         m = budgets == C
         x, y, xd = lnN[m], L[m], lnD[m]
         xs, loss, coef, reason = profile_minimum(x, y, profile)
         if xs is None:
-            dropped.append({"budget_flops": float(C), "reason": reason})
+            dropped.append(DroppedBudget(budget_flops=float(C), reason=reason))
             continue
         se = math.nan
         if len(coef) == 5:  # a parabola: delta-method standard error of its minimum
@@ -112,9 +109,9 @@ def budget_minima(lnN: np.ndarray, lnD: np.ndarray, L: np.ndarray, budgets: np.n
                 fit = _parabola(x[keep], y[keep])
                 se = _minimum_se(fit, fit.params["b"].value, fit.params["a"].value)
         slope, icpt = np.polyfit(x, xd, 1)
-        minima.append({"budget_flops": float(C), "n_opt": math.exp(xs), "d_opt": math.exp(icpt + slope * xs),
-                       "loss": loss, "n_opt_ci": [math.exp(xs - 1.96 * se), math.exp(xs + 1.96 * se)]
-                       if math.isfinite(se) else None, "coef": coef, "num_points": int(m.sum())})
+        minima.append(BudgetMinimum(budget_flops=float(C), n_opt=math.exp(xs), d_opt=math.exp(icpt + slope * xs),
+                                    loss=loss, n_opt_ci=[math.exp(xs - 1.96 * se), math.exp(xs + 1.96 * se)]
+                                    if math.isfinite(se) else None, coef=coef, num_points=int(m.sum())))
     return minima, dropped
 
 
@@ -152,9 +149,9 @@ def profile_residuals(lnN: np.ndarray, L: np.ndarray, budgets: np.ndarray, profi
     return out
 
 
-def power_law(C: np.ndarray, Y: np.ndarray) -> dict:
+def power_law(C: np.ndarray, Y: np.ndarray) -> PowerLaw:
     """OLS of ln Y on ln C: Y = coef·C^exponent, with a 95% t-interval, R² and what
-    :func:`mean_interval` needs (``ols``: n, mean ln C, Sxx, residual standard deviation)."""
+    :meth:`PowerLaw.interval` needs (n, mean ln C, Sxx, residual standard deviation)."""
     x, y = np.log(C), np.log(Y)
     model = LinearModel()
     fit = model.fit(y, model.make_params(slope=0.5, intercept=float(y.mean() - 0.5 * x.mean())), x=x)
@@ -164,29 +161,17 @@ def power_law(C: np.ndarray, Y: np.ndarray) -> dict:
     ss_res = float(np.sum(fit.residual**2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     sd = math.sqrt(ss_res / dof) if dof > 0 else math.nan
-    return {"coef": math.exp(icpt.value), "exponent": slope.value, "exponent_ci": [slope.value - half, slope.value + half],
-            "r2": 1 - ss_res / ss_tot if ss_tot > 0 else math.nan, "num_points": int(len(x)),
-            "ols": {"n": int(len(x)), "mean_x": float(x.mean()), "sxx": float(np.sum((x - x.mean()) ** 2)), "resid_sd": sd}}
-
-
-def mean_interval(law: dict, C: float) -> list[float] | None:
-    """95% t-interval of the fitted power law's value at C (the OLS confidence interval of the
-    mean of ln Y at ln C): exp(ŷ ± t_{n−2}·s·sqrt(1/n + (ln C − x̄)²/Sxx)).  It carries the scatter
-    of the per-budget minima about the law, which a within-budget bootstrap does not."""
-    ols = law.get("ols")
-    if not ols or ols["n"] < 3 or not math.isfinite(ols["resid_sd"]) or ols["sxx"] <= 0:
-        return None
-    x0 = math.log(C)
-    y0 = math.log(law["coef"]) + law["exponent"] * x0
-    half = stats.t.ppf(0.975, ols["n"] - 2) * ols["resid_sd"] * math.sqrt(1 / ols["n"] + (x0 - ols["mean_x"]) ** 2 / ols["sxx"])
-    return [math.exp(y0 - half), math.exp(y0 + half)]
+    ci = [slope.value - half, slope.value + half]
+    return PowerLaw(coef=math.exp(icpt.value), exponent=slope.value, exponent_ci=ci, exponent_t_ci=ci,
+                    r2=1 - ss_res / ss_tot if ss_tot > 0 else math.nan, num_points=int(len(x)),
+                    ols=OLS(n=int(len(x)), mean_x=float(x.mean()), sxx=float(np.sum((x - x.mean()) ** 2)), resid_sd=sd))
 
 
 def _loss_curve(C, E, k, gamma):
     return E + k * np.exp(-gamma * np.log(C))
 
 
-def loss_law(C: np.ndarray, L: np.ndarray) -> dict | None:
+def loss_law(C: np.ndarray, L: np.ndarray) -> LossLaw | None:
     """L_opt(C) = E + coef·C^(−exponent), least squares in linear space (needs 3+ budgets)."""
     if len(C) < 3:
         return None
@@ -200,5 +185,5 @@ def loss_law(C: np.ndarray, L: np.ndarray) -> dict | None:
     params["gamma"].set(min=1e-4, max=3)
     fit = model.fit(L, params, C=C)
     ss_tot = float(np.sum((L - L.mean()) ** 2))
-    return {"E": fit.params["E"].value, "coef": fit.params["k"].value, "exponent": fit.params["gamma"].value,
-            "r2": 1 - float(np.sum(fit.residual**2)) / ss_tot if ss_tot > 0 else math.nan}
+    return LossLaw(E=fit.params["E"].value, coef=fit.params["k"].value, exponent=fit.params["gamma"].value,
+                   r2=1 - float(np.sum(fit.residual**2)) / ss_tot if ss_tot > 0 else math.nan)

@@ -21,28 +21,12 @@ from lmfit import Parameters, minimize
 from scipy.optimize import least_squares, nnls
 from scipy.special import logsumexp
 
-__all__ = ["fit_parametric", "huber_objective", "predict_loss", "loss_band", "allocation", "refit_fast", "DELTA"]
+from .laws import FlopsPerUnit, ParametricFit
+
+__all__ = ["fit_parametric", "huber_objective", "refit_fast", "DELTA"]
 
 DELTA = 1e-3
 _GRID = np.arange(0.05, 1.51, 0.05)
-
-
-def predict_loss(params: dict, N: np.ndarray, D: np.ndarray) -> np.ndarray:
-    """L(N, D) = E + A/N^α + B/D^β."""
-    return params["E"] + params["A"] / N ** params["alpha"] + params["B"] / D ** params["beta"]
-
-
-def loss_band(fit: dict, N, D) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """L(N, D) of ``fit`` and its 95% band (2.5/97.5 percentiles over the fit's bootstrap
-    ``samples``; None without 10 of them), elementwise over N and D."""
-    N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
-    loss = predict_loss(fit, N, D)
-    samples = fit.get("samples") or []
-    if len(samples) < 10:
-        return loss, None, None
-    with np.errstate(all="ignore"):
-        boot = np.array([predict_loss(named(t), N, D) for t in samples])
-    return loss, np.nanpercentile(boot, 2.5, axis=0), np.nanpercentile(boot, 97.5, axis=0)
 
 
 def _log_pred(theta: np.ndarray, lnN: np.ndarray, lnD: np.ndarray) -> np.ndarray:
@@ -108,8 +92,11 @@ def refit_fast(theta0: np.ndarray, lnN, lnD, lnL, delta: float = DELTA, max_nfev
     return res.x
 
 
-def fit_parametric(N: np.ndarray, D: np.ndarray, L: np.ndarray, delta: float = DELTA) -> dict:
-    """Fit Approach 3 with lmfit; returns E, A, B, alpha, beta, a, b, objective and theta."""
+def fit_parametric(N: np.ndarray, D: np.ndarray, L: np.ndarray, delta: float = DELTA,
+                   fpu: FlopsPerUnit | None = None) -> ParametricFit:
+    """Fit Approach 3 with lmfit (no intervals; :func:`~flops_fit.analysis.fit.fit_points` adds them).
+
+    ``fpu``: FLOPs per data unit (default 6·N) for the allocation exponents a and b."""
     N, D, L = (np.asarray(v, dtype=float) for v in (N, D, L))
     if len(L) < 5:
         raise ValueError(f"the parametric fit needs at least 5 points, got {len(L)}")
@@ -124,22 +111,4 @@ def fit_parametric(N: np.ndarray, D: np.ndarray, L: np.ndarray, delta: float = D
         if best is None or obj < best[0]:
             best = (obj, theta)
     obj, theta = best
-    return {**_named(theta), "objective": obj, "theta": theta.tolist(), "num_points": int(len(L))}
-
-
-def _named(theta) -> dict:
-    a, b, e, alpha, beta = (float(v) for v in theta)
-    return {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)), "alpha": alpha, "beta": beta,
-            "a": beta / (alpha + beta), "b": alpha / (alpha + beta)}
-
-
-def allocation(params: dict, C: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
-    """Closed-form (N_opt, D_opt) under C = 6ND."""
-    alpha, beta, A, B = params["alpha"], params["beta"], params["A"], params["B"]
-    G = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
-    C6 = np.asarray(C, dtype=float) / 6
-    return G * C6 ** (beta / (alpha + beta)), C6 ** (alpha / (alpha + beta)) / G
-
-
-def named(theta) -> dict:
-    return _named(theta)
+    return ParametricFit.from_theta(theta, fpu, objective=float(obj), num_points=int(len(L)))

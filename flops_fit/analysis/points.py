@@ -1,6 +1,6 @@
 """Points: the frozen table of measurements the fits consume.
 
-From a store (``Points.from_results``), or from a CSV with columns
+From a store (``Points.from_records``), or from a CSV with columns
 ``params,tokens,loss[,flops]`` (``Points.from_csv``).  Without a ``flops`` column each
 point's compute is C = 6·N·D and nearby budgets are grouped (a new group starts where
 sorted log10 C jumps by more than ``group_tolerance`` dex).
@@ -18,6 +18,7 @@ from pydantic import Field
 
 from ..frozen import Frozen
 from ..errors import DataError, Problem
+from ..store import CurvePoint, RunRecord
 
 __all__ = ["Point", "Points", "group_budgets"]
 
@@ -33,7 +34,7 @@ class Point(Frozen):
     loss: Optional[float]
     status: str = "ok"
     reason: str = ""
-    curve: list[dict] = Field(default_factory=list)
+    curve: list[CurvePoint] = Field(default_factory=list)
 
 
 class Points(Frozen):
@@ -53,18 +54,18 @@ class Points(Frozen):
                      for k in ("num_params", "num_tokens", "loss", "budget_flops", "flops"))
 
     @classmethod
-    def from_results(cls, results: list[dict], sizes: list[tuple[Any, float]], flop_rule: str, source: str = "") -> "Points":
+    def from_records(cls, records: list[RunRecord], sizes: list[tuple[Any, float]], flop_rule: str,
+                     source: str = "") -> "Points":
+        """Points from the store's run records (an ``ok`` record without a finite loss counts as diverged)."""
         pts = []
-        for r in results:
-            loss = r.get("loss")
-            status = r.get("status", "ok")
-            reason = r.get("reason", "")
-            if status == "ok" and (loss is None or not math.isfinite(loss)):
-                status, reason = "diverged", f"non-finite loss {loss}"
-            pts.append(Point(id=r["id"], budget_flops=r.get("budget_flops") or r["flops"], size=r.get("size"),
-                             num_params=r["num_params"], num_tokens=r["num_tokens"], flops=r["flops"],
-                             loss=loss if loss is not None and math.isfinite(loss) else None,
-                             status=status, reason=reason, curve=r.get("curve", [])))
+        for r in records:
+            loss = r.loss if r.loss is not None and math.isfinite(r.loss) else None
+            status, reason = r.status, r.reason
+            if status == "ok" and loss is None:
+                status, reason = "diverged", f"non-finite loss {r.loss}"
+            pts.append(Point(id=r.id, budget_flops=r.budget_flops, size=r.size, num_params=r.num_params,
+                             num_tokens=r.num_tokens, flops=r.flops, loss=loss, status=status, reason=reason,
+                             curve=r.curve))
         return cls(points=pts, sizes=sizes, source=source, flop_rule=flop_rule)
 
     @classmethod

@@ -163,12 +163,12 @@ def _map_style(dataset: Dataset, eval_dataset: Any, job, layout: Layout, device:
     else:
         train_idx = torch.arange(n)
         eval_src, eval_rows = eval_dataset, None
-    samples = job.steps * job.train.batch_size
+    samples = job.steps * job.loop.batch_size
     epochs = samples / len(train_idx)
     if epochs > 1:
         warnings.warn(f"{job.experiment_id}: the dataset ({len(train_idx)} training samples) is smaller than the "
                       f"{samples} samples the budget needs; cycling it for {epochs:.2f} epochs", stacklevel=2)
-    batches = _indexed(dataset, train_idx, layout, job.train.seed, job.steps, device, num_workers)
+    batches = _indexed(dataset, train_idx, layout, job.loop.seed, job.steps, device, num_workers)
     return BatchSource(batches, _eval_batches(eval_src, eval_rows, job, layout, device), epochs, len(train_idx))
 
 

@@ -16,9 +16,9 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from filelock import Timeout
 
-from ..plan import Experiment, Plan
-from ..store import Decision, Store, decide
-from .worker import train_experiment
+from ..plan import Experiment, Plan, Runtime
+from ..store import CurvePoint, Decision, RunRecord, Store, decide
+from .worker import provenance, train_experiment
 
 __all__ = ["RunEvent", "run_plan", "run_experiments", "make_accelerator"]
 
@@ -30,19 +30,20 @@ class RunEvent:
     kind: str
     experiment: Experiment
     decision: Optional[Decision] = None
-    point: Optional[dict] = None
-    result: Optional[dict] = None
+    point: Optional[CurvePoint] = None
+    result: Optional[RunRecord] = None
     index: int = 0
     total: int = 0
 
 
-def make_accelerator(precision: str, device: str, log_with: list[str], project_dir: str) -> Accelerator:
-    """The Accelerator of a run: CUDA when present (unless device = "cpu"), else CPU."""
+def make_accelerator(runtime: Runtime, project_dir: str) -> Accelerator:
+    """The one Accelerator of a run, from the plan's runtime: CUDA when present (unless device =
+    "cpu"), else CPU; mixed precision as the experiments' hashes say; the trackers."""
     import torch
 
-    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    return Accelerator(cpu=cpu, mixed_precision=mixed, log_with=log_with or None, project_dir=project_dir)
+    cpu = runtime.device == "cpu" or (runtime.device == "auto" and not torch.cuda.is_available())
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[runtime.precision]
+    return Accelerator(cpu=cpu, mixed_precision=mixed, log_with=list(runtime.log_with) or None, project_dir=project_dir)
 
 
 def _claim(store: Store, exp: Experiment, retry_failed: bool):
@@ -62,17 +63,17 @@ def _claim(store: Store, exp: Experiment, retry_failed: bool):
     return decision, lock
 
 
-def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: Accelerator, emit) -> dict:
+def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: Accelerator, emit,
+               compile: bool) -> RunRecord:
     if accelerator.log_with:  # one tracker run per experiment, named by its id
         accelerator.init_trackers(exp.id, config={"budget_flops": exp.budget_flops, "size": exp.size,
                                                   "num_params": exp.num_params, "steps": exp.steps})
     try:
         return train_experiment(exp.job, store, accelerator, resume_from=decision.checkpoint,
-                                on_log=lambda p: emit("log", point=p))
+                                on_log=lambda p: emit("log", point=p), compile=compile)
     except Exception as exc:  # the user's code failed: record it, the sweep goes on
-        return {"id": exp.id, "status": "failed", "reason": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(), "loss": None, "size": exp.size, "num_params": exp.num_params,
-                "num_tokens": exp.num_tokens, "flops": exp.flops, "steps": 0, "curve": []}
+        return RunRecord.failed(exp.job, f"{type(exc).__name__}: {exc}", traceback.format_exc(),
+                                provenance(exp.job, accelerator))
     finally:
         # Not accelerator.end_training(): it also destroys the process group the next experiment needs.
         for tracker in accelerator.trackers:
@@ -82,16 +83,16 @@ def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: A
 
 def run_plan(plan: Plan, store: Store, accelerator: Accelerator, retry_failed: bool = False,
              on_event: Callable[[RunEvent], None] | None = None,
-             select: Callable[[Experiment], bool] | None = None) -> list[dict]:
+             select: Callable[[Experiment], bool] | None = None) -> list[RunRecord]:
     """Train every pending experiment of ``plan`` (those ``select`` accepts); return the results trained now."""
     if accelerator.is_main_process:
         store.write_plan_json(plan.to_json())
     experiments = [e for e in plan.experiments if select is None or select(e)]
-    return run_experiments(experiments, store, accelerator, retry_failed, on_event)
+    return run_experiments(experiments, store, accelerator, retry_failed, on_event, compile=plan.runtime.compile)
 
 
 def run_experiments(experiments: list[Experiment], store: Store, accelerator: Accelerator, retry_failed: bool = False,
-                    on_event: Callable[[RunEvent], None] | None = None) -> list[dict]:
+                    on_event: Callable[[RunEvent], None] | None = None, compile: bool = False) -> list[RunRecord]:
     """Decide, claim, train and store each experiment in turn; return the results trained now."""
     trained = []
     total = len(experiments)
@@ -107,10 +108,9 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
         if decision.action == "skip":
             continue
         try:
-            result = {**_train_one(exp, decision, store, accelerator, emit), "budget_flops": exp.budget_flops,
-                      "hash": exp.hash}
+            result = _train_one(exp, decision, store, accelerator, emit, compile)
             if accelerator.is_main_process:
-                store.write_result(exp.id, result)  # "done": written last, atomically
+                store.write_result(result)  # "done": written last, atomically
                 store.clear_checkpoints(exp.id)
             trained.append(result)
             emit("result", result=result)

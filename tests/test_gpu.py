@@ -1,0 +1,35 @@
+"""On a GPU: nothing of an experiment outlives it in a process that trains several."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flops_fit import Spec
+from flops_fit.store import Store
+from tests.conftest import write_toy_spec
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def test_gpu_memory_returns_to_baseline_after_each_experiment(in_tmp):
+    from flops_fit.execute.runner import make_accelerator, run_experiments
+
+    spec = Spec.load(write_toy_spec(in_tmp, sizes=(1024, 2048, 4096), budgets=(3e11,),
+                                    extra_kwargs=", depth = 4", train='precision = "bf16"\n'))
+    plan = spec.plan()
+    assert len(plan.experiments) == 3
+    accelerator = make_accelerator(plan.runtime, str(in_tmp / "tracking"))
+    store = Store(in_tmp / "runs/toy")
+    torch.cuda.synchronize()
+    baseline = torch.cuda.memory_allocated()
+    peaks = []
+    for exp in plan.experiments:  # smallest first, as a sweep runs them
+        torch.cuda.reset_peak_memory_stats()
+        [record] = run_experiments([exp], store, accelerator, compile=plan.runtime.compile)
+        assert record.status == "ok", record.reason
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated())
+        assert torch.cuda.memory_allocated() == baseline, (exp.id, torch.cuda.memory_allocated() - baseline)
+    assert peaks[-1] > peaks[0] + 100e6  # the experiments did use the GPU, the largest most
+    assert record.provenance.precision == "bf16"
