@@ -16,6 +16,7 @@ MFU (GPT on CUDA) = tokens/s × F / peak, F = 6·N_non-embedding + 6·V·d (read
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import tempfile
@@ -34,6 +35,9 @@ PEAK = 989e12
 GPT_SIZES = {  # name: (d_model, num_layers)
     "2M": (128, 8), "5M": (192, 10), "14M": (320, 12), "30M": (448, 12), "92M": (768, 13), "210M": (1024, 16),
 }
+#: Micro-batches where a global batch of 128 × 1024 tokens does not fit in 80 GB (activations of
+#: 16 layers at d = 1024 alone need ~70 GB): both loops accumulate gradients over them.
+MICRO_BATCH = {"210M": 64}
 
 
 def random_tokens(n: int = 2048, seq_len: int = 128, vocab: int = 1024, seed: int = 0) -> TensorDataset:
@@ -65,8 +69,21 @@ def mse(out, y):
 
 
 def bare_loop(model_fn, data: TensorDataset, loss_fn, batch: int, steps: int, warmup: int, lr: float,
-              precision: str, compile_: bool, device: torch.device) -> float:
-    """Tokens (samples) per second after warm-up, of the loop a user would write."""
+              precision: str, compile_: bool, device: torch.device, micro: int | None = None) -> float:
+    """Tokens (samples) per second after warm-up, of the loop a user would write (accumulating
+    gradients over ``batch // micro`` micro-batches when ``micro`` is given)."""
+    try:
+        return _bare_loop(model_fn, data, loss_fn, batch, steps, warmup, lr, precision, compile_, device, micro)
+    finally:  # leave the GPU as found: compiled graphs hold the model until dynamo is reset
+        torch._dynamo.reset()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _bare_loop(model_fn, data, loss_fn, batch, steps, warmup, lr, precision, compile_, device, micro) -> float:
+    micro = micro or batch
+    accum = batch // micro
     torch.manual_seed(0)
     model = model_fn().to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -76,18 +93,22 @@ def bare_loop(model_fn, data: TensorDataset, loss_fn, batch: int, steps: int, wa
     if compile_:
         torch._dynamo.reset()  # as the engine does per experiment: no recompile-limit fallback to eager
         model = torch.compile(model)
-    loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True, pin_memory=device.type == "cuda")
+    loader = DataLoader(data, batch_size=micro, shuffle=True, drop_last=True, pin_memory=device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    done, t0 = 0, None
+    done, k, t0 = 0, 0, None
     while done < steps:
         for x, y in loader:
-            if done == warmup:
+            if done == warmup and k == 0:
                 _sync(device)
                 t0 = time.perf_counter()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast:
                 loss = loss_fn(model(x), y)
-            loss.backward()
+            (loss / accum if accum > 1 else loss).backward()
+            k += 1
+            if k < accum:
+                continue
+            k = 0
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -105,7 +126,7 @@ def _sync(device: torch.device) -> None:
 
 def engine(model_target: str, model_kwargs: dict, size_param: str, size, data_target: str, data_kwargs: dict,
            loss_target: str, batch: int, steps: int, warmup: int, lr: float, precision: str, compile_: bool,
-           device: torch.device) -> float:
+           device: torch.device, micro: int | None = None) -> float:
     """Samples per second of flops-fit's loop after warm-up, from its logged wall-clock."""
     job = Job(experiment_id="bench", budget_flops=1.0, model=Component(target=model_target, kwargs=model_kwargs),
               size_param=size_param, size=size, data=Component(target=data_target, kwargs=data_kwargs),
@@ -113,7 +134,7 @@ def engine(model_target: str, model_kwargs: dict, size_param: str, size, data_ta
               num_params=1, flops_per_sample=1.0, precision=precision,
               optim=Optim(learning_rate=lr, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, grad_clip=1.0),
               schedule=Schedule(kind="cosine", warmup_steps=max(1, steps // 10), min_lr_ratio=0.1, decay_fraction=0.2),
-              loop=Loop(batch_size=batch, seed=0, divergence_factor=3.0, log_points=8, eval_points=0, num_workers=0,
+              loop=Loop(batch_size=batch, micro_batch_size=micro, seed=0, divergence_factor=3.0, log_points=8, eval_points=0, num_workers=0,
                         checkpoint_seconds=1e9, keep_checkpoints=1),
               search_path=[str(Path(__file__).parent.parent)])
     acc = make_accelerator(Runtime(precision=precision, device="auto" if device.type == "cuda" else "cpu",
@@ -152,8 +173,9 @@ def run_case(name: str, kind: str, args, device: torch.device, **cfg) -> dict:
                     "base_width": d}
         data_kw = {"n": args.samples, "seq_len": args.seq, "vocab": args.vocab}
         common = dict(batch=args.batch, steps=args.steps, warmup=args.warmup, lr=1e-3, precision=args.precision,
-                      compile_=args.compile, device=device)
+                      compile_=args.compile, device=device, micro=MICRO_BATCH.get(name.removeprefix("gpt-")))
         data = random_tokens(**data_kw)
+        start_bytes = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         bare = math.nan if args.engine_only else bare_loop(lambda: GPT(d, **model_kw), data, next_token_loss, **common)
         eng = engine("examples.gpt_tinystories.model:GPT", model_kw, "d_model", d, "benchmarks.bench_train:random_tokens",
                      data_kw, "examples.gpt_tinystories.loss:next_token_loss", **common)
@@ -164,7 +186,7 @@ def run_case(name: str, kind: str, args, device: torch.device, **cfg) -> dict:
     if flops is not None:
         n = GPT(d, **model_kw).num_params()
         gpus = int(__import__("os").environ.get("WORLD_SIZE", "1"))  # MFU per GPU
-        row.update(num_params=n, bare_mfu=bare * per_sample * flops / PEAK, engine_mfu=eng * per_sample * flops / (PEAK * gpus))
+        row.update(num_params=n, micro_batch=common["micro"], cuda_bytes_at_start=start_bytes, bare_mfu=bare * per_sample * flops / PEAK, engine_mfu=eng * per_sample * flops / (PEAK * gpus))
     return row
 
 

@@ -16,7 +16,7 @@ def test_gpu_memory_returns_to_baseline_after_each_experiment(in_tmp):
     from flops_fit.execute.runner import make_accelerator, run_experiments
 
     spec = Spec.load(write_toy_spec(in_tmp, sizes=(1024, 2048, 4096), budgets=(3e11,),
-                                    extra_kwargs=", depth = 4", train='precision = "bf16"\n'))
+                                    extra_kwargs=", depth = 4", train='precision = "bf16"\n', lr=1e-3))
     plan = spec.plan()
     assert len(plan.experiments) == 3
     accelerator = make_accelerator(plan.runtime, str(in_tmp / "tracking"))

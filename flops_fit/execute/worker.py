@@ -9,6 +9,7 @@ from ``accelerate``.  Checkpoints are written on a time/step cadence and resumed
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import platform
 import time
@@ -117,9 +118,12 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
     try:
         return _train(job, store, accelerator, resume_from, on_log, compile)
     finally:
-        accelerator.free_memory()
+        accelerator.free_memory()  # drops its lists after its own gc pass, so collect again:
         if compile:
             torch._dynamo.reset()
+        gc.collect()  # the prepared model's forward wrapper is a reference cycle
+        if accelerator.device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | None,
