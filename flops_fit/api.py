@@ -172,12 +172,13 @@ def find_optimal(model_cls: Any, model_size_param: str, model_sizes: list, datas
                  compute_budgets: list[float], model_kwargs: dict | None = None, dataset_kwargs: dict | None = None,
                  tokens_per_sample: float = 1.0, name: str = "find_optimal", runs_dir: str = "runs",
                  cache_key: str | None = None, retry_failed: bool = False,
-                 on_event: Callable[[RunEvent], None] | None = None, **options: Any) -> Result:
+                 on_event: Callable[[RunEvent], None] | None = None, progress: bool = True, **options: Any) -> Result:
     """Plan, train, fit and report from Python objects; returns the same Result as ``Spec.run``.
 
     Objects are identified in the content hash by their import path; one without (a lambda,
     an instance, something defined in ``__main__``) needs ``cache_key``.  ``options`` are the
     spec's tables: ``train={...}``, ``sweep={...}``, ``analysis={...}``, ``flops={...}``.
+    ``progress``: the CLI's live progress on stderr (worker processes print a line per experiment).
     """
     data = {
         "name": name, "runs_dir": runs_dir,
@@ -189,4 +190,20 @@ def find_optimal(model_cls: Any, model_size_param: str, model_sizes: list, datas
         "sweep": {"budgets": list(compute_budgets), **options.pop("sweep", {})},
     }
     data.update(options)
-    return Spec.from_dict(data).run(retry_failed=retry_failed, on_event=on_event)
+    spec = Spec.from_dict(data)
+    if not progress:
+        return spec.run(retry_failed=retry_failed, on_event=on_event)
+    from rich.console import Console
+
+    from .progress import progress_handler
+
+    bar, show = progress_handler(Console(stderr=True))
+
+    def both(event: RunEvent) -> None:
+        show(event)
+        if on_event is not None:
+            on_event(event)
+    try:
+        return spec.run(retry_failed=retry_failed, on_event=both)
+    finally:
+        bar.stop()

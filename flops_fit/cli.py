@@ -68,14 +68,7 @@ def _load(path: str):
     return Spec.load(path)
 
 
-def _fmt_seconds(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "–"
-    if s < 1:
-        return f"{s * 1000:.1f} ms"
-    if s < 120:
-        return f"{s:.1f} s"
-    return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+from .progress import format_seconds as _fmt_seconds, progress_handler as _progress_handler  # noqa: E402
 
 
 @app.command()
@@ -115,43 +108,6 @@ def estimate(spec: str = SpecArg, as_json: bool = JsonOpt, retry_failed: bool = 
                   f"~{_fmt_seconds(est.est_seconds)} on {est.device}; "
                   f"~{_fmt_seconds(est.gpu_est_seconds)} on one {est.gpu} at {est.gpu_mfu:.0%} MFU")
     _guard(go, verbose)
-
-
-def _progress_handler(console: Console, live: bool = True):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        TextColumn("{task.fields[info]}"), console=console, transient=False, disable=not live)
-    state = {"sweep": None, "exp": None, "t": 0.0}
-
-    def handle(event) -> None:
-        if state["sweep"] is None:
-            progress.start()
-            state["sweep"] = progress.add_task("sweep", total=event.total, info="")
-        exp = event.experiment
-        if event.kind == "decision":
-            if event.decision.action == "skip":
-                progress.advance(state["sweep"])
-                style = "yellow" if "WARNING" in event.decision.reason else "dim"
-                progress.console.print(f"[{style}]skip {exp.id}: {event.decision.reason}[/]")
-            else:
-                progress.console.print(f"{event.decision.action} {exp.id}: {event.decision.reason}")
-                if state["exp"] is not None:
-                    progress.remove_task(state["exp"])
-                state["exp"] = progress.add_task(f"  {exp.id}", total=exp.steps, info="")
-                state["t"] = time.perf_counter()
-        elif event.kind == "log":
-            p = event.point
-            rate = p.tokens / max(1e-9, time.perf_counter() - state["t"])
-            progress.update(state["exp"], completed=p.step, info=f"loss {p.train_loss:.4f}  {rate:,.0f} units/s")
-        elif event.kind == "result":
-            r = event.result
-            progress.advance(state["sweep"])
-            color = "green" if r.status == "ok" else "red"
-            loss = f"{r.loss:.4f}" if r.loss is not None else "–"
-            progress.console.print(f"[{color}]{r.status}[/] {exp.id}: loss {loss} "
-                                   f"({_fmt_seconds(r.train_seconds)}) {r.reason}")
-    return progress, handle
 
 
 def _no_fit(result) -> bool:
