@@ -10,14 +10,15 @@ the optimal N, D and loss for any compute budget::
 
 from ._version import __version__
 
-from .api import Spec, find_optimal, fit  # noqa: E402
 from .errors import FlopsFitError, SpecError  # noqa: E402
 
-_LAZY = {"Result": "report", "Points": "analysis", "Point": "analysis"}
+_LAZY = {"Spec": "api", "find_optimal": "api", "fit": "api", "Result": "report", "Points": "analysis",
+         "Point": "analysis"}
 
 
 def __getattr__(name: str):
-    """``Result``, ``Points`` and ``Point`` load the fitting stack (lmfit, scipy) on first use."""
+    """Everything but the errors loads on first use: ``import flops_fit.cli`` (the command line)
+    starts without torch, and ``Result``/``Points`` bring the fitting stack (lmfit, scipy)."""
     if name in _LAZY:
         import importlib
 

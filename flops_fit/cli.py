@@ -298,7 +298,11 @@ def schema(output: str = typer.Option("schemas/spec.schema.json", help="Where to
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # before a command's own handler is in place (start-up, imports)
+        err.print("[yellow]interrupted[/]")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

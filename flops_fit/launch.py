@@ -174,4 +174,8 @@ if __name__ == "__main__":
         print("usage: python -m flops_fit.launch RUN_DIR [SELECTION_JSON]", file=sys.stderr)
         sys.exit(2)
     os.environ[WORKER_ENV] = "1"
-    sys.exit(worker_main(sys.argv[1], Selection.model_validate_json(sys.argv[2]) if len(sys.argv) == 3 else Selection()))
+    try:
+        sys.exit(worker_main(sys.argv[1], Selection.model_validate_json(sys.argv[2]) if len(sys.argv) == 3 else Selection()))
+    except KeyboardInterrupt as exc:  # SIGINT/SIGTERM: the experiment in training was checkpointed
+        print(f"worker {os.getpid()}: {exc or 'interrupted'}", file=sys.stderr, flush=True)
+        sys.exit(130)

@@ -65,3 +65,70 @@ def test_thousands_of_problems_print_twenty_lines_and_a_count(tmp_path):
 
     out = CliRunner().invoke(app, ["fit", str(csv)])
     assert out.exit_code == 1 and out.stderr.count("error:") == 21 and "2980 more" in out.stderr
+
+
+@pytest.mark.parametrize("layout", ["one process", "two workers"])
+def test_ctrl_c_checkpoints_the_step_reached_and_resumes_there(in_tmp, layout):
+    import signal
+    import time
+
+    from flops_fit.errors import FlopsFitError  # noqa: F401  (the package imports fast: no torch)
+
+    workers = "workers_per_gpu = 2\ndevice = \"cpu\"\n" if layout == "two workers" else ""
+    path = write_toy_spec(in_tmp, model="SlowMLP", sizes=(8, 16), budgets=(3e6,), train=workers)  # no cadence set
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "flops_fit", "run", str(path)], cwd=in_tmp, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(in_tmp.glob("runs/toy/experiments/*/metrics.jsonl")):
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and err.count("interrupted: finished experiments are kept") == 1, err[-2000:]
+    marks = list(in_tmp.glob("runs/toy/experiments/*/checkpoints/*/COMPLETE"))
+    assert marks, "no checkpoint written on Ctrl-C"  # the 600 s cadence never came: the signal wrote it
+    est = Spec.load(path).estimate()
+    resumed = [r for r in est.experiments if r.action == "resume"]
+    assert resumed and all(int(r.reason.split()[3].split("/")[0]) > 0 for r in resumed), est.experiments
+    assert _workers_of(in_tmp) == []  # no orphaned workers
+
+
+def _workers_of(folder: Path) -> list[str]:
+    """Command lines of live worker processes training under ``folder`` (from /proc; empty off Linux)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+            cwd = os.readlink(cmdline.parent / "cwd")
+        except OSError:
+            continue
+        if "flops_fit.launch" in args and cwd == str(folder):
+            found.append(" ".join(args))
+    return found
+
+
+def test_workers_die_with_a_killed_parent(in_tmp):
+    import signal
+    import time
+
+    path = write_toy_spec(in_tmp, model="SlowMLP", sizes=(8, 16), budgets=(1e8,),  # minutes of training
+                          train="workers_per_gpu = 2\ndevice = \"cpu\"\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "flops_fit", "run", str(path)], cwd=in_tmp, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(in_tmp.glob("runs/toy/experiments/*/metrics.jsonl"))) < 2:
+        time.sleep(0.05)  # both workers are training
+    assert len(_workers_of(in_tmp)) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and _workers_of(in_tmp):
+        time.sleep(0.1)
+    left = _workers_of(in_tmp)
+    for line in left:  # do not leave them behind when the test fails
+        subprocess.run(["pkill", "-f", line.split("\0")[0][-60:]], check=False)
+    assert left == []
+    assert list(in_tmp.glob("runs/toy/experiments/*/checkpoints/*/COMPLETE"))  # they checkpointed as they went

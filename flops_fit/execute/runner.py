@@ -18,7 +18,7 @@ from filelock import Timeout
 
 from ..plan import Experiment, Plan, Runtime
 from ..store import CurvePoint, Decision, RunRecord, Store, decide
-from .worker import provenance, train_experiment
+from .worker import Interrupted, provenance, stopping, train_experiment
 
 __all__ = ["RunEvent", "run_plan", "run_experiments", "make_accelerator"]
 
@@ -114,6 +114,8 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
                 store.clear_checkpoints(exp.id)
             trained.append(result)
             emit("result", result=result)
+            if stopping.pending() is not None:  # Ctrl-C during the last step: stop after recording it
+                raise Interrupted(f"{exp.id}: finished as the signal came; the sweep stops here")
         finally:
             if lock is not None:
                 lock.release()

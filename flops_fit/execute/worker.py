@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import signal
+import threading
 import math
 import platform
 import time
@@ -32,7 +34,7 @@ from .checkpoint import load_checkpoint, save_checkpoint, save_rng
 from .data import Layout, make_sources
 from .schedule import lr_multiplier
 
-__all__ = ["train_experiment", "log_steps", "provenance"]
+__all__ = ["train_experiment", "log_steps", "provenance", "Interrupted"]
 
 
 def log_steps(steps: int, points: int) -> list[int]:
@@ -111,12 +113,14 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
 
     ``accelerator`` is the run's one Accelerator (built from the plan's ``Runtime``); it
     decides device, mixed precision and the data-parallel split.  ``compile``: torch.compile
-    the model (the runtime's ``compile``).  Nothing of the experiment outlives the call: the
+    the model (the runtime's ``compile``).  SIGINT or SIGTERM (one process) checkpoints the step
+    reached and raises :class:`Interrupted`.  Nothing of the experiment outlives the call: the
     Accelerator's references to the prepared model and optimizer are released and the CUDA
     cache emptied (``accelerator.free_memory()``), also when the user's code raises.
     """
     try:
-        return _train(job, store, accelerator, resume_from, on_log, compile)
+        with stopping.handlers(enabled=accelerator.num_processes == 1):
+            return _train(job, store, accelerator, resume_from, on_log, compile)
     finally:
         accelerator.free_memory()  # drops its lists after its own gc pass, so collect again:
         if compile:
@@ -221,11 +225,15 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
             _record(run, point, exp_dir, accelerator, on_log)
             if _diverged(run, train_loss):
                 break
-        if _checkpoint_due(lp, run.step, job.steps, last_ckpt):  # 5b. checkpoint on cadence
+        stop = stopping.signum is not None and run.step < job.steps
+        if stop or _checkpoint_due(lp, run.step, job.steps, last_ckpt):  # 5b. checkpoint on cadence or on a signal
             run.train_seconds += time.perf_counter() - start
             _checkpoint(store, run, acc, count, raw_model, optimizer, scheduler, accelerator)
             last_ckpt = time.monotonic()
             start = time.perf_counter()
+        if stop:  # Ctrl-C / SIGTERM: the checkpoint above keeps every step; the next run resumes there
+            raise Interrupted(f"{job.experiment_id}: stopped by signal {stopping.signum} at step {run.step}/"
+                              f"{job.steps}; checkpoint written, the next run resumes there")
     run.train_seconds += time.perf_counter() - start
 
     # 6. Final held-out loss over the fixed eval batches.
@@ -235,6 +243,45 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
     if run.curve and run.status == "ok":
         run.curve[-1] = run.curve[-1].model_copy(update={"eval_loss": final})
     return _result(job, run, final, source, notes, accelerator)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT/SIGTERM after writing a checkpoint (not a failure: nothing is recorded)."""
+
+
+class _Stopping:
+    """The signal that asked the loop to stop (None: none).  While training in one process, SIGINT
+    and SIGTERM only set it, so the loop can checkpoint before it exits; with several processes
+    the handlers stay as they are (a checkpoint is collective, and ranks see a signal at different steps)."""
+
+    signum: int | None = None
+
+    @contextlib.contextmanager
+    def handlers(self, enabled: bool = True):
+        if not enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self.signum = None
+
+        def note(signum, frame) -> None:
+            self.signum = signum
+        previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.late, self.signum = self.signum, None
+
+    late: int | None = None  # a signal that came during the last step: the experiment finished anyway
+
+    def pending(self) -> int | None:
+        """The signal that arrived too late to stop the last experiment (then cleared)."""
+        late, self.late = self.late, None
+        return late
+
+
+stopping = _Stopping()
 
 
 def _checkpoint_due(lp, step: int, steps: int, last: float) -> bool:
