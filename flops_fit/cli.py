@@ -7,6 +7,7 @@ With ``--json`` stdout holds only the JSON document; everything else goes to std
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -20,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import FlopsFitError
+from .errors import FlopsFitError, Problem
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Plan, train and fit compute-optimal scaling laws for your model and data.")
@@ -42,15 +43,34 @@ Approach = _choices("Approach", "approaches")
 Profile = _choices("Profile", "profile")
 
 
+def _budgets(values: list[float] | None, option: str) -> list[float] | None:
+    """Usage error (exit 2) for a budget that is not a positive, finite number of FLOPs."""
+    for v in values or []:
+        if not (math.isfinite(v) and v > 0):
+            raise typer.BadParameter(f"{v} is not a positive, finite number of FLOPs", param_hint=option)
+    return values
+
+
 SpecArg = typer.Argument(..., help="Path of the spec TOML file.", exists=False)
 JsonOpt = typer.Option(False, "--json", help="Print only the JSON document on stdout.")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show tracebacks of errors.")
 
 
-def _guard(fn: Callable[[], None], verbose: bool) -> None:
-    """Run ``fn``; user errors become one line per problem on stderr and exit code 1."""
+_JSON_OUT: list = [None]  # where --json documents go: the real stdout, while prints are sent to stderr
+
+
+def _emit_json(text: str) -> None:
+    print(text, file=_JSON_OUT[0] or sys.stdout, flush=True)
+
+
+def _guard(fn: Callable[[], None], verbose: bool, as_json: bool = False) -> None:
+    """Run ``fn``; user errors become one line per problem on stderr and exit code 1.  With
+    ``as_json`` anything printed while it runs (a user module printing at import) goes to stderr:
+    stdout carries the JSON document only."""
+    _JSON_OUT[0] = sys.stdout
     try:
-        fn()
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            fn()
     except FlopsFitError as exc:
         for line in exc.lines():
             err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
@@ -93,7 +113,7 @@ def estimate(spec: str = SpecArg, as_json: bool = JsonOpt, retry_failed: bool = 
     def go() -> None:
         est = _load(spec).estimate(retry_failed)
         if as_json:
-            print(est.model_dump_json(indent=2))
+            _emit_json(est.model_dump_json(indent=2))
             return
         t = Table(title=f"Plan of {spec}  (FLOP rule: {est.flop_rule_description})")
         for col in ("id", "C", "size", "N", "D", "steps", "FLOPs", "time", "action", "reason"):
@@ -107,7 +127,7 @@ def estimate(spec: str = SpecArg, as_json: bool = JsonOpt, retry_failed: bool = 
         err.print(f"total {est.total_flops:.3g} FLOPs, {est.remaining_flops:.3g} to train; "
                   f"~{_fmt_seconds(est.est_seconds)} on {est.device}; "
                   f"~{_fmt_seconds(est.gpu_est_seconds)} on one {est.gpu} at {est.gpu_mfu:.0%} MFU")
-    _guard(go, verbose)
+    _guard(go, verbose, as_json)
 
 
 def _no_fit(result) -> bool:
@@ -121,7 +141,7 @@ def _no_fit(result) -> bool:
 
 def _print_result(result, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result.summary(), indent=2, default=float))
+        _emit_json(json.dumps(result.summary(), indent=2, default=float))
         return
     from .flops import RULE_DESCRIPTIONS
 
@@ -185,7 +205,7 @@ def run(spec: str = SpecArg, as_json: bool = JsonOpt,
         if failed:
             err.print(f"[red]{len(failed)} experiment(s) failed; see their result.json; --retry-failed trains them again[/]")
             raise typer.Exit(1)
-    _guard(go, verbose)
+    _guard(go, verbose, as_json)
 
 
 @app.command()
@@ -210,12 +230,13 @@ def analyze(spec: str = SpecArg, as_json: bool = JsonOpt,
             if not (advice["sizes"] or advice["budgets"]):
                 err.print("nothing to add: every budget has an interior minimum and there are enough budgets")
         err.print(f"report: {s.run_dir / 'report'}")
-    _guard(go, verbose)
+    _guard(go, verbose, as_json)
 
 
 @app.command("fit")
 def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,tokens,loss[,flops]."), as_json: bool = JsonOpt,
-            predict: Optional[List[float]] = typer.Option(None, "--predict", help="Budgets (FLOPs) to predict."),
+            predict: Optional[List[float]] = typer.Option(None, "--predict", help="Budgets (FLOPs) to predict.",
+                                                          callback=lambda v: _budgets(v, "--predict")),
             approach: Optional[List[Approach]] = typer.Option(None, "--approach", help="isoflop, parametric, envelope (default the first two)."),
             bootstrap: int = typer.Option(200, min=0, help="Bootstrap resamples (0: no intervals)."),
             profile: Profile = typer.Option(Profile.window, "--profile", help="IsoFLOP profile estimator."),
@@ -226,6 +247,9 @@ def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,toke
     def go() -> None:
         from .api import fit
 
+        if report and Path(report).exists() and not Path(report).is_dir():
+            raise FlopsFitError([Problem("is a file; the report is a folder of files", key="--report", value=report,
+                                         has_value=True, hint="give a new or existing folder")])
         result = fit(points, approaches=[a.value for a in approach] if approach else ("isoflop", "parametric"),
                      bootstrap=bootstrap, predict=predict or (), keep_outliers=keep_outliers, profile=profile.value)
         _print_result(result, as_json)
@@ -233,7 +257,7 @@ def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,toke
             result.save(Path(report))
         if _no_fit(result):
             raise typer.Exit(1)
-    _guard(go, verbose)
+    _guard(go, verbose, as_json)
 
 
 @app.command()
@@ -253,13 +277,13 @@ def confirm(spec: str = SpecArg,
             progress.stop()
         if predict_only:
             if as_json:
-                print(c.model_dump_json(indent=2))
+                _emit_json(c.model_dump_json(indent=2))
             else:
                 err.print(f"registered {s.run_dir / 'confirm'}: N_opt {c.num_params:.3g}, D_opt {c.num_tokens:.3g}, "
                           f"loss {c.loss}, sizes {[p.size for p in c.sizes]}")
             return
         if as_json:
-            print(json.dumps(c.summary(), indent=2))
+            _emit_json(json.dumps(c.summary(), indent=2))
             return
         p = c.predicted
         ci = f" (95% {p.loss_ci[0]:.4g}–{p.loss_ci[1]:.4g})" if p.loss_ci else ""
@@ -284,7 +308,7 @@ def confirm(spec: str = SpecArg,
         for note in c.notes:
             err.print(f"[yellow]note: {note}[/]")
         err.print(f"report: {s.run_dir / 'confirm'}")
-    _guard(go, verbose)
+    _guard(go, verbose, as_json)
 
 
 @app.command()

@@ -82,6 +82,9 @@ def _import_module(module: str) -> Any:
         raise ImportPathError(f"module {missing!r} not found{_close(leaf, options)}") from exc
     except Exception as exc:  # the user's module raised while importing
         raise ImportPathError(f"importing module {module!r} raised {type(exc).__name__}: {exc}") from exc
+    except SystemExit as exc:  # the user's module ran a script's exit at import
+        raise ImportPathError(f"importing module {module!r} called sys.exit({exc.code!r}); move script code under "
+                              f"`if __name__ == '__main__':`") from None
 
 
 def resolve(path: str, folders: Sequence[str | Path] = ()) -> Any:

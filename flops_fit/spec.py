@@ -17,7 +17,7 @@ import re
 from typing import Annotated, Any, Literal, Optional, Union
 
 import tomli_w
-from pydantic import BaseModel, BeforeValidator, PrivateAttr, WithJsonSchema, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, PrivateAttr, WithJsonSchema, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import Problem, SpecError
 from .frozen import Frozen
@@ -57,8 +57,25 @@ def _sorted_distinct(values: list, what: str) -> list:
 ImportPath = Annotated[str, Field(min_length=1, json_schema_extra={"pattern": IMPORT_PATH_RE.pattern})]
 
 
+def _finite_kwargs(value: Any, path: str = "") -> Any:
+    """Keyword arguments are hashed into experiment ids: inf and NaN have no stable meaning there."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path or 'value'} is {value}: use a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _finite_kwargs(v, f"{path}.{k}" if path else str(k))
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _finite_kwargs(v, f"{path}[{i}]")
+    return value
+
+
+Kwargs = Annotated[dict[str, Any], AfterValidator(_finite_kwargs)]
+
+
 class _Frozen(Frozen):
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, populate_by_name=True,
+                              allow_inf_nan=False)
 
 
 class ModelSpec(_Frozen):
@@ -68,7 +85,7 @@ class ModelSpec(_Frozen):
     size_param: str = Field(min_length=1, description="Constructor argument that sets the model size.")
     sizes: list[SizeValue] = Field(
         min_length=2, description="Candidate values of size_param (positive, distinct; at least 2).")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Other constructor arguments.")
+    kwargs: Kwargs = Field(default_factory=dict, description="Other constructor arguments.")
 
     _v_target = field_validator("target")(_check_import_path)
 
@@ -79,10 +96,10 @@ class DataSpec(_Frozen):
     """``[data]``: the dataset and how much data one sample counts for."""
 
     target: ImportPath = Field(description="Callable or class returning a Dataset, IterableDataset or DataLoader.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Arguments of the data target.")
+    kwargs: Kwargs = Field(default_factory=dict, description="Arguments of the data target.")
     tokens_per_sample: float = Field(default=1.0, gt=0, description="Data units D in one sample (1 when D counts samples).")
     eval_target: Optional[ImportPath] = Field(default=None, description="Separate held-out dataset; default: split off eval_fraction.")
-    eval_kwargs: dict[str, Any] = Field(default_factory=dict, description="Arguments of eval_target.")
+    eval_kwargs: Kwargs = Field(default_factory=dict, description="Arguments of eval_target.")
     eval_fraction: float = Field(default=0.05, gt=0, lt=0.5, description="Share of a map-style dataset held out for the eval loss.")
     eval_batches: int = Field(default=8, ge=1, description="Number of fixed held-out batches averaged for the final loss.")
 
@@ -93,7 +110,7 @@ class LossSpec(_Frozen):
     """``[loss]``: ``loss(outputs, targets) -> scalar tensor``."""
 
     target: ImportPath = Field(description="Import path of the loss function.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments bound to the loss function.")
+    kwargs: Kwargs = Field(default_factory=dict, description="Keyword arguments bound to the loss function.")
 
     _v_target = field_validator("target")(_check_import_path)
 
@@ -201,7 +218,7 @@ class SpecModel(_Frozen):
 
     model_config = ConfigDict(title="Spec")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Names the run directory <runs_dir>/<name>.")
+    name: str = Field(max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Names the run directory <runs_dir>/<name>.")
     runs_dir: str = Field(default="runs", min_length=1, description="Folder of run directories, relative to the working directory.")
     model: ModelSpec = Field(description="The model class and sizes.")
     data: DataSpec = Field(description="The dataset.")
@@ -250,6 +267,9 @@ class SpecModel(_Frozen):
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise SpecError([Problem(f"cannot read spec: {exc.strerror}", file=str(path))]) from None
+        except UnicodeDecodeError as exc:
+            raise SpecError([Problem(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
+                                     file=str(path), hint="a spec is a TOML text file")]) from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

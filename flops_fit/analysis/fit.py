@@ -220,6 +220,7 @@ def _fit_points(points: Points, approaches, bootstrap: int, seed: int, keep_outl
     if not usable:
         return Fits(excluded=excluded, notes=["no usable points"], num_points=0)
     N, D, L, budgets, _ = points.arrays(usable)
+    notes += degenerate_notes(N, D, L)
     fpu = flops_per_unit_law(usable)
     iso = par = env = None
     if "isoflop" in approaches:
@@ -237,6 +238,20 @@ def _fit_points(points: Points, approaches, bootstrap: int, seed: int, keep_outl
     bt = _backtest(points, usable, approaches, profile) if backtest else None
     return Fits(isoflop=iso, parametric=par, envelope=env, excluded=excluded, notes=notes, flops_per_unit=fpu,
                 backtest=bt, num_points=len(usable))
+
+
+def degenerate_notes(N: np.ndarray, D: np.ndarray, L: np.ndarray) -> list[str]:
+    """Notes on data that cannot show scaling: repeated (N, D) rows, one size, a constant loss."""
+    notes = []
+    pairs = {(float(n), float(d)) for n, d in zip(N, D)}
+    if len(pairs) < len(N):
+        notes.append(f"{len(N) - len(pairs)} of {len(N)} points repeat another point's (params, tokens): duplicates "
+                     f"or seed replicates, each weighted as a separate measurement")
+    if len(np.unique(N)) < 2:
+        notes.append("every point has the same number of parameters: nothing constrains how loss scales with N")
+    if len(L) > 1 and float(np.ptp(L)) <= 1e-9 * max(1.0, float(np.max(np.abs(L)))):
+        notes.append(f"the loss is {float(L[0]):.6g} at every point: the data show no scaling, and no fit means anything")
+    return notes
 
 
 def _with_isoflop_intervals(iso: IsoflopFit, N, D, L, budgets, bootstrap: int, rng, profile: str) -> IsoflopFit:

@@ -73,12 +73,16 @@ class Points(Frozen):
         """Points from a CSV with columns ``params,tokens,loss[,flops]``; problems name the line."""
         path = Path(path)
         try:
-            with open(path, newline="", encoding="utf-8") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's BOM is not a column name
                 reader = csv.DictReader(f)
                 header = [h.strip() for h in (reader.fieldnames or [])]
                 rows = [{k.strip(): v for k, v in row.items() if k} for row in reader]
         except OSError as exc:
             raise DataError([Problem(f"cannot read CSV: {exc.strerror}", file=str(path))]) from None
+        except (UnicodeDecodeError, csv.Error) as exc:
+            why = (f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+                   if isinstance(exc, UnicodeDecodeError) else f"not a CSV ({exc})")
+            raise DataError([Problem(why, file=str(path), hint="columns: params,tokens,loss[,flops]")]) from None
         return cls.from_rows(rows, columns=header, source=str(path), group_tolerance=group_tolerance)
 
     @classmethod
