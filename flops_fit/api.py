@@ -61,9 +61,10 @@ class Spec(SpecModel):
         plan = check(self)
         if not train_plan(self, plan, retry_failed, on_event):
             return None
-        result = analyze_plan(self, plan)
-        if report:
-            result.save(Path(plan.run_dir) / "report")
+        with Store(Path(plan.run_dir)).report_lock():  # collect again under the lock: a concurrent run's results count
+            result = analyze_plan(self, plan)
+            if report:
+                result.save(Path(plan.run_dir) / "report")
         return result
 
     def confirm(self, budget_flops: float, sizes: int = 3, approach: str | None = None, retry_failed: bool = False,
@@ -90,9 +91,10 @@ class Spec(SpecModel):
     def analyze(self, report: bool = True) -> Result:
         """Fit and report from whatever the store holds now (nothing is trained)."""
         plan = compile_plan(self)
-        result = analyze_plan(self, plan)
-        if report:
-            result.save(Path(plan.run_dir) / "report")
+        with Store(Path(plan.run_dir)).report_lock():
+            result = analyze_plan(self, plan)
+            if report:
+                result.save(Path(plan.run_dir) / "report")
         return result
 
 

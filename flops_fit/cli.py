@@ -80,6 +80,13 @@ def _guard(fn: Callable[[], None], verbose: bool, as_json: bool = False) -> None
     except KeyboardInterrupt:
         err.print("[yellow]interrupted: finished experiments are kept; rerun to resume[/]")
         raise typer.Exit(130)
+    except OSError as exc:  # the filesystem said no: read-only, full, a folder where a file should be
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(f"[bold red]error:[/] {where}{exc.strerror or exc}; finished experiments are kept", highlight=False,
+                  soft_wrap=True)
+        if verbose:
+            err.print(traceback.format_exc())
+        raise typer.Exit(1)
 
 
 def _load(path: str):

@@ -231,6 +231,11 @@ class Store:
         lock.release()
         return False
 
+    def report_lock(self) -> FileLock:
+        """Held while a report is collected and written, so the last writer's report covers every result."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / "report.lock"))
+
     def write_plan_json(self, text: str) -> None:
         atomic_write_text(self.root / "plan.json", text)
 

@@ -12,6 +12,7 @@ raises :class:`SpecError` with every problem otherwise.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import difflib
 import importlib.util
@@ -209,6 +210,7 @@ def check(spec: SpecModel, smoke: bool = True) -> Plan:
             c.add(key, f"{path!r} is not callable")
     _check_trackers(c)
     _check_batch_split(c)
+    _check_runs_dir(c)
     plan = None
     if model_ok:
         plan = _compile(c, data is not None)
@@ -229,6 +231,20 @@ def _processes(spec: SpecModel) -> int:
 
         return max(1, torch.cuda.device_count())
     return 1
+
+
+def _check_runs_dir(c: _Checker) -> None:
+    """The run directory can be created and written (not a file, not read-only)."""
+    run_dir = Path(c.spec.run_dir)
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            break
+    if folder.exists() and not folder.is_dir():
+        c.add("runs_dir" if folder != run_dir else "name", f"{folder} is a file, not a folder", value=str(folder),
+              has_value=True, hint="point runs_dir at a folder (it is created when missing)")
+    elif folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        c.add("runs_dir", f"{folder} is not writable by this user", value=str(folder), has_value=True,
+              hint="choose a runs_dir you can write, or fix its permissions")
 
 
 def _check_batch_split(c: _Checker) -> None:

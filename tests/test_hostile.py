@@ -87,3 +87,57 @@ def test_degenerate_data_get_a_note(tmp_path, rows, note):
     csv.write_text("params,tokens,loss\n" + rows)
     res = _run("fit", csv, "--bootstrap", "0", "--json")
     assert any(note in n for n in json.loads(res.stdout)["notes"]), res.stdout
+
+
+def test_store_faults_are_one_line_errors(tmp_path, monkeypatch):
+    import errno
+
+    from flops_fit import Spec
+
+    monkeypatch.chdir(tmp_path)
+    path, text = _spec(tmp_path, sizes=(4, 8), budgets=(1e6,))
+    path.write_text(text)
+    (tmp_path / "runs").write_text("a file where the runs folder goes")
+    res = _run("validate", path)
+    assert res.exit_code == 1 and "runs_dir: runs is a file, not a folder" in res.stderr, res.stderr
+    (tmp_path / "runs").unlink()
+    real_access = __import__("os").access
+    monkeypatch.setattr("flops_fit.validate.os.access", lambda p, mode: False if str(p) == "." else real_access(p, mode))
+    res = _run("validate", path)
+    assert res.exit_code == 1 and "is not writable by this user" in res.stderr, res.stderr
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    exp = Spec.load(path).plan().experiments[0]
+    (tmp_path / "runs/toy/experiments" / exp.id / "lock").mkdir(parents=True)  # a folder where the lock file goes
+    res = _run("run", path)
+    assert res.exit_code == 1 and res.stderr.count("error:") == 1 and "lock" in res.stderr, res.stderr
+    (tmp_path / "runs/toy/experiments" / exp.id / "lock").rmdir()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "runs/toy/plan.json"))
+    monkeypatch.setattr("flops_fit.store.atomic_write_text", full)
+    res = _run("run", path)
+    assert res.exit_code == 1 and "No space left on device" in res.stderr and res.stderr.count("error:") == 1
+
+
+def test_the_report_is_collected_under_the_store_lock(in_tmp, monkeypatch):
+    from flops_fit import Spec
+    from flops_fit.store import Store
+
+    held = []
+    collect = Store.collect
+
+    def watched(self, experiments):
+        from filelock import FileLock, Timeout
+
+        probe = FileLock(str(self.root / "report.lock"))  # another handle: blocked while the run holds it
+        try:
+            probe.acquire(timeout=0)
+            probe.release()
+            held.append(False)
+        except Timeout:
+            held.append(True)
+        return collect(self, experiments)
+    monkeypatch.setattr(Store, "collect", watched)
+    Spec.load(write_toy_spec(in_tmp, sizes=(4, 8, 16), budgets=(1e6, 2e6, 4e6))).run()
+    assert held and held[-1]  # a concurrent run's results written before it are in this report

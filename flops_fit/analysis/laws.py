@@ -69,7 +69,8 @@ class Prediction(Frozen):
 
 
 def _prediction(approach: str, C: float, n: float, d: float, loss: float | None = None, **cis: Interval) -> Prediction:
-    return Prediction(approach=approach, budget_flops=C, num_params=n, num_tokens=d, tokens_per_param=d / n,
+    ratio = d / n if n > 0 and math.isfinite(d) else math.nan  # a degenerate fit can put N_opt at 0
+    return Prediction(approach=approach, budget_flops=C, num_params=n, num_tokens=d, tokens_per_param=ratio,
                       loss=loss, **cis)
 
 
