@@ -19,7 +19,6 @@ from __future__ import annotations
 import numpy as np
 from lmfit import Parameters, minimize
 from scipy.optimize import least_squares, nnls
-from scipy.special import logsumexp
 
 from .laws import FlopsPerUnit, ParametricFit
 
@@ -29,9 +28,17 @@ DELTA = 1e-3
 _GRID = np.arange(0.05, 1.51, 0.05)
 
 
-def _log_pred(theta: np.ndarray, lnN: np.ndarray, lnD: np.ndarray) -> np.ndarray:
+def _terms(theta, lnN, lnD) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The three log terms and their logsumexp (two-pass, stable; faster than the general one)."""
     a, b, e, alpha, beta = theta
-    return logsumexp(np.stack([a - alpha * lnN, b - beta * lnD, np.full_like(lnN, e)]), axis=0)
+    t1, t2 = a - alpha * lnN, b - beta * lnD
+    m = np.maximum(np.maximum(t1, t2), e)
+    lse = m + np.log(np.exp(t1 - m) + np.exp(t2 - m) + np.exp(e - m))
+    return t1, t2, np.full_like(lnN, e), lse
+
+
+def _log_pred(theta: np.ndarray, lnN: np.ndarray, lnD: np.ndarray) -> np.ndarray:
+    return _terms(theta, lnN, lnD)[3]
 
 
 def _residual(theta, lnN, lnD, lnL):
@@ -39,10 +46,9 @@ def _residual(theta, lnN, lnD, lnL):
 
 
 def _jacobian(theta, lnN, lnD, lnL):
-    a, b, e, alpha, beta = theta
-    terms = np.stack([a - alpha * lnN, b - beta * lnD, np.full_like(lnN, e)])
-    w = np.exp(terms - logsumexp(terms, axis=0))  # softmax weights of the three terms
-    return np.stack([w[0], w[1], w[2], -w[0] * lnN, -w[1] * lnD], axis=1)
+    t1, t2, t3, lse = _terms(theta, lnN, lnD)
+    w1, w2, w3 = np.exp(t1 - lse), np.exp(t2 - lse), np.exp(t3 - lse)  # softmax weights of the three terms
+    return np.stack([w1, w2, w3, -w1 * lnN, -w2 * lnD], axis=1)
 
 
 def huber_objective(theta: np.ndarray, lnN, lnD, lnL, delta: float = DELTA) -> float:
@@ -66,6 +72,17 @@ def _vpro_starts(N, D, L, keep: int = 4) -> list[np.ndarray]:
     starts = [np.array([np.log(c[1]), np.log(c[2]), np.log(c[0]), al, be]) for _, al, be, c in scored[:keep]]
     starts.append(np.array([6.0, 6.0, 0.5, 0.34, 0.28]))  # Chinchilla's published fit as a fallback start
     return starts
+
+
+#: Points used for the start grid and its refinement; larger fits are polished on every point after.
+SUBSAMPLE = 5000
+
+
+def _subsample(n: int) -> np.ndarray:
+    """Every index, or SUBSAMPLE of them drawn with a fixed seed (the fit stays a pure function)."""
+    if n <= SUBSAMPLE:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, SUBSAMPLE, replace=False))
 
 
 def _to_params(theta: np.ndarray) -> Parameters:
@@ -101,14 +118,19 @@ def fit_parametric(N: np.ndarray, D: np.ndarray, L: np.ndarray, delta: float = D
     if len(L) < 5:
         raise ValueError(f"the parametric fit needs at least 5 points, got {len(L)}")
     lnN, lnD, lnL = np.log(N), np.log(D), np.log(L)
+    sub = _subsample(len(L))  # starts and their refinement on at most SUBSAMPLE points, then all points
     best = None
-    for start in _vpro_starts(N, D, L):
-        out = minimize(lambda p: _residual(_theta(p), lnN, lnD, lnL), _to_params(start), method="least_squares",
+    for start in _vpro_starts(N[sub], D[sub], L[sub]):
+        sN, sD, sL = lnN[sub], lnD[sub], lnL[sub]
+        out = minimize(lambda p: _residual(_theta(p), sN, sD, sL), _to_params(start), method="least_squares",
                        loss="huber", f_scale=delta, x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=5000,
-                       jac=lambda p, *a, **k: _jacobian(_theta(p), lnN, lnD, lnL))
+                       jac=lambda p, *a, **k: _jacobian(_theta(p), sN, sD, sL))
         theta = _theta(out.params)
-        obj = huber_objective(theta, lnN, lnD, lnL, delta)
+        obj = huber_objective(theta, sN, sD, sL, delta)
         if best is None or obj < best[0]:
             best = (obj, theta)
-    obj, theta = best
+    theta = best[1]
+    if len(sub) < len(L):  # polish the best on every point: the same objective, from a start at its optimum's door
+        theta = refit_fast(theta, lnN, lnD, lnL, delta, max_nfev=200)
+    obj = huber_objective(theta, lnN, lnD, lnL, delta)
     return ParametricFit.from_theta(theta, fpu, objective=float(obj), num_points=int(len(L)))

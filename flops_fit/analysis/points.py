@@ -100,47 +100,49 @@ class Points(Frozen):
             raise DataError([Problem(f"missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'none'}",
                                      file=source, line=1 if source else None, hint="columns: params,tokens,loss[,flops]")])
         has_flops = "flops" in columns
-        problems, values = [], []
-        for i, row in enumerate(rows):
-            where = {"file": source, "line": i + 2} if source else {}
-            parsed = {}
-            for col in ("params", "tokens", "loss", "flops")[: 4 if has_flops else 3]:
-                key = col if source else f"[{i}].{col}"
-                try:
-                    v = float(row.get(col))
-                except (TypeError, ValueError):
-                    problems.append(Problem("not a number", key=key, value=row.get(col), has_value=True, **where))
-                    continue
-                if not (math.isfinite(v) and v > 0):
-                    problems.append(Problem("must be positive and finite", key=key, value=v, has_value=True, **where))
-                parsed[col] = v
-            values.append(parsed)
-        if problems:
-            raise DataError(problems)
-        if len(values) < 5:
-            raise DataError([Problem(f"{len(values)} points are too few to fit a scaling law (need at least 5)", file=source)])
-        flops = [v.get("flops", 6 * v["params"] * v["tokens"]) for v in values]
-        budgets = flops if has_flops else group_budgets(flops, group_tolerance)
-        pts = [Point(id=f"row{i + 2}" if source else f"row{i}", budget_flops=b, num_params=v["params"],
-                     num_tokens=v["tokens"], flops=f, loss=v["loss"])
-               for i, (v, f, b) in enumerate(zip(values, flops, budgets))]
+        cols = ("params", "tokens", "loss", "flops")[: 4 if has_flops else 3]
+        try:  # the fast path: every cell a number
+            data = {c: np.array([row.get(c) for row in rows], dtype=float) for c in cols}
+            bad = any(not (np.all(np.isfinite(v)) and np.all(v > 0)) for v in data.values())
+        except (TypeError, ValueError):
+            bad = True
+        if bad:
+            raise DataError(_cell_problems(rows, cols, source))
+        if len(rows) < 5:
+            raise DataError([Problem(f"{len(rows)} points are too few to fit a scaling law (need at least 5)", file=source)])
+        flops = data["flops"] if has_flops else 6 * data["params"] * data["tokens"]
+        budgets = flops if has_flops else np.asarray(group_budgets(list(flops), group_tolerance))
+        first = 2 if source else 0
+        pts = [Point.model_construct(id=f"row{i + first}", budget_flops=float(b), size=None, num_params=float(n),
+                                     num_tokens=float(d), flops=float(f), loss=float(l), status="ok", reason="", curve=[])
+               for i, (n, d, l, f, b) in enumerate(zip(data["params"], data["tokens"], data["loss"], flops, budgets))]
         return cls(points=pts, source=source or "", flop_rule="csv flops column" if has_flops else "6N")
 
 
+def _cell_problems(rows: list[dict], cols: tuple, source: str | None) -> list[Problem]:
+    """Every cell that is not a positive, finite number, by file and line (or row index)."""
+    problems = []
+    for i, row in enumerate(rows):
+        where = {"file": source, "line": i + 2} if source else {}
+        for col in cols:
+            key = col if source else f"[{i}].{col}"
+            try:
+                v = float(row.get(col))
+            except (TypeError, ValueError):
+                problems.append(Problem("not a number", key=key, value=row.get(col), has_value=True, **where))
+                continue
+            if not (math.isfinite(v) and v > 0):
+                problems.append(Problem("must be positive and finite", key=key, value=v, has_value=True, **where))
+    return problems
+
+
 def group_budgets(flops: list[float], tolerance: float = 0.05) -> list[float]:
-    """Assign each FLOP value the geometric mean of its group of nearby values."""
-    order = np.argsort(flops)
+    """Assign each FLOP value the geometric mean of its group of nearby values: sorted by log10 C,
+    a new group starts where the next value is more than ``tolerance`` dex above the previous."""
     logs = np.log10(np.asarray(flops, dtype=float))
-    groups, current = [], [order[0]]
-    for prev, idx in zip(order[:-1], order[1:]):
-        if logs[idx] - logs[prev] > tolerance:
-            groups.append(current)
-            current = []
-        current.append(idx)
-    groups.append(current)
-    out = [0.0] * len(flops)
-    for g in groups:
-        centre = float(10 ** np.mean(logs[g]))
-        for idx in g:
-            out[idx] = centre
-    return out
+    order = np.argsort(logs, kind="stable")
+    group = np.concatenate([[0], np.cumsum(np.diff(logs[order]) > tolerance)])
+    centres = 10 ** (np.bincount(group, weights=logs[order]) / np.bincount(group))
+    out = np.empty(len(logs))
+    out[order] = centres[group]
+    return out.tolist()
