@@ -177,6 +177,7 @@ def run_case(name: str, kind: str, args, device: torch.device, **cfg) -> dict:
         data = random_tokens(**data_kw)
         start_bytes = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         bare = math.nan if args.engine_only else bare_loop(lambda: GPT(d, **model_kw), data, next_token_loss, **common)
+        after_bare = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         eng = engine("examples.gpt_tinystories.model:GPT", model_kw, "d_model", d, "benchmarks.bench_train:random_tokens",
                      data_kw, "examples.gpt_tinystories.loss:next_token_loss", **common)
         per_sample = args.seq
@@ -186,7 +187,9 @@ def run_case(name: str, kind: str, args, device: torch.device, **cfg) -> dict:
     if flops is not None:
         n = GPT(d, **model_kw).num_params()
         gpus = int(__import__("os").environ.get("WORLD_SIZE", "1"))  # MFU per GPU
-        row.update(num_params=n, micro_batch=common["micro"], cuda_bytes_at_start=start_bytes, bare_mfu=bare * per_sample * flops / PEAK, engine_mfu=eng * per_sample * flops / (PEAK * gpus))
+        row.update(num_params=n, micro_batch=common["micro"], cuda_bytes_at_start=start_bytes,
+                   cuda_bytes_after_bare=after_bare,
+                   cuda_bytes_after_engine=torch.cuda.memory_allocated(device) if device.type == "cuda" else 0, bare_mfu=bare * per_sample * flops / PEAK, engine_mfu=eng * per_sample * flops / (PEAK * gpus))
     return row
 
 

@@ -24,11 +24,13 @@ def _live_cuda_tensors() -> list:
     return [(tuple(o.shape), o.dtype) for o in gc.get_objects() if torch.is_tensor(o) and o.is_cuda][:20]
 
 
-def test_gpu_memory_returns_to_baseline_after_each_experiment(in_tmp):
+@pytest.mark.parametrize("compile_", [False, True])
+def test_gpu_memory_returns_to_baseline_after_each_experiment(in_tmp, compile_):
     from flops_fit.execute.runner import make_accelerator, run_experiments
 
     spec = Spec.load(write_toy_spec(in_tmp, sizes=(1024, 2048, 4096), budgets=(3e11,),
-                                    extra_kwargs=", depth = 4", train='precision = "bf16"\ndivergence_factor = 100.0\n', lr=3e-4))
+                                    extra_kwargs=", depth = 4", train=f'precision = "bf16"\ndivergence_factor = 100.0\ncompile = {str(compile_).lower()}\n',
+                                    lr=3e-4))
     plan = spec.plan()
     assert len(plan.experiments) == 3
     accelerator = make_accelerator(plan.runtime, str(in_tmp / "tracking"))
