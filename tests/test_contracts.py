@@ -201,3 +201,24 @@ def test_find_optimal_reuses_its_cache(in_tmp):
     assert [e for e in again_events if e.kind == "result"] == []  # nothing trained twice
     assert all(e.decision.action == "skip" for e in again_events if e.kind == "decision")
     assert [p.loss for p in again.points.points] == [p.loss for p in first.points.points]
+
+
+def test_a_failed_experiment_has_the_same_record_shape(in_tmp):
+    from flops_fit.execute.runner import make_accelerator, run_experiments
+    from flops_fit.store import RunRecord
+
+    spec = Spec.load(write_toy_spec(in_tmp, model="FailsLater", sizes=(8, 16, 32), budgets=(1e6,)))
+    plan = spec.plan()
+    store = Store(in_tmp / "runs/toy")
+    [record] = run_experiments(plan.experiments[:1], store, make_accelerator(plan.runtime, str(in_tmp)))
+    exp = plan.experiments[0]
+    assert record.status == "failed" and "bug in the user's forward" in record.reason and record.traceback
+    assert record.budget_flops == exp.budget_flops and record.hash == exp.hash and record.provenance is not None
+    assert store.read_result(exp.id) == record and isinstance(record, RunRecord)
+
+
+def test_one_spec_class():
+    import flops_fit
+    import flops_fit.spec
+
+    assert not hasattr(flops_fit.spec, "Spec") and flops_fit.Spec.__mro__[1] is flops_fit.spec.SpecModel

@@ -89,3 +89,16 @@ class SlowMLP(MLP):
 
         time.sleep(0.004)
         return super().forward(x)
+
+
+class FailsLater(MLP):
+    """Passes the smoke step, then raises in training (the user's bug surfaces mid-sweep)."""
+
+    calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] > 1:
+            FailsLater.calls += 1
+            if FailsLater.calls > 3:
+                raise RuntimeError("bug in the user's forward")
+        return super().forward(x)
