@@ -78,7 +78,8 @@ def test_ctrl_c_checkpoints_the_step_reached_and_resumes_there(in_tmp, layout):
     path = write_toy_spec(in_tmp, model="SlowMLP", sizes=(8, 16), budgets=(3e6,), train=workers)  # no cadence set
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "flops_fit", "run", str(path)], cwd=in_tmp, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
     deadline = time.time() + 120
     while time.time() < deadline and not list(in_tmp.glob("runs/toy/experiments/*/metrics.jsonl")):
         time.sleep(0.05)

@@ -265,7 +265,9 @@ class _Stopping:
 
         def note(signum, frame) -> None:
             self.signum = signum
-        previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # a signal the process was told to ignore (a shell's background job ignores Ctrl-C) stays ignored
+        previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)
+                    if signal.getsignal(sig) is not signal.SIG_IGN}
         try:
             yield
         finally:
