@@ -185,6 +185,9 @@ def test_envelope_recovers_a_known_allocation_exponent():
                          loss=curve[-1].train_loss, curve=curve))
     env = fit_points(Points(points=pts), ["envelope"], bootstrap=0, backtest=False).envelope
     assert env is not None and env.n_opt.exponent == pytest.approx(0.5, abs=0.06)
+    for p in env.points:  # each bin's lowest loss: within 2% of the law's minimum at that compute
+        n = math.sqrt(p.flops / 6)  # N_opt = D_opt = sqrt(C / 6) for this law
+        assert p.loss <= 1.02 * (E + A / n**alpha + B / n**beta), p
     assert env.predict(1e20).num_params == pytest.approx(env.n_opt.coef * 1e20**env.n_opt.exponent)
 
 
