@@ -27,7 +27,7 @@ from .hashing import HASH_VERSION, content_hash
 from .imports import resolve
 from .spec import SpecModel
 
-__all__ = ["Component", "Optim", "Schedule", "Loop", "Runtime", "NOT_HASHED", "runtime", "Job", "Experiment", "Dropped", "SizeInfo", "Plan", "compile_plan", "size_info", "size_infos",
+__all__ = ["Component", "Optim", "Schedule", "Loop", "Runtime", "NOT_HASHED", "runtime", "peak_lr", "Job", "Experiment", "Dropped", "SizeInfo", "Plan", "compile_plan", "size_info", "size_infos",
            "sample_batch", "experiment_id", "confirm_experiments", "format_number"]
 
 
@@ -341,6 +341,15 @@ def runtime(spec: SpecModel) -> Runtime:
     return Runtime(precision=t.precision, device=t.device, compile=t.compile, log_with=list(t.log_with))
 
 
+def peak_lr(spec: SpecModel, num_params: int) -> float:
+    """``learning_rate × (N / ref_params)^exponent`` with ``[train] lr_scaling``, else ``learning_rate``.
+    The job's optimizer gets this rate, so the id hashes the rate each size actually trains with."""
+    t = spec.train
+    if t.lr_scaling is None:
+        return t.learning_rate
+    return t.learning_rate * (num_params / t.lr_scaling.ref_params) ** t.lr_scaling.exponent
+
+
 def _job(spec: SpecModel, budget: float, info: SizeInfo, steps: int) -> Job:
     """The narrow job of one (budget, size); its id is the readable prefix plus the hash of its identity."""
     t, d = spec.train, spec.data
@@ -350,7 +359,7 @@ def _job(spec: SpecModel, budget: float, info: SizeInfo, steps: int) -> Job:
               eval_fraction=d.eval_fraction, eval_batches=d.eval_batches,
               loss=Component(target=spec.loss.target, kwargs=spec.loss.kwargs), tokens_per_sample=d.tokens_per_sample,
               steps=steps, num_params=info.num_params, flops_per_sample=info.flops_per_sample,
-              optim=Optim(target=t.optimizer, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+              optim=Optim(target=t.optimizer, learning_rate=peak_lr(spec, info.num_params), weight_decay=t.weight_decay,
                           betas=t.betas, eps=t.eps, grad_clip=t.grad_clip),
               schedule=Schedule(kind=t.schedule, warmup_steps=_warmup_steps(spec, info.num_params, steps),
                                 min_lr_ratio=t.min_lr_ratio, decay_fraction=t.decay_fraction),

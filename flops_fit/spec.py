@@ -25,7 +25,7 @@ from .imports import IMPORT_PATH_RE
 from .tomlpos import key_lines, format_loc
 
 __all__ = [
-    "SpecModel", "ModelSpec", "DataSpec", "LossSpec", "SweepSpec", "FlopsSpec", "TrainSpec",
+    "SpecModel", "ModelSpec", "DataSpec", "LossSpec", "SweepSpec", "FlopsSpec", "TrainSpec", "LrScaling",
     "AnalysisSpec", "EstimateSpec", "ImportPath",
 ]
 
@@ -142,12 +142,20 @@ class FlopsSpec(_Frozen):
         return self
 
 
+class LrScaling(_Frozen):
+    """``[train] lr_scaling``: the peak LR of a model with N parameters is learning_rate × (N/ref_params)^exponent."""
+
+    ref_params: float = Field(gt=0, description="N0: the size whose peak LR is train.learning_rate.")
+    exponent: float = Field(ge=-2, le=2, description="g: OLMo's rule for standard parameterisation is -1/3; about 0 under muP.")
+
+
 class TrainSpec(_Frozen):
     """``[train]``: the training recipe; every key optional."""
 
     batch_size: int = Field(default=32, ge=1, description="Global batch size in samples.")
     micro_batch_size: Optional[int] = Field(default=None, ge=1, description="Per-process micro-batch; gradients are accumulated to batch_size.")
     learning_rate: float = Field(default=3e-3, gt=0, le=10, description="Peak learning rate.")
+    lr_scaling: Optional[LrScaling] = Field(default=None, description="Peak LR as a power of N: learning_rate × (N/ref_params)^exponent; unset: one LR for every size.")
     weight_decay: float = Field(default=0.1, ge=0, description="AdamW weight decay (matrices only).")
     betas: tuple[float, float] = Field(default=(0.9, 0.95), description="AdamW betas.")
     eps: float = Field(default=1e-8, gt=0, description="AdamW epsilon.")

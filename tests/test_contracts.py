@@ -13,7 +13,7 @@ import pytest
 from flops_fit import Spec, find_optimal
 from flops_fit.analysis import Point, Points, fit_points
 from flops_fit.plan import NOT_HASHED
-from flops_fit.spec import TrainSpec
+from flops_fit.spec import LrScaling, TrainSpec
 from flops_fit.store import CurvePoint, Store
 from tests.conftest import write_toy_spec
 
@@ -25,7 +25,7 @@ HASHED_CHANGES = {
     "batch_size": 8, "learning_rate": 2e-2, "weight_decay": 0.0, "betas": (0.8, 0.9), "eps": 1e-6, "grad_clip": None,
     "optimizer": "torch.optim:SGD", "schedule": "wsd", "warmup_tokens": 16.0, "warmup_fraction": 0.5,
     "max_warmup_fraction": 0.01, "min_lr_ratio": 0.0, "decay_fraction": 0.5, "precision": "bf16", "seed": 1,
-    "divergence_factor": 5.0,
+    "divergence_factor": 5.0, "lr_scaling": LrScaling(ref_params=1000.0, exponent=-0.5),
 }
 WARMUP_KEYS = {"warmup_tokens", "warmup_fraction", "max_warmup_fraction"}
 #: A value different from the toy spec's for every key that must not change an id.
@@ -225,3 +225,18 @@ def test_one_spec_class():
     import flops_fit.spec
 
     assert not hasattr(flops_fit.spec, "Spec") and flops_fit.Spec.__mro__[1] is flops_fit.spec.SpecModel
+
+
+def test_lr_scaling_sets_each_sizes_rate_and_its_id(in_tmp):
+    train = 'lr_scaling = { ref_params = 500, exponent = -0.5 }\nschedule = "constant"\nwarmup_fraction = 0.1\nlog_points = 400\n'
+    spec, _ = _one(in_tmp, sizes=(8, 16, 32), budgets=(1e6,), train=train, lr=1e-2)
+    plain = Spec.load(write_toy_spec(in_tmp, name="plain", sizes=(8, 16, 32), budgets=(1e6,), lr=1e-2)).plan()
+    plan = spec.plan()
+    assert {e.id for e in plan.experiments}.isdisjoint({e.id for e in plain.experiments})
+    for exp in plan.experiments[:2]:
+        want = 1e-2 * (exp.num_params / 500) ** -0.5
+        record = _train(spec, exp, in_tmp / exp.id)
+        assert record.curve[-1].lr == pytest.approx(want, rel=1e-9)  # the rate the worker used, after warmup
+    same = Spec.load(write_toy_spec(in_tmp, name="g0", sizes=(8, 16, 32), budgets=(1e6,), lr=1e-2,
+                                    train="lr_scaling = { ref_params = 500, exponent = 0.0 }\n")).plan()
+    assert [e.id for e in same.experiments] == [e.id for e in plain.experiments]  # g = 0: the same rate, the same id
