@@ -134,8 +134,10 @@ def analyze_plan(spec: SpecModel, plan: Plan) -> Result:
     points = Points.from_records(records, [(s.size, s.num_params) for s in plan.sizes], plan.flop_rule, plan.run_dir)
     a = spec.analysis
     fits = fit_points(points, a.approaches, a.bootstrap, a.seed, a.keep_outliers, a.outlier_z, profile=a.profile)
+    from .runs_table import run_rows
+
     return Result(fits=fits, points=points, budgets=plan.budgets, predict_budgets=a.predict,
-                  size_param=plan.size_param, flop_rule=plan.flop_rule)
+                  size_param=plan.size_param, flop_rule=plan.flop_rule, runs=run_rows(plan, records, fits))
 
 
 def fit(points: "Points | str | Path | Iterable[dict]", approaches: Iterable[str] = ("isoflop", "parametric"),
@@ -153,7 +155,10 @@ def fit(points: "Points | str | Path | Iterable[dict]", approaches: Iterable[str
         pts = Points.from_rows(list(points))
     fits = fit_points(pts, list(approaches), bootstrap, seed, keep_outliers, profile=profile)
     budgets = sorted({p.budget_flops for p in pts.usable()})
-    return Result(fits=fits, points=pts, budgets=budgets, predict_budgets=list(predict), flop_rule=pts.flop_rule)
+    from .runs_table import point_rows
+
+    return Result(fits=fits, points=pts, budgets=budgets, predict_budgets=list(predict), flop_rule=pts.flop_rule,
+                  runs=point_rows(pts, fits))
 
 
 def _path_or_key(obj: Any, key: str, cache_key: str | None, role: str) -> str:

@@ -186,6 +186,23 @@ def _print_result(result, as_json: bool) -> None:
         out.print(f"[{color}]{line}[/]" if i == 0 else line, highlight=False)
 
 
+def _runs_table(rows) -> Table:
+    t = Table(title="Experiments (planned → achieved)")
+    for col in ("id", "C", "size", "N", "D", "FLOPs", "status", "loss", "epochs", "steps", "peak lr", "time", "GPU-h", "device"):
+        t.add_column(col, justify="left" if col in ("id", "status", "device") else "right")
+
+    def g(v, fmt="{:.3g}"):
+        return "–" if v is None else fmt.format(v)
+    for r in rows:
+        status = r.status if not r.excluded or r.status != "ok" else f"excluded: {r.excluded}"
+        d = g(r.planned_num_tokens) + ("" if r.num_tokens in (None, r.planned_num_tokens) else f" → {g(r.num_tokens)}")
+        f = g(r.planned_flops) + ("" if r.flops in (None, r.planned_flops) else f" → {g(r.flops)}")
+        t.add_row(r.id, g(r.budget_flops, "{:.2g}"), str(r.size), g(r.num_params or r.planned_num_params, "{:,.0f}"), d, f,
+                  status, g(r.loss, "{:.4f}"), g(r.epochs, "{:.2f}"), g(r.steps, "{:d}"), g(r.peak_lr),
+                  _fmt_seconds(r.train_seconds), g(r.gpu_hours, "{:.3f}"), r.device or "–")
+    return t
+
+
 def _ci(ci) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and all(v is not None and math.isfinite(v) for v in ci) else ""
 
@@ -218,11 +235,15 @@ def run(spec: str = SpecArg, as_json: bool = JsonOpt,
 @app.command()
 def analyze(spec: str = SpecArg, as_json: bool = JsonOpt,
             suggest: bool = typer.Option(False, "--suggest", help="Print the spec lines the trust advice asks for."),
+            points: bool = typer.Option(False, "--points", help="Also print every experiment: planned and achieved "
+                                                                "N, D, FLOPs, status, loss, cost."),
             verbose: bool = VerboseOpt) -> None:
     """Fit and report from whatever the store holds now."""
     def go() -> None:
         s = _load(spec)
         result = s.analyze()
+        if points and not as_json:
+            out.print(_runs_table(result.runs))
         _print_result(result, as_json)
         if _no_fit(result):
             raise typer.Exit(1)

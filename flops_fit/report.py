@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .analysis.fit import Fits
 from .analysis.laws import Prediction
 from .analysis.points import Points
+from .runs_table import COLUMNS, RunRow, rows_csv
 from .store import atomic_write_text
 from .verdict import Verdict, assess
 
@@ -105,6 +106,16 @@ class Result(BaseModel):
     predict_budgets: list[float] = Field(default_factory=list)
     size_param: Optional[str] = None
     flop_rule: str = "6N"
+    runs: list[RunRow] = Field(default_factory=list)  # every experiment, planned and achieved (points.csv)
+
+    def to_pandas(self):
+        """The runs table as a pandas DataFrame, a row per experiment (columns: :data:`~flops_fit.runs_table.COLUMNS`)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Result.to_pandas() needs pandas: pip install pandas (or flops-fit[tables]); "
+                              "report/points.csv has the same table") from None
+        return pd.DataFrame([r.model_dump() for r in self.runs], columns=list(COLUMNS))
 
     def to_json(self, **kw: Any) -> str:
         return self.model_dump_json(**kw)
@@ -162,8 +173,9 @@ class Result(BaseModel):
 
 
 def write_report(result: Result, folder: Path) -> Path:
-    """fits.json (the ``--json`` document), result.json (the Result), chinchilla_table.md/.csv and
-    the PNG plots under ``folder``; each file written atomically."""
+    """fits.json (the ``--json`` document), result.json (the Result), chinchilla_table.md/.csv,
+    points.csv (every experiment, planned and achieved) and the PNG plots under ``folder``; each
+    file written atomically."""
     import warnings
 
     import matplotlib.pyplot as plt
@@ -174,6 +186,7 @@ def write_report(result: Result, folder: Path) -> Path:
     table = result.chinchilla_table()
     atomic_write_text(folder / "chinchilla_table.md", table.to_markdown())
     atomic_write_text(folder / "chinchilla_table.csv", table.to_csv())
+    atomic_write_text(folder / "points.csv", rows_csv(result.runs))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         figures = result.plot(folder)

@@ -78,6 +78,7 @@ class Provenance(Frozen):
     device: str
     processes: int
     precision: str  # the Accelerator's mixed_precision ("no", "bf16", "fp16")
+    device_type: Optional[str] = None  # "cuda" or "cpu" (records written before it say nothing)
     host: str
     finished: str
     sources: dict[str, str] = Field(default_factory=dict)  # module -> sha256 of its source file

@@ -340,7 +340,8 @@ def provenance(job: Job, accelerator: Accelerator) -> Provenance:
     return Provenance(
         flops_fit=__version__, torch=torch.__version__, python=platform.python_version(),
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        processes=accelerator.num_processes, precision=str(accelerator.mixed_precision), host=platform.node(),
+        processes=accelerator.num_processes, precision=str(accelerator.mixed_precision), device_type=device.type,
+        host=platform.node(),
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         sources=source_digest(job.targets, job.search_path))
 

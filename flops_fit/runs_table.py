@@ -1,0 +1,96 @@
+"""Every experiment of a sweep as one row: what was planned, what was trained, what it cost.
+
+``run_rows(plan, records, fits)`` joins the plan's experiments with the store's records and the
+fits' exclusions; ``point_rows(points, fits)`` does the same for measurements made elsewhere (a
+CSV: nothing was planned).  ``Result.to_pandas()`` and ``report/points.csv`` are these rows.
+GPU-hours = train seconds × processes / 3600 for experiments trained on CUDA (0 on CPU; None
+where the record predates the device type).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any, Literal, Optional
+
+from .analysis.fit import Fits
+from .analysis.points import Points
+from .frozen import Frozen
+from .plan import Plan
+from .store import RunRecord
+
+__all__ = ["RunRow", "run_rows", "point_rows", "rows_csv", "COLUMNS"]
+
+
+class RunRow(Frozen):
+    """One experiment: planned against achieved N, D and FLOPs, outcome, cost."""
+
+    id: str
+    budget_flops: float
+    size: Any = None
+    status: Literal["ok", "failed", "diverged", "pending"]
+    excluded: Optional[str] = None  # why the fits left it out (status included), None when fitted
+    loss: Optional[float] = None
+    planned_num_params: Optional[float] = None
+    num_params: Optional[float] = None
+    planned_num_tokens: Optional[float] = None
+    num_tokens: Optional[float] = None
+    planned_flops: Optional[float] = None
+    flops: Optional[float] = None
+    epochs: Optional[float] = None
+    planned_steps: Optional[int] = None
+    steps: Optional[int] = None
+    batch_size: Optional[int] = None
+    peak_lr: Optional[float] = None
+    train_seconds: Optional[float] = None
+    gpu_hours: Optional[float] = None
+    device: Optional[str] = None
+
+
+COLUMNS = tuple(RunRow.model_fields)
+
+
+def _gpu_hours(record: RunRecord) -> float | None:
+    p = record.provenance
+    if p is None or p.device_type is None:
+        return None
+    return record.train_seconds * p.processes / 3600 if p.device_type == "cuda" else 0.0
+
+
+def run_rows(plan: Plan, records: list[RunRecord], fits: Fits) -> list[RunRow]:
+    """A row per planned experiment, in plan order; ``pending`` where the store has no record."""
+    by_id = {r.id: r for r in records}
+    excluded = {e.id: e.reason for e in fits.excluded}
+    rows = []
+    for exp in plan.experiments:
+        planned = dict(id=exp.id, budget_flops=exp.budget_flops, size=exp.size, planned_num_params=exp.num_params,
+                       planned_num_tokens=exp.num_tokens, planned_flops=exp.flops, planned_steps=exp.steps,
+                       batch_size=exp.job.loop.batch_size, peak_lr=exp.job.optim.learning_rate)
+        r = by_id.get(exp.id)
+        if r is None:
+            rows.append(RunRow(status="pending", **planned))
+            continue
+        rows.append(RunRow(**planned, status=r.status, excluded=excluded.get(r.id), loss=r.loss,
+                           num_params=r.num_params, num_tokens=r.num_tokens, flops=r.flops, epochs=r.epochs,
+                           steps=r.steps, train_seconds=r.train_seconds, gpu_hours=_gpu_hours(r),
+                           device=r.provenance.device if r.provenance else None))
+    return rows
+
+
+def point_rows(points: Points, fits: Fits) -> list[RunRow]:
+    """Rows of measurements made elsewhere: achieved values only."""
+    excluded = {e.id: e.reason for e in fits.excluded}
+    status = {"ok", "failed", "diverged"}
+    return [RunRow(id=p.id, budget_flops=p.budget_flops, size=p.size, status=p.status if p.status in status else "ok",
+                   excluded=excluded.get(p.id), loss=p.loss, num_params=p.num_params, num_tokens=p.num_tokens,
+                   flops=p.flops) for p in points.points]
+
+
+def rows_csv(rows: list[RunRow]) -> str:
+    """The rows as CSV with a header of :data:`COLUMNS` (empty cells for None)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(COLUMNS)
+    for r in rows:
+        w.writerow(["" if getattr(r, c) is None else getattr(r, c) for c in COLUMNS])
+    return buf.getvalue()

@@ -1,0 +1,47 @@
+"""Every experiment as a row: report/points.csv, Result.to_pandas(), analyze --points."""
+
+from __future__ import annotations
+
+import csv
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from flops_fit import Spec
+from flops_fit.cli import app
+from flops_fit.runs_table import COLUMNS
+from tests.conftest import write_toy_spec
+
+
+def test_points_csv_dataframe_and_pending_rows(in_tmp):
+    path = write_toy_spec(in_tmp, sizes=(4, 8, 16), budgets=(1e6, 2e6, 4e6))
+    spec = Spec.load(path)
+    result = spec.run()
+    plan = spec.plan()
+    rows = list(csv.DictReader(open(in_tmp / "runs/toy/report/points.csv")))
+    assert [r["id"] for r in rows] == [e.id for e in plan.experiments] and list(rows[0]) == list(COLUMNS)
+    for row, exp in zip(result.runs, plan.experiments):
+        assert row.status == "ok" and row.planned_num_tokens == exp.num_tokens == row.num_tokens
+        assert row.planned_flops == exp.flops and row.steps == exp.steps and row.peak_lr == 1e-2
+        assert row.gpu_hours == 0.0 and row.device and row.train_seconds > 0 and row.loss is not None
+    frame = result.to_pandas()
+    assert frame.shape == (len(plan.experiments), len(COLUMNS)) and frame["loss"].notna().all()
+    # a budget added later: its experiments are listed as pending until trained
+    path.write_text(path.read_text().replace("budgets = [1000000.0, 2000000.0, 4000000.0]",
+                                             "budgets = [1000000.0, 2000000.0, 4000000.0, 8000000.0]"))
+    res = CliRunner().invoke(app, ["analyze", str(path), "--points"])
+    assert res.exit_code == 0, res.stderr
+    again = Spec.load(path).analyze(report=False)
+    pending = [r for r in again.runs if r.status == "pending"]
+    assert pending and all(r.budget_flops == 8e6 and r.loss is None and r.planned_flops for r in pending)
+    assert "pending" in res.stdout and plan.experiments[0].id in res.stdout
+
+
+def test_to_pandas_says_how_to_install_it(monkeypatch):
+    from flops_fit.report import Result
+
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if not installed
+    result = Result.model_construct(runs=[])
+    with pytest.raises(ImportError, match="pip install pandas"):
+        result.to_pandas()
