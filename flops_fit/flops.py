@@ -20,7 +20,7 @@ __all__ = ["RULE_DESCRIPTIONS", "count_params", "flops_per_sample", "measure_flo
            "PEAK_FLOPS", "to_meta"]
 
 RULE_DESCRIPTIONS = {
-    "6N": "C = 6·N·D (Chinchilla convention; N counts every parameter)",
+    "6N": "C = 6·N·D (Chinchilla convention; N = the model's num_params(), every parameter unless it defines one)",
     "measured": "C = measured forward+backward FLOPs per sample × samples (torch.utils.flop_counter)",
     "function": "C = user function FLOPs per sample × samples",
 }

@@ -130,20 +130,99 @@ def _envelope(result: Result, plt):
     return fig
 
 
-def make_figures(result: Result, path: str | Path | None = None) -> dict:
-    """Build every figure that the fits support; save ``<name>.png`` under ``path`` if given."""
+#: One look for every figure: sizes that read in a paper column, no top/right spines.
+STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
+         "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False, "savefig.bbox": "tight",
+         "pdf.fonttype": 42}
+
+
+def _footer(fig, result: Result) -> None:
+    """The FLOP rule and what N counts, on the figure itself (a figure travels without its caption)."""
+    from .flops import RULE_DESCRIPTIONS
+
+    rule = RULE_DESCRIPTIONS.get(result.flop_rule, result.flop_rule)
+    fig.text(0.005, 0.002, f"flops-fit · FLOP rule: {rule} · D in data units (tokens_per_sample per sample)",
+             fontsize=6, color="0.4", ha="left", va="bottom")
+
+
+def make_figures(result: Result, path: str | Path | None = None, format: str | tuple = "png") -> dict:
+    """Build every figure the fits support; save ``<name>.<format>`` under ``path`` if given.
+
+    ``format``: "png", "pdf" (vector, fonts embedded as TrueType) or several, e.g. ("png", "pdf")."""
     plt = _plt()
-    figures = {"isoflop": _isoflop(result, plt), "scaling": _scaling(result, plt)}
-    for name, fn in (("contours", _contours), ("envelope", _envelope)):
-        fig = fn(result, plt)
-        if fig is not None:
-            figures[name] = fig
-    if path is not None:
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, fig in figures.items():
-            fig.savefig(folder / f"{name}.png", dpi=110)
+    formats = (format,) if isinstance(format, str) else tuple(format)
+    with plt.rc_context(STYLE):
+        figures = {"isoflop": _isoflop(result, plt), "scaling": _scaling(result, plt)}
+        for name, fn in (("contours", _contours), ("envelope", _envelope), ("backtest", _backtest),
+                         ("lr_schedule", _lr_schedule)):
+            fig = fn(result, plt)
+            if fig is not None:
+                figures[name] = fig
+        for fig in figures.values():
+            _footer(fig, result)
+        if path is not None:
+            folder = Path(path)
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, fig in figures.items():
+                for fmt in formats:
+                    fig.savefig(folder / f"{name}.{fmt}", dpi=110 if fmt == "png" else None)
     return figures
+
+
+def _backtest(result: Result, plt):
+    """The fits without the largest budget, predicting it: N_opt and loss with their intervals
+    against what the held-out budget measured."""
+    bt = result.fits.backtest
+    if bt is None or not bt.predicted:
+        return None
+    m = bt.measured
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    names = list(bt.predicted)
+    for ax, key, ci_key, measured, label in (
+            (left, "num_params", "num_params_ci", m.num_params or m.num_params_at_min, "N_opt (parameters)"),
+            (right, "loss", "loss_ci", m.loss or m.loss_min, "loss at the optimum")):
+        for i, name in enumerate(names):
+            p = bt.predicted[name]
+            value, ci = getattr(p, key), getattr(p, ci_key)
+            if value is None:
+                continue
+            yerr = None if ci is None else [[value - ci[0]], [ci[1] - value]]
+            ax.errorbar([i], [value], yerr=yerr, fmt="o", capsize=4, color=f"C{i}", label=f"{name} (predicted)")
+        ax.axhline(measured, color="k", ls="--", lw=1, label="measured at the held-out budget")
+        ax.set_xticks(range(len(names)), names)
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        if key == "num_params":
+            ax.set_yscale("log")
+        ax.set_ylabel(label)
+        ax.legend()
+    fig.suptitle(f"Backtest: fit on {', '.join(f'{b:.2g}' for b in bt.fit_budgets)} FLOPs, predict "
+                 f"{bt.held_out_budget:.2g} FLOPs")
+    fig.tight_layout()
+    return fig
+
+
+def _lr_schedule(result: Result, plt):
+    """The learning rate each size trained with, against tokens, at the largest budget it ran at."""
+    largest = {}
+    for p in result.points.points:
+        if p.curve and (p.num_params not in largest or p.budget_flops > largest[p.num_params].budget_flops):
+            largest[p.num_params] = p
+    if not largest:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    sizes = sorted(largest)
+    norm = plt.Normalize(math.log10(sizes[0]), math.log10(sizes[-1]) + 1e-9)
+    for n in sizes:
+        p = largest[n]
+        ax.plot([c.tokens for c in p.curve], [c.lr for c in p.curve], color=plt.cm.viridis(norm(math.log10(n))),
+                label=f"N = {n:.3g} (C = {p.budget_flops:.2g})")
+    ax.set_xscale("log")
+    ax.set_xlabel("data seen D (data units)")
+    ax.set_ylabel("learning rate")
+    ax.set_title("Learning-rate schedule per size (at its largest budget)")
+    ax.legend(ncol=2)
+    fig.tight_layout()
+    return fig
 
 
 def confirm_figure(result: Result, confirmation: Any):

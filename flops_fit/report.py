@@ -164,17 +164,18 @@ class Result(BaseModel):
         """Write the report: fits.json, result.json, chinchilla_table.md/.csv and the plots (see :func:`write_report`)."""
         return write_report(self, Path(folder))
 
-    def plot(self, path: str | None = None) -> dict:
-        """Matplotlib figures (isoflop, scaling, contours); saved as PNGs under ``path`` when given."""
+    def plot(self, path: str | None = None, format: str | tuple = "png") -> dict:
+        """Matplotlib figures (isoflop, scaling, contours, envelope, backtest, lr_schedule, as the fits
+        and curves allow); saved under ``path`` as ``format`` ("png", "pdf" or both) when given."""
         from .plots import make_figures
 
-        return make_figures(self, path)
+        return make_figures(self, path, format)
 
 
 
 def write_report(result: Result, folder: Path) -> Path:
     """fits.json (the ``--json`` document), result.json (the Result), chinchilla_table.md/.csv,
-    points.csv (every experiment, planned and achieved) and the PNG plots under ``folder``; each
+    points.csv (every experiment, planned and achieved) and the plots (PNG and PDF) under ``folder``; each
     file written atomically."""
     import warnings
 
@@ -189,7 +190,7 @@ def write_report(result: Result, folder: Path) -> Path:
     atomic_write_text(folder / "points.csv", rows_csv(result.runs))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        figures = result.plot(folder)
+        figures = result.plot(folder, format=("png", "pdf"))
     for fig in figures.values():
         plt.close(fig)
     return folder

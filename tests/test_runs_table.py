@@ -25,6 +25,18 @@ def test_points_csv_dataframe_and_pending_rows(in_tmp):
         assert row.status == "ok" and row.planned_num_tokens == exp.num_tokens == row.num_tokens
         assert row.planned_flops == exp.flops and row.steps == exp.steps and row.peak_lr == 1e-2
         assert row.gpu_hours == 0.0 and row.device and row.train_seconds > 0 and row.loss is not None
+    report = in_tmp / "runs/toy/report"
+    for name in ("isoflop", "scaling", "backtest", "lr_schedule"):  # PNG and vector PDF of each
+        assert (report / f"{name}.png").stat().st_size > 5000, name
+        assert (report / f"{name}.pdf").read_bytes()[:5] == b"%PDF-", name
+    figures = result.plot()
+    assert all(any("FLOP rule: C = 6·N·D" in t.get_text() for t in f.texts) for f in figures.values())
+    lr = figures["lr_schedule"].axes[0].lines
+    assert len(lr) == 3 and max(lr[0].get_ydata()) == pytest.approx(1e-2)  # one line per size, peaking at the spec LR
+    import matplotlib.pyplot as plt
+
+    for f in figures.values():
+        plt.close(f)
     frame = result.to_pandas()
     assert frame.shape == (len(plan.experiments), len(COLUMNS)) and frame["loss"].notna().all()
     # a budget added later: its experiments are listed as pending until trained
