@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the training and fitting stacks load on first use, so `vali
     from .execute.runner import RunEvent
     from .report import Result
 
-__all__ = ["Spec", "find_optimal", "fit", "analyze_plan", "train_plan"]
+__all__ = ["Spec", "find_optimal", "fit", "analyze_plan", "train_plan", "compare"]
 
 
 class Spec(SpecModel):
@@ -214,3 +214,37 @@ def find_optimal(model_cls: Any, model_size_param: str, model_sizes: list, datas
         return spec.run(retry_failed=retry_failed, on_event=both)
     finally:
         bar.stop()
+
+
+def compare(a: "Spec | str | Path", b: "Spec | str | Path", approach: str = "parametric", retry_failed: bool = False,
+            on_event: Callable[[RunEvent], None] | None = None, budgets: list[float] | None = None):
+    """Recipe ``b`` against recipe ``a`` at equal compute (see :mod:`flops_fit.compare`).
+
+    Trains what either sweep has pending (specs may share a store: nothing is trained twice), fits
+    both, and writes ``compare.json`` and ``compare.png`` under ``<a's runs_dir>/compare/<a>-vs-<b>/``.
+    Returns the :class:`~flops_fit.compare.Comparison`.
+    """
+    import json
+
+    from .compare import compare_results
+    from .plots import compare_figure
+    from .store import atomic_write_text
+
+    specs = [s if isinstance(s, Spec) else Spec.load(s) for s in (a, b)]
+    results = [s.run(retry_failed=retry_failed, on_event=on_event) for s in specs]
+    try:
+        comparison = compare_results(*results, budgets=budgets, approach=approach, names=(specs[0].name, specs[1].name))
+    except ValueError as exc:
+        raise SpecError([Problem(str(exc), key="--approach", hint="compare with the approach both sweeps fitted")]) from None
+    folder = specs[0].run_dir / "compare" / f"{specs[0].name}-vs-{specs[1].name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "compare.json", comparison.model_dump_json(indent=2) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fig = compare_figure(results[0], results[1], comparison)
+        fig.savefig(folder / "compare.png", dpi=110)
+        fig.savefig(folder / "compare.pdf")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return comparison

@@ -289,6 +289,40 @@ def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,toke
 
 
 @app.command()
+def compare(a: str = typer.Argument(..., help="Spec of the reference recipe A."),
+            b: str = typer.Argument(..., help="Spec of the recipe B compared with A."),
+            approach: str = typer.Option("parametric", "--approach", help="parametric or isoflop (the loss law used)."),
+            as_json: bool = JsonOpt, verbose: bool = VerboseOpt) -> None:
+    """B against A at equal compute: the effective compute multiplier at each budget (trains what is pending)."""
+    def go() -> None:
+        from .api import compare as run_compare
+
+        if approach not in ("parametric", "isoflop"):
+            raise typer.BadParameter(f"{approach!r}: choose parametric or isoflop", param_hint="--approach")
+        progress, handle = _progress_handler(err)
+        try:
+            c = run_compare(_load(a), _load(b), approach=approach, on_event=handle)
+        finally:
+            progress.stop()
+        if as_json:
+            _emit_json(c.model_dump_json(indent=2))
+            return
+        t = Table(title=f"{c.b.name} over {c.a.name} at equal compute ({c.approach} fits)")
+        for col in ("C (FLOPs)", f"L_opt {c.a.name}", f"L_opt {c.b.name}", "multiplier", "95% CI", "resolved"):
+            t.add_column(col, justify="right")
+        for r in c.rows:
+            ci = f"{r.multiplier_ci[0]:.3g}–{r.multiplier_ci[1]:.3g}" if r.multiplier_ci else "–"
+            t.add_row(f"{r.budget_flops:.3g}", f"{r.loss_a:.4g}", f"{r.loss_b:.4g}", f"{r.multiplier:.3g}x", ci,
+                      {None: "–", True: "yes", False: "no"}[r.resolved])
+        out.print(t)
+        for law in (c.a, c.b):
+            out.print(f"{law.name}: a = {law.a:.3f} {_ci(law.a_ci)}" + (f", E = {law.E:.4g}" if law.E is not None else ""))
+        for note in c.notes:
+            out.print(f"[yellow]note: {note}[/]")
+    _guard(go, verbose, as_json)
+
+
+@app.command()
 def confirm(spec: str = SpecArg,
             budget: float = typer.Option(..., "--budget", help="The budget (FLOPs) to predict and check, beyond the sweep's."),
             sizes: int = typer.Option(3, "--sizes", min=1, help="Sizes to train around the predicted N_opt."),

@@ -10,7 +10,7 @@ import numpy as np
 
 Result = Any  # a flops_fit.report.Result; this module sits below report and does not import it
 
-__all__ = ["make_figures", "confirm_figure"]
+__all__ = ["make_figures", "confirm_figure", "compare_figure"]
 
 
 def _plt():
@@ -275,4 +275,34 @@ def confirm_figure(result: Result, confirmation: Any):
     right.axvline(pred.num_params, color="C1", ls="--", lw=1, label=f"predicted N_opt = {pred.num_params:.3g}")
     _axes(right, "parameters N", None, f"Loss against N at C = {C:.3g}", logy=False)
     fig.tight_layout()
+    return fig
+
+
+def compare_figure(a: Result, b: Result, comparison: Any):
+    """Two recipes: both IsoFLOP profiles (left), both N_opt frontiers (middle), both L_opt with the
+    measured best run per budget and the effective compute multiplier (right)."""
+    plt = _plt()
+    names = (comparison.a.name, comparison.b.name)
+    with plt.rc_context(STYLE):
+        fig, (prof, front, loss) = plt.subplots(1, 3, figsize=(14, 4.2))
+        budgets = sorted(set(a.budgets) | set(b.budgets))
+        grid = np.logspace(math.log10(min(budgets)) - 0.2, math.log10(max(budgets)) + 0.2, 40)
+        for k, (r, name, marker) in enumerate(((a, names[0], "o"), (b, names[1], "s"))):
+            pts = r.points.usable()
+            prof.scatter([p.num_params for p in pts], [p.loss for p in pts], marker=marker, s=14, color=f"C{k}",
+                         label=name, alpha=0.8)
+            preds = [r.fits.predict(c).get(comparison.approach) for c in grid]
+            front.plot(grid, [p.num_params if p else np.nan for p in preds], color=f"C{k}", label=name)
+            loss.plot(grid, [p.loss if p and p.loss is not None else np.nan for p in preds], color=f"C{k}", label=name)
+            best = {}
+            for p in pts:
+                best[p.budget_flops] = min(best.get(p.budget_flops, math.inf), p.loss)
+            loss.scatter(list(best), list(best.values()), marker=marker, color=f"C{k}", zorder=3)
+        _axes(prof, "parameters N", "final held-out loss", "IsoFLOP profiles", logy=False)
+        _axes(front, "compute C (FLOPs)", "N_opt (parameters)", f"Compute-optimal N ({comparison.approach} fit)")
+        _axes(loss, "compute C (FLOPs)", "L_opt", "Optimal loss; best run per budget", logy=False)
+        text = "; ".join(f"{r.budget_flops:.2g}: {r.multiplier:.2f}x" for r in comparison.rows)
+        loss.text(0.02, 0.02, f"{names[1]} over {names[0]}: {text}", transform=loss.transAxes, fontsize=7, va="bottom")
+        _footer(fig, a)
+        fig.tight_layout()
     return fig
