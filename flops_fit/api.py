@@ -134,10 +134,11 @@ def analyze_plan(spec: SpecModel, plan: Plan) -> Result:
     points = Points.from_records(records, [(s.size, s.num_params) for s in plan.sizes], plan.flop_rule, plan.run_dir)
     a = spec.analysis
     fits = fit_points(points, a.approaches, a.bootstrap, a.seed, a.keep_outliers, a.outlier_z, profile=a.profile)
-    from .runs_table import run_rows
+    from .runs_table import cost_of, run_rows
 
-    return Result(fits=fits, points=points, budgets=plan.budgets, predict_budgets=a.predict,
-                  size_param=plan.size_param, flop_rule=plan.flop_rule, runs=run_rows(plan, records, fits))
+    runs = run_rows(plan, records, fits)
+    return Result(fits=fits, points=points, budgets=plan.budgets, predict_budgets=a.predict, size_param=plan.size_param,
+                  flop_rule=plan.flop_rule, runs=runs, cost=cost_of(runs, spec.cost.usd_per_gpu_hour))
 
 
 def fit(points: "Points | str | Path | Iterable[dict]", approaches: Iterable[str] = ("isoflop", "parametric"),

@@ -123,17 +123,19 @@ def estimate(spec: str = SpecArg, as_json: bool = JsonOpt, retry_failed: bool = 
             _emit_json(est.model_dump_json(indent=2))
             return
         t = Table(title=f"Plan of {spec}  (FLOP rule: {est.flop_rule_description})")
-        for col in ("id", "C", "size", "N", "D", "steps", "FLOPs", "time", "action", "reason"):
+        for col in ("id", "C", "size", "N", "D", "steps", "FLOPs", "time", "GPU-h", "action", "reason"):
             t.add_column(col, justify="right" if col not in ("id", "action", "reason") else "left")
         for r in est.experiments:
             t.add_row(r.id, f"{r.budget_flops:.2g}", str(r.size), f"{r.num_params:,}", f"{r.num_tokens:.3g}",
-                      str(r.steps), f"{r.flops:.3g}", _fmt_seconds(r.est_seconds), r.action, r.reason)
+                      str(r.steps), f"{r.flops:.3g}", _fmt_seconds(r.est_seconds), f"{r.gpu_hours:.3g}", r.action,
+                      r.reason)
         err.print(t)
         for d in est.dropped:
             err.print(f"[dim]dropped C={d.budget_flops:.2g} size={d.size}: {d.reason}[/]")
         err.print(f"total {est.total_flops:.3g} FLOPs, {est.remaining_flops:.3g} to train; "
                   f"~{_fmt_seconds(est.est_seconds)} on {est.device}; "
-                  f"~{_fmt_seconds(est.gpu_est_seconds)} on one {est.gpu} at {est.gpu_mfu:.0%} MFU")
+                  f"~{_fmt_seconds(est.gpu_est_seconds)} on one {est.gpu} at {est.gpu_mfu:.0%} MFU "
+                  f"({est.gpu_hours:.3g} GPU-hours" + (f", ${est.usd:,.2f}" if est.usd is not None else "") + ")")
     _guard(go, verbose, as_json)
 
 
@@ -181,6 +183,10 @@ def _print_result(result, as_json: bool) -> None:
             out.print(f"backtest ({name}, fit without C={bt.held_out_budget:.2g}): predicted loss {loss} vs measured "
                       f"{measured_loss:.4g}; N_opt {p.num_params:.3g} vs {measured_n:.3g}")
     out.print(f"FLOP rule: {RULE_DESCRIPTIONS.get(result.flop_rule, result.flop_rule)}")
+    if result.cost is not None:
+        c = result.cost
+        out.print(f"cost: {_fmt_seconds(c.train_seconds)} of training, {c.gpu_hours:.3g} GPU-hours"
+                  + (f", ${c.usd:,.2f}" if c.usd is not None else ""))
     color = {"trust": "green", "caution": "yellow", "do not trust": "red"}[result.trust().verdict]
     for i, line in enumerate(verdict_lines):
         out.print(f"[{color}]{line}[/]" if i == 0 else line, highlight=False)

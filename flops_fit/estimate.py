@@ -10,7 +10,7 @@ log-linearly in N, times the remaining steps, plus the first step's extra cost
 threads and the total is the makespan of the experiments handed out in plan order to the
 workers (plus a worker's start-up), not their sum.  The
 GPU figure is ``remaining FLOPs / (peak FLOP/s × MFU)`` for the GPU named in
-``[estimate]``.
+``[estimate]``; in GPU-hours per experiment and in total, and in $ with ``usd_per_gpu_hour``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ class EstimateRow(Frozen):
     action: str
     reason: str
     est_seconds: Optional[float] = None
+    gpu_hours: float = 0.0  # of the remaining FLOPs on the [estimate] GPU at its MFU
+    usd: Optional[float] = None
 
 
 class Estimate(Frozen):
@@ -59,6 +61,8 @@ class Estimate(Frozen):
     gpu: str
     gpu_mfu: float
     gpu_est_seconds: float
+    gpu_hours: float = 0.0  # gpu_est_seconds / 3600: the remaining work in GPU-hours on the [estimate] GPU
+    usd: Optional[float] = None  # gpu_hours × [estimate] usd_per_gpu_hour
 
 
 def calibrate(plan: Plan, steps: int, threads: int | None = None) -> dict:
@@ -155,6 +159,8 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calib
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 and not layout.gpus else None
     calib = calibrate(plan, calibrate_steps or spec.cost.calibrate_steps, threads) if spec.cost.calibrate else {}
     rows, remaining_flops, total_seconds = [], 0.0, 0.0
+    gpu_rate = PEAK_FLOPS[spec.cost.gpu][plan.runtime.precision] * spec.cost.mfu  # FLOP/s on the stated GPU
+    price = spec.cost.usd_per_gpu_hour
     for exp in plan.experiments:
         d = decide(store, exp, retry_failed, dry_run=True)
         left = _remaining_steps(exp, d.action, d.checkpoint_step)
@@ -162,16 +168,19 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calib
         seconds = left * sps + _overhead(calib) if sps is not None and left else (0.0 if sps is not None else None)
         remaining_flops += exp.flops * left / exp.steps
         total_seconds += seconds or 0.0
+        hours = exp.flops * left / exp.steps / gpu_rate / 3600
         rows.append(EstimateRow(id=exp.id, budget_flops=exp.budget_flops, size=exp.size, num_params=exp.num_params,
                                 num_tokens=exp.num_tokens, steps=exp.steps, flops=exp.flops, action=d.action,
-                                reason=d.reason, est_seconds=seconds))
+                                reason=d.reason, est_seconds=seconds, gpu_hours=hours,
+                                usd=hours * price if price else None))
     if calib and workers > 1:  # experiments are claimed by W workers: the sweep ends with the busiest one
         start = worker_start_seconds()  # each worker imports the training stack and reads plan.json
         calib = {**calib, "workers": workers, "worker_start_seconds": start}
         total_seconds = makespan([r.est_seconds or 0.0 for r in rows], workers) + start
-    peak = PEAK_FLOPS[spec.cost.gpu][plan.runtime.precision]
+    gpu_hours = remaining_flops / gpu_rate / 3600
     return Estimate(flop_rule=plan.flop_rule, flop_rule_description=RULE_DESCRIPTIONS[plan.flop_rule], experiments=rows,
                     dropped=list(plan.dropped), total_flops=sum(e.flops for e in plan.experiments),
                     remaining_flops=remaining_flops, est_seconds=total_seconds if calib else None,
                     device=calib.get("device", "not calibrated"), calibration=calib, gpu=spec.cost.gpu,
-                    gpu_mfu=spec.cost.mfu, gpu_est_seconds=remaining_flops / (peak * spec.cost.mfu))
+                    gpu_mfu=spec.cost.mfu, gpu_est_seconds=gpu_hours * 3600, gpu_hours=gpu_hours,
+                    usd=gpu_hours * price if price else None)

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .analysis.fit import Fits
 from .analysis.laws import Prediction
 from .analysis.points import Points
-from .runs_table import COLUMNS, RunRow, rows_csv
+from .runs_table import COLUMNS, Cost, RunRow, rows_csv
 from .store import atomic_write_text
 from .verdict import Verdict, assess
 
@@ -107,6 +107,7 @@ class Result(BaseModel):
     size_param: Optional[str] = None
     flop_rule: str = "6N"
     runs: list[RunRow] = Field(default_factory=list)  # every experiment, planned and achieved (points.csv)
+    cost: Optional[Cost] = None  # what the sweep's training cost (from the store; None for points made elsewhere)
 
     def to_pandas(self):
         """The runs table as a pandas DataFrame, a row per experiment (columns: :data:`~flops_fit.runs_table.COLUMNS`)."""
@@ -158,6 +159,7 @@ class Result(BaseModel):
         return {"points": f.num_points, "flop_rule": self.flop_rule, "excluded": [e.model_dump() for e in f.excluded],
                 "notes": notes, "fits": fits, "table": [r.model_dump(mode="json") for r in self.chinchilla_table().rows],
                 "backtest": f.backtest.model_dump(mode="json") if f.backtest else None,
+                "cost": self.cost.model_dump() if self.cost else None,
                 "trust": verdict.model_dump(mode="json")}
 
     def save(self, folder: str | Path) -> Path:

@@ -19,7 +19,7 @@ from .frozen import Frozen
 from .plan import Plan
 from .store import RunRecord
 
-__all__ = ["RunRow", "run_rows", "point_rows", "rows_csv", "COLUMNS"]
+__all__ = ["RunRow", "Cost", "cost_of", "run_rows", "point_rows", "rows_csv", "COLUMNS"]
 
 
 class RunRow(Frozen):
@@ -94,3 +94,18 @@ def rows_csv(rows: list[RunRow]) -> str:
     for r in rows:
         w.writerow(["" if getattr(r, c) is None else getattr(r, c) for c in COLUMNS])
     return buf.getvalue()
+
+
+class Cost(Frozen):
+    """What the trained experiments cost: training time, GPU-hours, and $ at a stated price."""
+
+    train_seconds: float
+    gpu_hours: float
+    usd: Optional[float] = None
+
+
+def cost_of(rows: list[RunRow], usd_per_gpu_hour: float | None = None) -> Cost:
+    """Sums over the rows that trained (GPU-hours of records without a device type count as 0)."""
+    seconds = sum(r.train_seconds or 0.0 for r in rows)
+    hours = sum(r.gpu_hours or 0.0 for r in rows)
+    return Cost(train_seconds=seconds, gpu_hours=hours, usd=hours * usd_per_gpu_hour if usd_per_gpu_hour else None)

@@ -217,6 +217,7 @@ class EstimateSpec(_Frozen):
     mfu: float = Field(default=0.3, gt=0, le=1, description="Model FLOP utilisation assumed on that GPU.")
     calibrate: bool = Field(default=True, description="Time a few real steps on this machine.")
     calibrate_steps: int = Field(default=4, ge=2, description="Timed steps per calibration model (after one warm-up step).")
+    usd_per_gpu_hour: Optional[float] = Field(default=None, gt=0, description="Price of one GPU-hour: estimate and report give the cost in $.")
 
 
 # The data of a spec file.  Users hold flops_fit.Spec, the one Spec class, which adds the

@@ -57,3 +57,23 @@ def test_to_pandas_says_how_to_install_it(monkeypatch):
     result = Result.model_construct(runs=[])
     with pytest.raises(ImportError, match="pip install pandas"):
         result.to_pandas()
+
+
+def test_cost_in_gpu_hours_and_dollars(in_tmp):
+    from flops_fit.flops import PEAK_FLOPS
+
+    path = write_toy_spec(in_tmp, sizes=(4, 8, 16), budgets=(1e6, 2e6, 4e6),
+                          analysis="\n[estimate]\ncalibrate = false\nusd_per_gpu_hour = 2.5\ngpu = \"A100\"\nmfu = 0.5\n")
+    spec = Spec.load(path)
+    est = spec.estimate()
+    rate = PEAK_FLOPS["A100"]["fp32"] * 0.5
+    for row in est.experiments:
+        assert row.gpu_hours == pytest.approx(row.flops / rate / 3600) and row.usd == pytest.approx(2.5 * row.gpu_hours)
+    assert est.gpu_hours == pytest.approx(sum(r.gpu_hours for r in est.experiments)) and est.usd == pytest.approx(2.5 * est.gpu_hours)
+    res = CliRunner().invoke(app, ["estimate", str(path)])
+    assert "GPU-hours, $" in res.stderr, res.stderr
+    result = spec.run(report=False)
+    assert result.cost.train_seconds == pytest.approx(sum(r.train_seconds for r in result.runs))
+    assert result.cost.gpu_hours == 0.0 and result.cost.usd == 0.0  # trained on CPU
+    assert result.summary()["cost"]["train_seconds"] > 0
+    assert Spec.load(path).estimate().gpu_hours == 0.0  # nothing left to train
