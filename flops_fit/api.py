@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable
 
 from typing import TYPE_CHECKING
 
@@ -225,8 +225,6 @@ def compare(a: "Spec | str | Path", b: "Spec | str | Path", approach: str = "par
     both, and writes ``compare.json`` and ``compare.png`` under ``<a's runs_dir>/compare/<a>-vs-<b>/``.
     Returns the :class:`~flops_fit.compare.Comparison`.
     """
-    import json
-
     from .compare import compare_results
     from .plots import compare_figure
     from .store import atomic_write_text

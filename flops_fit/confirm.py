@@ -28,7 +28,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 
 from .errors import Problem, SpecError
 from .frozen import Frozen

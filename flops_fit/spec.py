@@ -14,7 +14,7 @@ from pathlib import Path
 import math
 import os
 import re
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
 import tomli_w
 from pydantic import AfterValidator, BaseModel, BeforeValidator, PrivateAttr, WithJsonSchema, ConfigDict, Field, ValidationError, field_validator, model_validator

@@ -10,7 +10,6 @@ import pytest
 from typer.testing import CliRunner
 
 from flops_fit import fit
-from flops_fit.analysis import Point
 from flops_fit.analysis.laws import ParametricFit
 from flops_fit.cli import app
 from flops_fit.compare import compare_results

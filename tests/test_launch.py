@@ -72,8 +72,6 @@ def test_ctrl_c_checkpoints_the_step_reached_and_resumes_there(in_tmp, layout):
     import signal
     import time
 
-    from flops_fit.errors import FlopsFitError  # noqa: F401  (the package imports fast: no torch)
-
     workers = "workers_per_gpu = 2\ndevice = \"cpu\"\n" if layout == "two workers" else ""
     path = write_toy_spec(in_tmp, model="SlowMLP", sizes=(8, 16), budgets=(3e6,), train=workers)  # no cadence set
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

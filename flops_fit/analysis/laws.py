@@ -13,7 +13,7 @@ bootstrap ``samples`` are kept for intervals at any budget but left out of that 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import numpy as np
 from pydantic import Field

@@ -9,7 +9,7 @@ process decides, locks and writes, and its decision is broadcast to the others.
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from accelerate import Accelerator
