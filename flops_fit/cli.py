@@ -136,6 +136,10 @@ def estimate(spec: str = SpecArg, as_json: bool = JsonOpt, retry_failed: bool = 
                   f"~{_fmt_seconds(est.est_seconds)} on {est.device}; "
                   f"~{_fmt_seconds(est.gpu_est_seconds)} on one {est.gpu} at {est.gpu_mfu:.0%} MFU "
                   f"({est.gpu_hours:.3g} GPU-hours" + (f", ${est.usd:,.2f}" if est.usd is not None else "") + ")")
+        if est.reuse == "branch":
+            err.print(f"reuse = branch: {est.total_flops:.3g} FLOPs for the sweep against {est.standalone_flops:.3g} with "
+                      f"reuse = none, saving {est.saved_flops:.3g} ({est.saved_flops / est.standalone_flops:.0%})"
+                      + (f", ~{_fmt_seconds(est.saved_seconds)} here" if est.saved_seconds is not None else ""))
     _guard(go, verbose, as_json)
 
 

@@ -41,6 +41,7 @@ class EstimateRow(Frozen):
     flops: float
     action: str
     reason: str
+    role: str = "experiment"  # "trunk" or "branch" with reuse = "branch"
     est_seconds: Optional[float] = None
     gpu_hours: float = 0.0  # of the remaining FLOPs on the [estimate] GPU at its MFU
     usd: Optional[float] = None
@@ -63,6 +64,10 @@ class Estimate(Frozen):
     gpu_est_seconds: float
     gpu_hours: float = 0.0  # gpu_est_seconds / 3600: the remaining work in GPU-hours on the [estimate] GPU
     usd: Optional[float] = None  # gpu_hours × [estimate] usd_per_gpu_hour
+    reuse: str = "none"
+    standalone_flops: float = 0.0  # the same sweep with reuse = "none": every experiment from scratch
+    saved_flops: float = 0.0  # standalone_flops − total_flops
+    saved_seconds: Optional[float] = None  # the same, in estimated wall-clock here (whole sweep, from scratch)
 
 
 def calibrate(plan: Plan, steps: int, threads: int | None = None) -> dict:
@@ -143,10 +148,16 @@ def _seconds_per_step(calibration: dict, num_params: int) -> float | None:
     return math.exp(math.log(s0) + w * (math.log(s1) - math.log(s0)))
 
 
-def _remaining_steps(exp: Experiment, action: str, checkpoint_step: int | None) -> int:
+def _remaining_steps(exp: Experiment, action: str, checkpoint_step: int | None, stop: int | None = None) -> int:
+    """Steps still to train: a trunk to its stop, a branch from its branch point (or own checkpoint)."""
     if action == "skip":
         return 0
-    return exp.steps - (checkpoint_step or 0)
+    return (stop or exp.steps) - (checkpoint_step or 0)
+
+
+def _own_steps(exp: Experiment) -> int:
+    """Steps an experiment trains itself from scratch: a branch only its cooldown."""
+    return exp.steps - (exp.job.branch.step if exp.job.branch is not None else 0)
 
 
 def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calibrate_steps: int | None = None) -> Estimate:
@@ -161,9 +172,10 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calib
     rows, remaining_flops, total_seconds = [], 0.0, 0.0
     gpu_rate = PEAK_FLOPS[spec.cost.gpu][plan.runtime.precision] * spec.cost.mfu  # FLOP/s on the stated GPU
     price = spec.cost.usd_per_gpu_hour
-    for exp in plan.experiments:
-        d = decide(store, exp, retry_failed, dry_run=True)
-        left = _remaining_steps(exp, d.action, d.checkpoint_step)
+    units = plan.units()
+    for exp in units:
+        d = decide(store, exp, retry_failed, dry_run=True, branches=plan.branches_of(exp) if exp.job.role == "trunk" else None)
+        left = _remaining_steps(exp, d.action, d.checkpoint_step, d.stop)
         sps = _seconds_per_step(calib, exp.num_params)
         seconds = left * sps + _overhead(calib) if sps is not None and left else (0.0 if sps is not None else None)
         remaining_flops += exp.flops * left / exp.steps
@@ -172,14 +184,24 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calib
         rows.append(EstimateRow(id=exp.id, budget_flops=exp.budget_flops, size=exp.size, num_params=exp.num_params,
                                 num_tokens=exp.num_tokens, steps=exp.steps, flops=exp.flops, action=d.action,
                                 reason=d.reason, est_seconds=seconds, gpu_hours=hours,
-                                usd=hours * price if price else None))
+                                usd=hours * price if price else None,
+                                role="trunk" if exp.job.role == "trunk" else ("branch" if exp.job.branch else "experiment")))
     if calib and workers > 1:  # experiments are claimed by W workers: the sweep ends with the busiest one
         start = worker_start_seconds()  # each worker imports the training stack and reads plan.json
         calib = {**calib, "workers": workers, "worker_start_seconds": start}
         total_seconds = makespan([r.est_seconds or 0.0 for r in rows], workers) + start
     gpu_hours = remaining_flops / gpu_rate / 3600
+    total = sum(e.flops * _own_steps(e) / e.steps for e in units)
+    standalone = sum(e.flops for e in plan.experiments)
+    saved_seconds = None
+    if calib and plan.trunks:  # the whole sweep from scratch, both ways, on this machine's layout
+        def sweep_seconds(items: list[Experiment], steps) -> float:
+            each = [steps(e) * _seconds_per_step(calib, e.num_params) + _overhead(calib) for e in items]
+            return makespan(each, workers) if workers > 1 else sum(each)
+        saved_seconds = sweep_seconds(plan.experiments, lambda e: e.steps) - sweep_seconds(units, _own_steps)
     return Estimate(flop_rule=plan.flop_rule, flop_rule_description=RULE_DESCRIPTIONS[plan.flop_rule], experiments=rows,
-                    dropped=list(plan.dropped), total_flops=sum(e.flops for e in plan.experiments),
+                    reuse=plan.reuse, standalone_flops=standalone, saved_flops=standalone - total, saved_seconds=saved_seconds,
+                    dropped=list(plan.dropped), total_flops=total,
                     remaining_flops=remaining_flops, est_seconds=total_seconds if calib else None,
                     device=calib.get("device", "not calibrated"), calibration=calib, gpu=spec.cost.gpu,
                     gpu_mfu=spec.cost.mfu, gpu_est_seconds=gpu_hours * 3600, gpu_hours=gpu_hours,

@@ -164,7 +164,7 @@ def worker_main(run_dir: str, selection: Selection) -> int:
     store = Store(Path(run_dir))
     plan = Plan.from_json((store.root / "plan.json").read_text(encoding="utf-8"))
     accelerator = make_accelerator(plan.runtime, str(store.root / "tracking"))
-    experiments = [e for e in plan.experiments if selection.accepts(e)]
+    experiments = [e for e in plan.units() if selection.accepts(e)]
     run_experiments(experiments, store, accelerator, selection.retry_failed, _print_event, compile=plan.runtime.compile)
     return 0
 

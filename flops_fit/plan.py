@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 from pydantic import Field
 
@@ -23,142 +23,15 @@ from .components import build_data, build_loss, build_model, first_batch, forwar
 from .errors import Problem, SpecError
 from .frozen import Frozen
 from .flops import count_params, flops_per_sample, measure_flops_per_sample, to_meta
-from .hashing import HASH_VERSION, content_hash
+from .hashing import content_hash
 from .imports import resolve
+from .job import NOT_HASHED, BranchPoint, Component, Job, Loop, Optim, Runtime, Schedule
 from .spec import SpecModel
 
-__all__ = ["Component", "Optim", "Schedule", "Loop", "Runtime", "NOT_HASHED", "runtime", "peak_lr", "Job", "Experiment", "Dropped", "SizeInfo", "Plan", "compile_plan", "size_info", "size_infos",
+__all__ = ["Component", "Optim", "Schedule", "Loop", "Runtime", "NOT_HASHED", "BranchPoint", "runtime", "peak_lr", "Job",
+           "Trunk", "Experiment", "Dropped", "SizeInfo", "Plan", "compile_plan", "size_info", "size_infos",
            "sample_batch", "experiment_id", "confirm_experiments", "format_number"]
 
-
-
-class Component(Frozen):
-    """A user object named by import path, with its keyword arguments."""
-
-    target: str
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-
-
-class Optim(Frozen):
-    """The optimizer of one experiment (``[train]`` optimizer keys)."""
-
-    target: Optional[str] = None  # import path of factory(params, lr); None: AdamW
-    learning_rate: float
-    weight_decay: float
-    betas: tuple[float, float]
-    eps: float
-    grad_clip: Optional[float]
-
-
-class Schedule(Frozen):
-    """The learning-rate schedule of one experiment, in optimizer steps."""
-
-    kind: Literal["cosine", "constant", "wsd"]
-    warmup_steps: int
-    min_lr_ratio: float
-    decay_fraction: float
-
-
-class Loop(Frozen):
-    """How the loop walks the data: batch split, seed, logging, checkpoints, divergence rule."""
-
-    batch_size: int
-    micro_batch_size: Optional[int] = None
-    seed: int
-    divergence_factor: float
-    log_points: int
-    eval_points: int
-    num_workers: int
-    checkpoint_seconds: float
-    checkpoint_steps: Optional[int] = None
-    keep_checkpoints: int
-
-
-class Runtime(Frozen):
-    """Run-level settings the runner builds its one Accelerator from (``make_accelerator``)."""
-
-    precision: Literal["fp32", "bf16", "fp16"]
-    device: Literal["auto", "cpu", "cuda"]
-    compile: bool
-    log_with: list[str] = Field(default_factory=list)
-
-
-#: ``[train]`` keys that do not change an experiment's loss, with why (the rest are hashed).
-NOT_HASHED: dict[str, str] = {
-    "device": "where it runs, not what it computes",
-    "compile": "same computation, compiled",
-    "log_with": "trackers only observe",
-    "log_points": "when the loss is read, not the loss",
-    "eval_points": "held-out evaluations during training do not touch the weights",
-    "num_workers": "DataLoader processes load the same samples in the same order",
-    "checkpoint_seconds": "checkpoints resume exactly",
-    "checkpoint_steps": "checkpoints resume exactly",
-    "keep_checkpoints": "checkpoints resume exactly",
-    "parallel": "the process layout (each experiment is seeded by its job)",
-    "workers_per_gpu": "the process layout",
-    "data_parallel_min_params": "the process layout",
-    "micro_batch_size": "gradient accumulation sums to the same batch gradient",
-}
-
-
-class Job(Frozen):
-    """Everything a worker needs to train one experiment (and nothing of the Spec).
-
-    Its identity (:meth:`identity`, the content hash) is exactly what changes the loss;
-    ``experiment_id``, ``budget_flops``, ``hash``, ``search_path`` and the loop's bookkeeping
-    keys (:data:`NOT_HASHED`) are not part of it.
-    """
-
-    experiment_id: str
-    hash: str = ""
-    budget_flops: float
-    model: Component
-    size_param: str
-    size: Any
-    data: Component
-    eval_data: Optional[Component] = None
-    eval_fraction: float
-    eval_batches: int
-    loss: Component
-    tokens_per_sample: float
-    steps: int
-    num_params: int
-    flops_per_sample: float
-    optim: Optim
-    schedule: Schedule
-    loop: Loop
-    precision: Literal["fp32", "bf16", "fp16"]
-    search_path: list[str] = Field(default_factory=list)
-
-    @property
-    def warmup_steps(self) -> int:
-        return self.schedule.warmup_steps
-
-    @property
-    def targets(self) -> list[str]:
-        """The import paths of the user's code this job runs (model, data, held-out data, loss, optimizer)."""
-        found = [self.model.target, self.data.target, self.eval_data.target if self.eval_data else None,
-                 self.loss.target, self.optim.target]
-        return [t for t in found if t]
-
-    def identity(self) -> dict:
-        """Exactly what changes the experiment's loss (DESIGN.md principle 2); its hash is the id's suffix."""
-        o, sc, lp = self.optim, self.schedule, self.loop
-        ev = self.eval_data
-        return {
-            "version": HASH_VERSION,
-            "model": {"target": self.model.target, "kwargs": self.model.kwargs, "size_param": self.size_param,
-                      "size": self.size},
-            "data": {"target": self.data.target, "kwargs": self.data.kwargs, "tokens_per_sample": self.tokens_per_sample,
-                     "eval_target": ev.target if ev else None, "eval_kwargs": ev.kwargs if ev else {},
-                     "eval_fraction": self.eval_fraction, "eval_batches": self.eval_batches},
-            "loss": {"target": self.loss.target, "kwargs": self.loss.kwargs},
-            "steps": self.steps, "batch_size": lp.batch_size, "warmup_steps": sc.warmup_steps,
-            "optimizer": {"target": o.target, "lr": o.learning_rate, "weight_decay": o.weight_decay,
-                          "betas": list(o.betas), "eps": o.eps, "grad_clip": o.grad_clip},
-            "schedule": {"kind": sc.kind, "min_lr_ratio": sc.min_lr_ratio, "decay_fraction": sc.decay_fraction},
-            "seed": lp.seed, "precision": self.precision, "divergence_factor": lp.divergence_factor,
-        }
 
 
 class Experiment(Frozen):
@@ -174,6 +47,13 @@ class Experiment(Frozen):
     steps: int
     flops: float
     job: Job
+
+
+class Trunk(Experiment):
+    """``reuse = "branch"``: one size's constant-LR trunk, trained to its last branch step
+    (``steps``), writing a pinned checkpoint at each of ``branch_steps`` (the S_C of its branches)."""
+
+    branch_steps: list[int]
 
 
 class Dropped(Frozen):
@@ -204,6 +84,8 @@ class Plan(Frozen):
     approaches: list[str]
     predict: list[float]
     runtime: Runtime
+    reuse: str = "none"
+    trunks: list[Trunk] = Field(default_factory=list)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -214,6 +96,18 @@ class Plan(Frozen):
 
     def for_budget(self, budget_flops: float) -> list[Experiment]:
         return [e for e in self.experiments if e.budget_flops == budget_flops]
+
+    def branches_of(self, trunk: Experiment) -> list[Experiment]:
+        """The experiments branched off ``trunk``, by branch step."""
+        found = [e for e in self.experiments if e.job.branch is not None and e.job.branch.trunk_id == trunk.id]
+        return sorted(found, key=lambda e: e.job.branch.step)
+
+    def units(self) -> list[Experiment]:
+        """What a worker walks, in order: each trunk followed by its branches, then the other experiments."""
+        out: list[Experiment] = []
+        for trunk in self.trunks:
+            out += [trunk, *self.branches_of(trunk)]
+        return out + [e for e in self.experiments if e.job.branch is None]
 
 
 def format_number(value: float) -> str:
@@ -282,6 +176,8 @@ def _warmup_steps(spec: SpecModel, num_params: int, steps: int) -> int:
         return int(round(t.warmup_fraction * steps))
     tokens = t.warmup_tokens if t.warmup_tokens is not None else float(num_params)
     per_step = t.batch_size * spec.data.tokens_per_sample
+    if spec.sweep.reuse == "branch":  # one warmup per size serves every length: not capped by the run's
+        return int(math.ceil(tokens / per_step))
     return int(min(math.ceil(tokens / per_step), t.max_warmup_fraction * steps))
 
 
@@ -327,12 +223,72 @@ def compile_plan(spec: SpecModel, sizes: list[SizeInfo] | None = None) -> Plan:
                                     key=f"sweep.budgets[{spec.sweep.budgets.index(budget)}]", file=spec.source,
                                     value=budget, has_value=True,
                                     hint="raise the budget, add smaller sizes, or lower train.batch_size / sweep.min_steps"))
+    trunks: list[Trunk] = []
+    if spec.sweep.reuse == "branch" and not problems:
+        experiments, trunks, problems = branched(spec, experiments)
     if problems:
         raise SpecError(problems)
     return Plan(name=spec.name, run_dir=str(spec.run_dir), flop_rule=spec.flops.rule, size_param=spec.model.size_param,
                 tokens_per_sample=spec.data.tokens_per_sample, budgets=list(spec.sweep.budgets), sizes=sizes,
                 experiments=experiments, dropped=dropped, approaches=list(spec.analysis.approaches),
-                predict=list(spec.analysis.predict), runtime=runtime(spec))
+                predict=list(spec.analysis.predict), runtime=runtime(spec), reuse=spec.sweep.reuse, trunks=trunks)
+
+
+def branch_step(steps: int, decay_fraction: float) -> int:
+    """S_C = T_C − round(f·T_C): where the wsd schedule of a T_C-step run starts its cooldown."""
+    return steps - max(1, int(round(decay_fraction * steps)))
+
+
+def branched(spec: SpecModel, experiments: list[Experiment]) -> tuple[list[Experiment], list[Trunk], list[Problem]]:
+    """``reuse = "branch"``: one trunk per size and, in place of each experiment, a branch of it.
+
+    A branch keeps its (budget, size) prefix; its hash is (trunk hash, S_C, T_C, cooldown).
+    Problems: a schedule that is not wsd, a warmup that does not end before a branch step,
+    a cooldown shorter than ``sweep.min_cooldown_steps``."""
+    t = spec.train
+    if t.schedule != "wsd":
+        return experiments, [], [Problem("sweep.reuse = 'branch' needs the warmup-stable-decay schedule (branches are "
+                                         "its cooldowns)", key="train.schedule", file=spec.source, value=t.schedule,
+                                         has_value=True, hint='set train.schedule = "wsd", or sweep.reuse = "none"')]
+    if t.warmup_fraction is not None:
+        return experiments, [], [Problem("sweep.reuse = 'branch' shares one warmup between every length of a size; a "
+                                         "warmup as a fraction of the run cannot be shared", key="train.warmup_fraction",
+                                         file=spec.source, value=t.warmup_fraction, has_value=True,
+                                         hint="remove it and set train.warmup_tokens")]
+    problems, trunks, out = [], [], {}
+    for size in dict.fromkeys(e.size for e in experiments):
+        own = [e for e in experiments if e.size == size]
+        points = {e.id: branch_step(e.steps, t.decay_fraction) for e in own}
+        first = own[0]
+        for e in own:
+            cool, warm = e.steps - points[e.id], e.job.warmup_steps
+            if cool < spec.sweep.min_cooldown_steps:
+                problems.append(Problem(f"{e.id}: its cooldown is {cool} steps (decay_fraction {t.decay_fraction:g} of "
+                                        f"{e.steps}), fewer than sweep.min_cooldown_steps = {spec.sweep.min_cooldown_steps}",
+                                        key="train.decay_fraction", file=spec.source, value=t.decay_fraction, has_value=True,
+                                        hint="raise train.decay_fraction or the budgets, or lower sweep.min_cooldown_steps"))
+            if warm >= points[e.id]:
+                problems.append(Problem(f"{e.id}: the warmup ({warm} steps) does not end before its branch step "
+                                        f"{points[e.id]}", key="train.warmup_tokens", file=spec.source,
+                                        value=t.warmup_tokens, has_value=True,
+                                        hint="lower train.warmup_tokens, or drop the smallest budget for this size"))
+        pins = sorted(set(points.values()))
+        job = first.job.model_copy(update={"role": "trunk", "steps": pins[-1], "pins": pins, "experiment_id": "",
+                                           "budget_flops": max(e.budget_flops for e in own),
+                                           "schedule": first.job.schedule.model_copy(update={"kind": "constant"})})
+        digest = content_hash(job.identity())
+        trunk_id = f"trunk-{spec.model.size_param[:1]}{_fmt_number(size) if isinstance(size, float) else size}-{digest}"
+        job = job.model_copy(update={"hash": digest, "experiment_id": trunk_id})
+        samples = pins[-1] * t.batch_size
+        trunks.append(Trunk(id=trunk_id, hash=digest, budget_flops=job.budget_flops, size=size, num_params=first.num_params,
+                            num_tokens=samples * spec.data.tokens_per_sample, num_samples=samples, steps=pins[-1],
+                            flops=samples * first.job.flops_per_sample, job=job, branch_steps=pins))
+        for e in own:
+            bjob = e.job.model_copy(update={"branch": BranchPoint(trunk_id=trunk_id, trunk_hash=digest, step=points[e.id])})
+            h = content_hash(bjob.identity())
+            eid = experiment_id(e.budget_flops, spec.model.size_param, size, h)
+            out[e.id] = e.model_copy(update={"id": eid, "hash": h, "job": bjob.model_copy(update={"hash": h, "experiment_id": eid})})
+    return [out[e.id] for e in experiments], trunks, problems
 
 
 def runtime(spec: SpecModel) -> Runtime:

@@ -123,6 +123,8 @@ class SweepSpec(_Frozen):
     sizes_per_budget: Optional[int] = Field(default=None, ge=3, description="Sizes run per budget, centred on the expected optimum; default: every feasible size.")
     min_steps: int = Field(default=20, ge=1, description="An experiment with fewer optimizer steps is infeasible and dropped.")
     tokens_per_param: float = Field(default=20.0, gt=0, description="Expected optimal D/N used to centre sizes_per_budget (Chinchilla: 20).")
+    reuse: Literal["none", "branch"] = Field(default="none", description="'none': every (budget, size) trained from scratch; 'branch': one constant-LR trunk per size, and per budget a wsd cooldown branched off it (needs train.schedule = 'wsd').")
+    min_cooldown_steps: int = Field(default=20, ge=1, description="reuse = 'branch': a branch's cooldown (round(decay_fraction · T_C) steps) must be at least this long.")
 
     _v_budgets = field_validator("budgets")(lambda v: _sorted_distinct(v, "budgets"))
 

@@ -7,6 +7,7 @@ Layout (DESIGN.md)::
     <runs_dir>/<name>/experiments/<id>/metrics.jsonl    # every logged point, always
     <runs_dir>/<name>/experiments/<id>/checkpoints/step-00000123/{state.pt,trainer.json,COMPLETE}
     <runs_dir>/<name>/experiments/<id>/lock             # held while one process trains it
+    <runs_dir>/<name>/experiments/trunk-<size>-<hash>/pinned/step-00000123/...  # reuse = "branch": branch points
 
 ``result.json`` and the ``COMPLETE`` marker are written through a temporary file and
 ``os.replace``, so a reader never sees half a file.  A checkpoint without its marker does
@@ -110,8 +111,23 @@ class RunRecord(Frozen):
     epochs: Optional[float] = None
     notes: list[str] = Field(default_factory=list)
     curve: list[CurvePoint] = Field(default_factory=list)
+    reuse: Literal["none", "branch", "trunk"] = "none"  # "branch": a cooldown branched off a trunk; "trunk": a trunk
+    trunk_id: Optional[str] = None
+    branch_step: Optional[int] = None  # S_C: the trunk step the branch started from (its own steps are the rest)
+    pre_cooldown_loss: Optional[float] = None  # the trunk's held-out loss at S_C (constant LR: above the branch's)
+    trunk_seconds: float = 0.0  # of train_seconds, the trunk's up to S_C (train_seconds is a standalone run's)
     provenance: Optional[Provenance] = None
     traceback: Optional[str] = None
+
+    @property
+    def own_steps(self) -> int:
+        """Steps this record's process trained (a branch: after its branch step)."""
+        return self.steps - (self.branch_step or 0)
+
+    @property
+    def own_seconds(self) -> float:
+        """Seconds this record's process trained (a branch: its cooldown only)."""
+        return self.train_seconds - self.trunk_seconds
 
     @classmethod
     def failed(cls, job: Job, reason: str, traceback: str | None = None, provenance: Provenance | None = None) -> "RunRecord":
@@ -132,6 +148,7 @@ class Decision:
     reason: str
     checkpoint: Optional[str] = None
     checkpoint_step: Optional[int] = None
+    stop: Optional[int] = None  # a trunk: the step it trains to (its last branch point still needed)
 
 
 @dataclass(frozen=True)
@@ -185,16 +202,42 @@ class Store:
     def checkpoints_dir(self, exp_id: str) -> Path:
         return self.exp_dir(exp_id) / "checkpoints"
 
-    def new_checkpoint_dir(self, exp_id: str, step: int) -> Path:
-        path = self.checkpoints_dir(exp_id) / f"step-{step:08d}"
+    def pinned_dir(self, exp_id: str) -> Path:
+        """A trunk's branch-point checkpoints: never pruned by ``keep_checkpoints``."""
+        return self.exp_dir(exp_id) / "pinned"
+
+    def pinned_checkpoint(self, exp_id: str, step: int) -> Path | None:
+        path = self.pinned_dir(exp_id) / f"step-{step:08d}"
+        return path if (path / MARKER).exists() else None
+
+    def release_pins(self, trunk_id: str, branches: list[Experiment]) -> list[int]:
+        """Delete the trunk's pinned checkpoints whose branches all have their result, except the
+        latest (the trunk continues from it when a larger budget is added); returns the steps freed."""
+        done = {}
+        for b in branches:
+            done.setdefault(b.job.branch.step, []).append(self.result_path(b.id).exists())
+        folder = self.pinned_dir(trunk_id)
+        pinned = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        freed = []
+        for path in pinned[:-1]:
+            step = int(path.name.split("-")[1])
+            if step in done and all(done[step]):
+                shutil.rmtree(path, ignore_errors=True)
+                freed.append(step)
+        return freed
+
+    def new_checkpoint_dir(self, exp_id: str, step: int, pinned: bool = False) -> Path:
+        path = (self.pinned_dir(exp_id) if pinned else self.checkpoints_dir(exp_id)) / f"step-{step:08d}"
         if path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True)
         return path
 
     def mark_complete(self, checkpoint: Path, keep: int) -> None:
-        """Write the completion marker last, then prune older complete checkpoints."""
+        """Write the completion marker last, then prune older complete checkpoints (pinned ones stay)."""
         atomic_write_text(checkpoint / MARKER, "ok\n")
+        if checkpoint.parent.name == "pinned":
+            return
         complete = self.complete_checkpoints(checkpoint.parent.parent.name)
         for old in complete[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -253,12 +296,16 @@ def _changed_sources(result: RunRecord, experiment: Experiment) -> list[str]:
 
 
 def decide(store: Store, experiment: Experiment, retry_failed: bool = False, holding_lock: bool = False,
-           dry_run: bool = False) -> Decision:
+           dry_run: bool = False, branches: list[Experiment] | None = None) -> Decision:
     """The run/skip/resume decision for one experiment, with its reason.
 
     ``holding_lock``: the caller holds the experiment's lock, so it is not "another process".
-    ``dry_run`` (estimate): a corrupt result is reported, not moved aside.
+    ``dry_run`` (estimate): a corrupt result is reported, not moved aside.  A trunk (``branches``:
+    the experiments branched off it) trains to the last branch point still needed; a branch
+    without a checkpoint of its own starts from its trunk's pinned checkpoint, or waits for it.
     """
+    if experiment.job.role == "trunk":
+        return _decide_trunk(store, experiment, branches or [], retry_failed, holding_lock, dry_run)
     result = store.read_result(experiment.id, quarantine=not dry_run)
     if result is not None:
         status = result.status
@@ -276,4 +323,43 @@ def decide(store: Store, experiment: Experiment, retry_failed: bool = False, hol
     if checkpoint is not None:
         step = int(checkpoint.name.split("-")[1])
         return Decision("resume", f"checkpoint at step {step}/{experiment.steps}", str(checkpoint), step)
+    point = experiment.job.branch
+    if point is not None:
+        pinned = store.pinned_checkpoint(point.trunk_id, point.step)
+        if pinned is not None:
+            return Decision("resume", f"branch off {point.trunk_id} at step {point.step}/{experiment.steps} "
+                                      f"(pinned checkpoint)", str(pinned), point.step)
+        trunk = store.read_result(point.trunk_id, quarantine=not dry_run)
+        if trunk is not None and trunk.status != "ok" and trunk.steps < point.step:
+            return Decision("skip", f"its trunk {point.trunk_id} {trunk.status} at step {trunk.steps}: {trunk.reason}")
+        return Decision("wait", f"waits for {point.trunk_id} to reach step {point.step}", checkpoint_step=point.step)
     return Decision("run", "not trained yet")
+
+
+def _decide_trunk(store: Store, trunk: Experiment, branches: list[Experiment], retry_failed: bool,
+                  holding_lock: bool, dry_run: bool) -> Decision:
+    """A trunk is needed up to the last branch step whose branch has neither a result nor a checkpoint
+    to start from; it resumes from its latest checkpoint (pinned or not) at or before the first such step."""
+    def pending(b: Experiment) -> bool:
+        r = store.read_result(b.id, quarantine=not dry_run)
+        return r is None or (retry_failed and r.status != "ok")
+
+    needed = sorted({b.job.branch.step for b in branches if pending(b) and store.latest_checkpoint(b.id) is None
+                     and store.pinned_checkpoint(trunk.id, b.job.branch.step) is None})
+    if not needed:
+        return Decision("skip", "every branch point is checkpointed or its branches are done")
+    result = store.read_result(trunk.id, quarantine=not dry_run)
+    if result is not None and result.status != "ok" and result.steps <= needed[0] and not retry_failed:
+        return Decision("skip", f"{result.status}: {result.reason} (use --retry-failed to train again)".strip())
+    if not holding_lock and store.is_locked(trunk.id):
+        return Decision("skip", "being trained by another process (locked)")
+    found = [(int(p.name.split("-")[1]), p) for p in
+             [*store.complete_checkpoints(trunk.id),
+              *(p for p in sorted(store.pinned_dir(trunk.id).glob("step-*")) if (p / MARKER).exists())]]
+    usable = sorted((s, p) for s, p in found if s <= needed[0])
+    target = f"to step {needed[-1]} for {len(needed)} branch point(s)"
+    if usable:
+        step, path = usable[-1]
+        kind = "pinned checkpoint" if path.parent.name == "pinned" else "checkpoint"
+        return Decision("resume", f"{kind} at step {step}, {target}", str(path), step, stop=needed[-1])
+    return Decision("run", f"trunk {target}", stop=needed[-1])

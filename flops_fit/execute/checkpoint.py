@@ -43,11 +43,12 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(store: Store, exp_id: str, step: int, keep: int, rank: int, model: torch.nn.Module,
-                    optimizer: Any, scheduler: Any, scaler: Any, trainer: dict, is_main: bool) -> Path:
-    """Write a checkpoint at ``step``; only the main process writes weights and the marker."""
-    folder = store.checkpoints_dir(exp_id) / f"step-{step:08d}"
+                    optimizer: Any, scheduler: Any, scaler: Any, trainer: dict, is_main: bool, pinned: bool = False) -> Path:
+    """Write a checkpoint at ``step`` (``pinned``: a trunk's branch point, never pruned); only the main
+    process writes weights and the marker."""
+    folder = (store.pinned_dir(exp_id) if pinned else store.checkpoints_dir(exp_id)) / f"step-{step:08d}"
     if is_main:
-        folder = store.new_checkpoint_dir(exp_id, step)
+        folder = store.new_checkpoint_dir(exp_id, step, pinned)
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None},
                    folder / "state.pt")

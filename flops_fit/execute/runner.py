@@ -8,6 +8,7 @@ process decides, locks and writes, and its decision is broadcast to the others.
 
 from __future__ import annotations
 
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -46,18 +47,18 @@ def make_accelerator(runtime: Runtime, project_dir: str) -> Accelerator:
     return Accelerator(cpu=cpu, mixed_precision=mixed, log_with=list(runtime.log_with) or None, project_dir=project_dir)
 
 
-def _claim(store: Store, exp: Experiment, retry_failed: bool):
+def _claim(store: Store, exp: Experiment, retry_failed: bool, branches: list[Experiment]):
     """Main process: the decision and, when training, the held lock."""
-    decision = decide(store, exp, retry_failed)
-    if decision.action == "skip":
+    decision = decide(store, exp, retry_failed, branches=branches)
+    if decision.action in ("skip", "wait"):
         return decision, None
     lock = store.lock(exp.id)
     try:
         lock.acquire(timeout=0)
     except Timeout:
         return Decision("skip", "being trained by another process (locked)"), None
-    decision = decide(store, exp, retry_failed, holding_lock=True)  # re-read under the lock: another run may have finished it
-    if decision.action == "skip":
+    decision = decide(store, exp, retry_failed, holding_lock=True, branches=branches)  # re-read under the lock
+    if decision.action in ("skip", "wait"):
         lock.release()
         return decision, None
     return decision, lock
@@ -70,7 +71,7 @@ def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: A
                                                   "num_params": exp.num_params, "steps": exp.steps})
     try:
         return train_experiment(exp.job, store, accelerator, resume_from=decision.checkpoint,
-                                on_log=lambda p: emit("log", point=p), compile=compile)
+                                on_log=lambda p: emit("log", point=p), compile=compile, stop=decision.stop)
     except Exception as exc:  # the user's code failed: record it, the sweep goes on
         return RunRecord.failed(exp.job, f"{type(exc).__name__}: {exc}", traceback.format_exc(),
                                 provenance(exp.job, accelerator))
@@ -87,37 +88,70 @@ def run_plan(plan: Plan, store: Store, accelerator: Accelerator, retry_failed: b
     """Train every pending experiment of ``plan`` (those ``select`` accepts); return the results trained now."""
     if accelerator.is_main_process:
         store.write_plan_json(plan.to_json())
-    experiments = [e for e in plan.experiments if select is None or select(e)]
+    experiments = [e for e in plan.units() if select is None or select(e)]
     return run_experiments(experiments, store, accelerator, retry_failed, on_event, compile=plan.runtime.compile)
+
+
+WAIT_SECONDS = 2.0  # how often a worker with only waiting branches looks for their trunks' checkpoints
 
 
 def run_experiments(experiments: list[Experiment], store: Store, accelerator: Accelerator, retry_failed: bool = False,
                     on_event: Callable[[RunEvent], None] | None = None, compile: bool = False) -> list[RunRecord]:
-    """Decide, claim, train and store each experiment in turn; return the results trained now."""
+    """Decide, claim, train and store each experiment in turn; return the results trained now.
+
+    ``experiments`` may hold trunks followed by their branches (``Plan.units``).  A branch whose
+    trunk checkpoint is not there yet waits: the worker goes on with the next experiment and
+    comes back to it; with nothing else to do it polls while another process trains the trunk,
+    and gives up (the branch stays pending) when no process does."""
     trained = []
     total = len(experiments)
-    for index, exp in enumerate(experiments):
-        def emit(kind: str, **kw: Any) -> None:
-            if on_event is not None and accelerator.is_main_process:
-                on_event(RunEvent(kind, exp, index=index, total=total, **kw))
+    branches = {e.id: [b for b in experiments if b.job.branch is not None and b.job.branch.trunk_id == e.id]
+                for e in experiments if e.job.role == "trunk"}
+    queue = list(enumerate(experiments))
+    while queue:
+        waiting = []
+        for index, exp in queue:
+            def emit(kind: str, **kw: Any) -> None:
+                if on_event is not None and accelerator.is_main_process:
+                    on_event(RunEvent(kind, exp, index=index, total=total, **kw))
 
-        decision, lock = _claim(store, exp, retry_failed) if accelerator.is_main_process else (None, None)
-        if accelerator.num_processes > 1:
-            decision = broadcast_object_list([decision])[0]
-        emit("decision", decision=decision)
-        if decision.action == "skip":
-            continue
-        try:
-            result = _train_one(exp, decision, store, accelerator, emit, compile)
-            if accelerator.is_main_process:
-                store.write_result(result)  # "done": written last, atomically
-                store.clear_checkpoints(exp.id)
-            trained.append(result)
-            emit("result", result=result)
-            if stopping.pending() is not None:  # Ctrl-C during the last step: stop after recording it
-                raise Interrupted(f"{exp.id}: finished as the signal came; the sweep stops here")
-        finally:
-            if lock is not None:
-                lock.release()
+            decision, lock = (_claim(store, exp, retry_failed, branches.get(exp.id, []))
+                              if accelerator.is_main_process else (None, None))
+            if accelerator.num_processes > 1:
+                decision = broadcast_object_list([decision])[0]
+            if decision.action == "wait":
+                waiting.append((index, exp))
+                continue
+            emit("decision", decision=decision)
+            if decision.action == "skip":
+                continue
+            try:
+                result = _train_one(exp, decision, store, accelerator, emit, compile)
+                if accelerator.is_main_process:
+                    store.write_result(result)  # "done": written last, atomically
+                    store.clear_checkpoints(exp.id)
+                    if exp.job.branch is not None:
+                        store.release_pins(exp.job.branch.trunk_id, [b for b in experiments if b.job.branch is not None
+                                                                     and b.job.branch.trunk_id == exp.job.branch.trunk_id])
+                trained.append(result)
+                emit("result", result=result)
+                if stopping.pending() is not None:  # Ctrl-C during the last step: stop after recording it
+                    raise Interrupted(f"{exp.id}: finished as the signal came; the sweep stops here")
+            finally:
+                if lock is not None:
+                    lock.release()
+        if len(waiting) == len(queue):  # nothing could start: are the trunks being trained elsewhere?
+            busy = any(store.is_locked(e.job.branch.trunk_id) for _, e in waiting) if accelerator.is_main_process else False
+            if accelerator.num_processes > 1:
+                busy = broadcast_object_list([busy])[0]
+            if not busy:
+                for index, exp in waiting:
+                    if on_event is not None and accelerator.is_main_process:
+                        on_event(RunEvent("decision", exp, index=index, total=total, decision=Decision(
+                            "skip", f"its trunk {exp.job.branch.trunk_id} has no checkpoint at step "
+                                    f"{exp.job.branch.step} and no process is training it")))
+                break
+            time.sleep(WAIT_SECONDS)
+        queue = waiting
     accelerator.wait_for_everyone()
     return trained

@@ -89,11 +89,14 @@ class _Run:
         self.initial_loss: float | None = None
         self.train_seconds = 0.0
         self.status, self.reason = "ok", ""
+        self.pre_cooldown_loss: float | None = None  # a branch: its trunk's held-out loss at the branch step
+        self.trunk_seconds = 0.0
 
-    def trainer_json(self, acc_sum: float, acc_count: int) -> dict:
+    def trainer_json(self, acc_sum: float, acc_count: int, eval_loss: float | None = None) -> dict:
         return {"step": self.step, "curve": [p.model_dump(exclude_none=True) for p in self.curve],
-                "initial_loss": self.initial_loss,
-                "train_seconds": self.train_seconds, "acc_sum": acc_sum, "acc_count": acc_count}
+                "initial_loss": self.initial_loss, "train_seconds": self.train_seconds, "acc_sum": acc_sum,
+                "acc_count": acc_count, "eval_loss": eval_loss, "pre_cooldown_loss": self.pre_cooldown_loss,
+                "trunk_seconds": self.trunk_seconds}
 
 
 def _evaluate(model: torch.nn.Module, batches: list, loss_fn: Callable, accelerator: Accelerator) -> float:
@@ -108,8 +111,14 @@ def _evaluate(model: torch.nn.Module, batches: list, loss_fn: Callable, accelera
 
 
 def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_from: str | None = None,
-                     on_log: Callable[[CurvePoint], None] | None = None, compile: bool = False) -> RunRecord:
+                     on_log: Callable[[CurvePoint], None] | None = None, compile: bool = False,
+                     stop: int | None = None) -> RunRecord:
     """Train ``job`` to its last step (or divergence) and return its result record.
+
+    A trunk (``job.role == "trunk"``) trains to ``stop`` (default its last branch point) and
+    writes a pinned checkpoint, with the held-out loss, at each of ``job.pins``.  A branch
+    resumed from its trunk's pinned checkpoint takes the learning rate of its own wsd schedule
+    at that step, so it is the same computation as a standalone wsd run of ``job.steps``.
 
     ``accelerator`` is the run's one Accelerator (built from the plan's ``Runtime``); it
     decides device, mixed precision and the data-parallel split.  ``compile``: torch.compile
@@ -120,7 +129,7 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
     """
     try:
         with stopping.handlers(enabled=accelerator.num_processes == 1):
-            return _train(job, store, accelerator, resume_from, on_log, compile)
+            return _train(job, store, accelerator, resume_from, on_log, compile, stop or job.steps)
     finally:
         accelerator.free_memory()  # drops its lists after its own gc pass, so collect again:
         if compile:
@@ -131,7 +140,7 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
 
 
 def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | None,
-           on_log: Callable[[CurvePoint], None] | None, compile: bool) -> RunRecord:
+           on_log: Callable[[CurvePoint], None] | None, compile: bool, end: int) -> RunRecord:
     o, sched, lp = job.optim, job.schedule, job.loop
     folders = job.search_path
     exp_dir = store.exp_dir(job.experiment_id)
@@ -178,6 +187,10 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
         run.step, run.initial_loss = state["step"], state["initial_loss"]
         run.curve = [CurvePoint.model_validate(p) for p in state["curve"]]
         run.train_seconds, acc_sum, acc_count = state["train_seconds"], state["acc_sum"], state["acc_count"]
+        run.pre_cooldown_loss, run.trunk_seconds = state.get("pre_cooldown_loss"), state.get("trunk_seconds", 0.0)
+        if job.branch is not None and Path(resume_from).parent.name == "pinned":  # a branch starts off its trunk
+            run.pre_cooldown_loss, run.trunk_seconds = state.get("eval_loss"), run.train_seconds
+            _take_schedule(optimizer, scheduler)
     if is_main:
         _rewrite_metrics(exp_dir, run.curve)
 
@@ -193,7 +206,8 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
     start = time.perf_counter()
 
     # 5. The loop.  No host sync except at log points.
-    while run.step < job.steps:
+    pins = set(job.pins)
+    while run.step < end:
         for k in range(layout.accum):
             inputs, targets = next(batches)
             last = k == layout.accum - 1
@@ -216,7 +230,7 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
             run.initial_loss = train_loss if run.initial_loss is None else run.initial_loss
             run.train_seconds += time.perf_counter() - start
             eval_loss = None
-            if run.step in eval_at and run.step != job.steps:  # held-out loss; not counted as training time
+            if run.step in eval_at and run.step != end:  # held-out loss; not counted as training time
                 eval_loss = _evaluate(model, source.eval_batches, loss_fn, accelerator)
             start = time.perf_counter()
             point = CurvePoint(step=run.step, tokens=run.step * tokens_per_step, flops=run.step * flops_per_step,
@@ -225,15 +239,20 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
             _record(run, point, exp_dir, accelerator, on_log)
             if _diverged(run, train_loss):
                 break
-        stop = stopping.signum is not None and run.step < job.steps
-        if stop or _checkpoint_due(lp, run.step, job.steps, last_ckpt):  # 5b. checkpoint on cadence or on a signal
+        if run.step in pins and run.status == "ok":  # 5b. a trunk's branch point: pinned, with its held-out loss
+            run.train_seconds += time.perf_counter() - start
+            pin_loss = _evaluate(model, source.eval_batches, loss_fn, accelerator)
+            _checkpoint(store, run, acc, count, raw_model, optimizer, scheduler, accelerator, pinned=True, eval_loss=pin_loss)
+            start = time.perf_counter()
+        stop = stopping.signum is not None and run.step < end
+        if stop or _checkpoint_due(lp, run.step, end, last_ckpt):  # 5b. checkpoint on cadence or on a signal
             run.train_seconds += time.perf_counter() - start
             _checkpoint(store, run, acc, count, raw_model, optimizer, scheduler, accelerator)
             last_ckpt = time.monotonic()
             start = time.perf_counter()
         if stop:  # Ctrl-C / SIGTERM: the checkpoint above keeps every step; the next run resumes there
             raise Interrupted(f"{job.experiment_id}: stopped by signal {stopping.signum} at step {run.step}/"
-                              f"{job.steps}; checkpoint written, the next run resumes there")
+                              f"{end}; checkpoint written, the next run resumes there")
     run.train_seconds += time.perf_counter() - start
 
     # 6. Final held-out loss over the fixed eval batches.
@@ -294,11 +313,21 @@ def _checkpoint_due(lp, step: int, steps: int, last: float) -> bool:
     return time.monotonic() - last >= lp.checkpoint_seconds
 
 
-def _checkpoint(store: Store, run: _Run, acc: torch.Tensor, count: int, raw_model, optimizer, scheduler, accelerator) -> None:
+def _take_schedule(optimizer, scheduler) -> None:
+    """After loading a trunk's state: each group's rate from this run's own schedule at the step reached
+    (the trunk's constant rate is not the cooldown's first rate)."""
+    step = scheduler.last_epoch
+    for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * fn(step)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def _checkpoint(store: Store, run: _Run, acc: torch.Tensor, count: int, raw_model, optimizer, scheduler, accelerator,
+                pinned: bool = False, eval_loss: float | None = None) -> None:
     acc_value = float(accelerator.reduce(acc, "mean") if accelerator.num_processes > 1 else acc)
     folder = save_checkpoint(store, run.job.experiment_id, run.step, run.job.loop.keep_checkpoints,
                              accelerator.process_index, raw_model, optimizer, scheduler, accelerator.scaler,
-                             run.trainer_json(acc_value, count), accelerator.is_main_process)
+                             run.trainer_json(acc_value, count, eval_loss), accelerator.is_main_process, pinned)
     accelerator.wait_for_everyone()
     save_rng(folder, accelerator.process_index)
     accelerator.wait_for_everyone()
@@ -356,4 +385,7 @@ def _result(job: Job, run: _Run, final: float, source, notes: list[str], acceler
         flops=samples * job.flops_per_sample, flops_per_sample=job.flops_per_sample, steps=run.step,
         planned_steps=job.steps, warmup_steps=job.warmup_steps, batch_size=job.loop.batch_size,
         train_seconds=run.train_seconds, epochs=source.epochs if math.isfinite(source.epochs) else None, notes=notes,
-        curve=run.curve, provenance=provenance(job, accelerator))
+        curve=run.curve, provenance=provenance(job, accelerator),
+        reuse="trunk" if job.role == "trunk" else ("branch" if job.branch else "none"),
+        trunk_id=job.branch.trunk_id if job.branch else None, branch_step=job.branch.step if job.branch else None,
+        pre_cooldown_loss=run.pre_cooldown_loss, trunk_seconds=run.trunk_seconds)
