@@ -127,7 +127,8 @@ def analyze_plan(spec: SpecModel, plan: Plan) -> Result:
     from .analysis import Points, fit_points
     from .report import Result
 
-    records = Store(Path(plan.run_dir)).collect(plan.experiments)
+    store = Store(Path(plan.run_dir))
+    records = store.collect(plan.experiments)
     if not records:
         raise SpecError([Problem(f"the store {plan.run_dir} holds no finished experiment of this plan",
                                  hint="run `flops-fit run` first")])
@@ -136,7 +137,7 @@ def analyze_plan(spec: SpecModel, plan: Plan) -> Result:
     fits = fit_points(points, a.approaches, a.bootstrap, a.seed, a.keep_outliers, a.outlier_z, profile=a.profile)
     from .runs_table import cost_of, run_rows
 
-    runs = run_rows(plan, records, fits)
+    runs = run_rows(plan, records + store.collect(plan.trunks), fits)  # the trunks' cost too
     return Result(fits=fits, points=points, budgets=plan.budgets, predict_budgets=a.predict, size_param=plan.size_param,
                   flop_rule=plan.flop_rule, runs=runs, cost=cost_of(runs, spec.cost.usd_per_gpu_hour))
 

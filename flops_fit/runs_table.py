@@ -4,7 +4,9 @@
 fits' exclusions; ``point_rows(points, fits)`` does the same for measurements made elsewhere (a
 CSV: nothing was planned).  ``Result.to_pandas()`` and ``report/points.csv`` are these rows.
 GPU-hours = train seconds × processes / 3600 for experiments trained on CUDA (0 on CPU; None
-where the record predates the device type).
+where the record predates the device type).  With ``reuse = "branch"`` each trunk is a row too
+(``role = "trunk"``, never fitted) and a branch's seconds and GPU-hours are its cooldown's only,
+so the rows add up to what the sweep cost.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class RunRow(Frozen):
     train_seconds: Optional[float] = None
     gpu_hours: Optional[float] = None
     device: Optional[str] = None
+    role: Literal["experiment", "trunk", "branch"] = "experiment"
+    branch_step: Optional[int] = None  # a branch: the trunk step S_C it started from
+    pre_cooldown_loss: Optional[float] = None  # a branch: its trunk's held-out loss at S_C
 
 
 COLUMNS = tuple(RunRow.model_fields)
@@ -54,26 +59,33 @@ def _gpu_hours(record: RunRecord) -> float | None:
     p = record.provenance
     if p is None or p.device_type is None:
         return None
-    return record.train_seconds * p.processes / 3600 if p.device_type == "cuda" else 0.0
+    return record.own_seconds * p.processes / 3600 if p.device_type == "cuda" else 0.0
 
 
 def run_rows(plan: Plan, records: list[RunRecord], fits: Fits) -> list[RunRow]:
-    """A row per planned experiment, in plan order; ``pending`` where the store has no record."""
+    """A row per planned experiment (each trunk first, then its branches: ``Plan.units``);
+    ``pending`` where the store has no record.  ``records`` may include the trunks'."""
     by_id = {r.id: r for r in records}
     excluded = {e.id: e.reason for e in fits.excluded}
     rows = []
-    for exp in plan.experiments:
+    for exp in plan.units():
+        trunk = exp.job.role == "trunk"
         planned = dict(id=exp.id, budget_flops=exp.budget_flops, size=exp.size, planned_num_params=exp.num_params,
                        planned_num_tokens=exp.num_tokens, planned_flops=exp.flops, planned_steps=exp.steps,
-                       batch_size=exp.job.loop.batch_size, peak_lr=exp.job.optim.learning_rate)
+                       batch_size=exp.job.loop.batch_size, peak_lr=exp.job.optim.learning_rate,
+                       role="trunk" if trunk else ("branch" if exp.job.branch else "experiment"),
+                       branch_step=exp.job.branch.step if exp.job.branch else None)
+        if trunk:
+            planned["excluded"] = "a trunk: its branches are the IsoFLOP points"
         r = by_id.get(exp.id)
         if r is None:
             rows.append(RunRow(status="pending", **planned))
             continue
-        rows.append(RunRow(**planned, status=r.status, excluded=excluded.get(r.id), loss=r.loss,
+        why = planned.pop("excluded", None) or excluded.get(r.id)
+        rows.append(RunRow(**planned, status=r.status, excluded=why, loss=r.loss,
                            num_params=r.num_params, num_tokens=r.num_tokens, flops=r.flops, epochs=r.epochs,
-                           steps=r.steps, train_seconds=r.train_seconds, gpu_hours=_gpu_hours(r),
-                           device=r.provenance.device if r.provenance else None))
+                           steps=r.steps, train_seconds=r.own_seconds, gpu_hours=_gpu_hours(r),
+                           device=r.provenance.device if r.provenance else None, pre_cooldown_loss=r.pre_cooldown_loss))
     return rows
 
 

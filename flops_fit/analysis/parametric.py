@@ -85,6 +85,12 @@ def _subsample(n: int) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(n, SUBSAMPLE, replace=False))
 
 
+#: Evaluations per start.  A well-posed fit converges in tens (Epoch's 240 points: 8–23); an
+#: ill-posed one (α or β near 0: A and B trade off along a flat valley) would otherwise take
+#: thousands per start for no change in its (meaningless) optimum.
+MAX_NFEV = 500
+
+
 def _to_params(theta: np.ndarray) -> Parameters:
     p = Parameters()
     for name, value in zip(("a", "b", "e", "alpha", "beta"), theta):
@@ -123,7 +129,7 @@ def fit_parametric(N: np.ndarray, D: np.ndarray, L: np.ndarray, delta: float = D
     for start in _vpro_starts(N[sub], D[sub], L[sub]):
         sN, sD, sL = lnN[sub], lnD[sub], lnL[sub]
         out = minimize(lambda p: _residual(_theta(p), sN, sD, sL), _to_params(start), method="least_squares",
-                       loss="huber", f_scale=delta, x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=5000,
+                       loss="huber", f_scale=delta, x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=MAX_NFEV,
                        jac=lambda p, *a, **k: _jacobian(_theta(p), sN, sD, sL))
         theta = _theta(out.params)
         obj = huber_objective(theta, sN, sD, sL, delta)

@@ -191,6 +191,8 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
         if job.branch is not None and Path(resume_from).parent.name == "pinned":  # a branch starts off its trunk
             run.pre_cooldown_loss, run.trunk_seconds = state.get("eval_loss"), run.train_seconds
             _take_schedule(optimizer, scheduler)
+            if run.curve and run.curve[-1].step == run.step:  # the trunk logged its next rate; this run's is the cooldown's
+                run.curve[-1] = run.curve[-1].model_copy(update={"lr": scheduler.get_last_lr()[0]})
     if is_main:
         _rewrite_metrics(exp_dir, run.curve)
 

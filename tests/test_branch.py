@@ -1,0 +1,165 @@
+"""``[sweep] reuse = "branch"``: one constant-LR trunk per size, a wsd cooldown branch per budget.
+
+A branch must be the same computation as a standalone wsd run of its (budget, size); a killed
+trunk resumes to the same branch losses; a budget added later reuses the trunk; the FLOPs
+``estimate`` counts are the steps the store says were trained; bad specs fail fast."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flops_fit import Spec
+from flops_fit.errors import SpecError
+from flops_fit.execute.schedule import lr_multiplier
+from tests.conftest import write_toy_spec
+
+WSD = 'schedule = "wsd"\nwarmup_tokens = 64\ncheckpoint_steps = 1000\n'
+
+
+def _spec(folder: Path, reuse: str, name: str = "toy", budgets=(1e6, 2e6, 4e6), sizes=(4, 8, 16), train: str = WSD,
+          model: str = "MLP", sweep: str = "") -> Path:
+    path = write_toy_spec(folder, name=name, model=model, sizes=sizes, budgets=budgets, train=train,
+                          extra_kwargs=", dropout = 0.1")  # dropout: the RNG state must carry over too
+    text = path.read_text().replace("[sweep]\n", f'[sweep]\nreuse = "{reuse}"\nmin_cooldown_steps = 5\n{sweep}')
+    path.write_text(text)
+    return path
+
+
+def _results(run_dir: Path) -> dict:
+    out = {}
+    for p in run_dir.glob("experiments/*/result.json"):
+        r = json.loads(p.read_text())
+        if r.get("reuse") != "trunk":
+            out[(r["budget_flops"], r["size"])] = r
+    return out
+
+
+def test_a_branch_is_the_standalone_wsd_run(in_tmp):
+    standalone = Spec.load(_spec(in_tmp, "none", name="none"))
+    branched = Spec.load(_spec(in_tmp, "branch", name="branch"))
+    plan = branched.plan()
+    assert len(plan.trunks) == 3 and all(len(plan.branches_of(t)) == 3 for t in plan.trunks)
+    standalone.run(report=False)
+    branched.run(report=False)
+    a, b = _results(in_tmp / "runs/none"), _results(in_tmp / "runs/branch")
+    assert a.keys() == b.keys() and len(a) == 9
+    for key in a:
+        assert b[key]["loss"] == pytest.approx(a[key]["loss"], rel=1e-6), key
+        assert b[key]["steps"] == a[key]["steps"] and b[key]["reuse"] == "branch"
+        assert b[key]["trunk_id"].startswith("trunk-w") and math.isfinite(b[key]["pre_cooldown_loss"])
+    # the branch's rates after its branch step are its own wsd schedule's, not the trunk's constant one
+    exp = plan.experiments[-1]
+    r = b[(exp.budget_flops, exp.size)]
+    s = exp.job.schedule
+    f = lr_multiplier("wsd", exp.steps, s.warmup_steps, s.min_lr_ratio, s.decay_fraction)
+    for p in r["curve"]:
+        assert p["lr"] == pytest.approx(exp.job.optim.learning_rate * f(p["step"]), rel=1e-9), p["step"]
+    assert r["branch_step"] == exp.steps - round(0.2 * exp.steps)
+    # one checkpoint per trunk is left (its latest: a larger budget continues from it)
+    for t in plan.trunks:
+        assert [p.name for p in (in_tmp / "runs/branch/experiments" / t.id / "pinned").iterdir()] == [f"step-{t.steps:08d}"]
+
+
+def test_flops_accounting_matches_the_steps_trained(in_tmp):
+    spec = Spec.load(_spec(in_tmp, "branch"))
+    plan = spec.plan()
+    est = spec.estimate()
+    assert est.reuse == "branch" and {r.role for r in est.experiments} == {"trunk", "branch"}
+    assert {r.action for r in est.experiments if r.role == "branch"} == {"wait"}
+    spec.run(report=False)
+    trained = 0.0
+    for exp in plan.units():
+        r = json.loads((in_tmp / "runs/toy/experiments" / exp.id / "result.json").read_text())
+        trained += (r["steps"] - (r["branch_step"] or 0)) * r["batch_size"] * r["flops_per_sample"]
+    assert trained == pytest.approx(est.remaining_flops, rel=1e-9) == pytest.approx(est.total_flops, rel=1e-9)
+    assert est.saved_flops == pytest.approx(est.standalone_flops - est.total_flops)
+    assert 0.2 < est.saved_flops / est.standalone_flops < 0.5
+    again = spec.estimate()
+    assert {r.action for r in again.experiments} == {"skip"} and again.remaining_flops == 0
+    result = spec.analyze()
+    rows = {r.id: r for r in result.runs}
+    assert sum(r.role == "trunk" for r in rows.values()) == 3
+    assert all(r.excluded for r in rows.values() if r.role == "trunk")
+    assert all(r.train_seconds < json.loads((in_tmp / "runs/toy/experiments" / i / "result.json").read_text())["train_seconds"]
+               for i, r in rows.items() if r.role == "branch")  # a branch's own cost is its cooldown
+
+
+def test_adding_a_budget_reuses_the_trunk(in_tmp):
+    Spec.load(_spec(in_tmp, "branch", budgets=(1e6, 2e6))).run(report=False)
+    bigger = Spec.load(_spec(in_tmp, "branch", budgets=(1e6, 2e6, 4e6)))
+    plan = bigger.plan()
+    est = {r.id: r for r in bigger.estimate().experiments}
+    for trunk in plan.trunks:
+        old_end = max(b.job.branch.step for b in plan.branches_of(trunk) if b.budget_flops < 4e6)
+        row = est[trunk.id]
+        assert row.action == "resume" and f"pinned checkpoint at step {old_end}" in row.reason, row.reason
+        for b in plan.branches_of(trunk):
+            assert est[b.id].action == ("skip" if b.budget_flops < 4e6 else "wait")
+    bigger.run(report=False)
+    grown = _results(in_tmp / "runs/toy")
+    shutil.rmtree(in_tmp / "runs")
+    bigger.run(report=False)
+    fresh = _results(in_tmp / "runs/toy")
+    for key in fresh:
+        assert grown[key]["loss"] == pytest.approx(fresh[key]["loss"], rel=1e-6), key
+
+
+def test_sigkill_of_the_trunk_resumes_to_the_same_branch_losses(in_tmp):
+    train = WSD.replace("checkpoint_steps = 1000", "checkpoint_steps = 20")
+    path = _spec(in_tmp, "branch", sizes=(8, 16), budgets=(1e6, 2e6, 4e6), model="SlowMLP", train=train)
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "flops_fit", "run", str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(in_tmp.glob("runs/toy/experiments/trunk-*/pinned/*/COMPLETE")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    trunk = Spec.load(path).plan().trunks[0]
+    assert not (in_tmp / "runs/toy/experiments" / trunk.id / "result.json").exists(), "the trunk finished before the kill"
+    row = {r.id: r for r in Spec.load(path).estimate().experiments}[trunk.id]
+    assert row.action == "resume", row.reason
+    Spec.load(path).run(report=False)
+    resumed = _results(in_tmp / "runs/toy")
+    shutil.rmtree(in_tmp / "runs")
+    Spec.load(path).run(report=False)
+    straight = _results(in_tmp / "runs/toy")
+    assert resumed.keys() == straight.keys() and len(resumed) == 6
+    for key in resumed:
+        assert resumed[key]["loss"] == pytest.approx(straight[key]["loss"], rel=1e-6), key
+
+
+@pytest.mark.parametrize("train, sweep, key", [
+    ('schedule = "cosine"\n', "", "train.schedule"),
+    ('schedule = "wsd"\nwarmup_fraction = 0.1\n', "", "train.warmup_fraction"),
+    ('schedule = "wsd"\nwarmup_tokens = 1e6\n', "", "train.warmup_tokens"),
+    ('schedule = "wsd"\ndecay_fraction = 0.01\n', "", "train.decay_fraction"),
+])
+def test_bad_branch_specs_name_the_key(in_tmp, train, sweep, key):
+    with pytest.raises(SpecError) as info:
+        Spec.load(_spec(in_tmp, "branch", train=train, sweep=sweep)).plan()
+    assert key in str(info.value), str(info.value)
+
+
+def test_trunk_identity_leaves_out_its_length_and_branches_hash_their_point(in_tmp):
+    a = Spec.load(_spec(in_tmp, "branch", budgets=(1e6, 2e6))).plan()
+    b = Spec.load(_spec(in_tmp, "branch", budgets=(1e6, 2e6, 4e6))).plan()
+    assert [t.id for t in a.trunks] == [t.id for t in b.trunks]
+    assert {e.id for e in a.experiments} <= {e.id for e in b.experiments}
+    c = Spec.load(_spec(in_tmp, "branch", budgets=(1e6, 2e6), train=WSD + "min_lr_ratio = 0.0\n")).plan()
+    assert [t.id for t in a.trunks] == [t.id for t in c.trunks]  # the cooldown's floor is not the trunk's
+    assert not {e.id for e in a.experiments} & {e.id for e in c.experiments}
+    d = Spec.load(_spec(in_tmp, "branch", budgets=(1e6, 2e6), train=WSD + "decay_fraction = 0.3\n")).plan()
+    assert [t.id for t in a.trunks] == [t.id for t in d.trunks]
+    assert not {e.id for e in a.experiments} & {e.id for e in d.experiments}
+    e = Spec.load(_spec(in_tmp, "branch", budgets=(1e6, 2e6), train=WSD + "seed = 3\n")).plan()
+    assert not {t.id for t in a.trunks} & {t.id for t in e.trunks}
