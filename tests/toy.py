@@ -102,3 +102,15 @@ class FailsLater(MLP):
             if FailsLater.calls > 3:
                 raise RuntimeError("bug in the user's forward")
         return super().forward(x)
+
+
+def teacher(n: int = 65536, in_dim: int = 16, width: int = 64, noise: float = 0.05, seed: int = 0) -> Dataset:
+    """Targets from a fixed random two-layer network plus noise: a student's loss falls with its
+    width (capacity) and with the samples it sees, towards the noise floor (a regression project
+    with a real compute-optimal trade-off)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, in_dim, generator=g)
+    w1 = torch.randn(in_dim, width, generator=g) / in_dim ** 0.5
+    w2 = torch.randn(width, generator=g) / width ** 0.5
+    y = torch.tanh(x @ w1) @ w2 + noise * torch.randn(n, generator=g)
+    return TensorDataset(x, y / y.std())
