@@ -214,8 +214,14 @@ def _lr_schedule(result: Result, plt):
     norm = plt.Normalize(math.log10(sizes[0]), math.log10(sizes[-1]) + 1e-9)
     for n in sizes:
         p = largest[n]
-        ax.plot([c.tokens for c in p.curve], [c.lr for c in p.curve], color=plt.cm.viridis(norm(math.log10(n))),
+        color = plt.cm.viridis(norm(math.log10(n)))
+        ax.plot([c.tokens for c in p.curve], [c.lr for c in p.curve], color=color,
                 label=f"N = {n:.3g} (C = {p.budget_flops:.2g})")
+        # reuse = "branch": where each budget's cooldown leaves this size's trunk
+        branches = [r for r in result.runs if r.role == "branch" and r.planned_num_params == n and r.planned_steps]
+        ax.scatter([r.branch_step * r.planned_num_tokens / r.planned_steps for r in branches],
+                   [max(c.lr for c in p.curve)] * len(branches), marker="v", color=color, zorder=3,
+                   label="branch points (a cooldown starts)" if branches and n == sizes[0] else None)
     ax.set_xscale("log")
     ax.set_xlabel("data seen D (data units)")
     ax.set_ylabel("learning rate")

@@ -163,3 +163,52 @@ def test_trunk_identity_leaves_out_its_length_and_branches_hash_their_point(in_t
     assert not {e.id for e in a.experiments} & {e.id for e in d.experiments}
     e = Spec.load(_spec(in_tmp, "branch", budgets=(1e6, 2e6), train=WSD + "seed = 3\n")).plan()
     assert not {t.id for t in a.trunks} & {t.id for t in e.trunks}
+
+
+TEACHER = '''name = "{name}"
+[model]
+target = "tests.toy:MLP"
+size_param = "width"
+sizes = [2, 4, 8, 16, 32, 64, 128]
+kwargs = {{ in_dim = 16, depth = 2 }}
+[data]
+target = "tests.toy:teacher"
+kwargs = {{ n = 65536 }}
+eval_batches = 16
+[loss]
+target = "tests.toy:mse"
+[sweep]
+budgets = [6e7, 1.2e8, 2.4e8]
+sizes_per_budget = 5
+min_steps = 100
+reuse = "{reuse}"
+min_cooldown_steps = 10
+[train]
+batch_size = 64
+learning_rate = 1e-2
+schedule = "{schedule}"
+warmup_tokens = 512
+[analysis]
+approaches = ["isoflop", "parametric"]
+bootstrap = 50
+'''
+
+
+def test_a_branched_regression_sweep_costs_at_most_three_quarters_and_agrees_with_cosine(in_tmp):
+    """A student MLP learning a fixed teacher network, 3 budgets x up to 5 widths: the branched
+    wsd sweep trains at most 75% of the samples and its exponent a agrees with the cosine sweep's."""
+    specs = {}
+    for name, reuse, schedule in (("cosine", "none", "cosine"), ("branch", "branch", "wsd")):
+        (in_tmp / f"{name}.toml").write_text(TEACHER.format(name=name, reuse=reuse, schedule=schedule))
+        specs[name] = Spec.load(in_tmp / f"{name}.toml")
+    results = {name: spec.run(report=False) for name, spec in specs.items()}
+    plan = specs["branch"].plan()
+    trained = 0
+    for exp in plan.units():
+        r = json.loads((in_tmp / "runs/branch/experiments" / exp.id / "result.json").read_text())
+        trained += (r["steps"] - (r["branch_step"] or 0)) * r["batch_size"]
+    scratch = sum(e.num_samples for e in specs["cosine"].plan().experiments)
+    assert trained <= 0.75 * scratch, trained / scratch
+    (a_c, lo_c, hi_c), (a_b, lo_b, hi_b) = [(r.fits.parametric.a, *r.fits.parametric.ci["a"]) for r in results.values()]
+    assert hi_c - lo_c < 0.6 and hi_b - lo_b < 0.6  # resolved fits: an overlap of vague intervals would prove nothing
+    assert max(lo_c, lo_b) <= min(hi_c, hi_b), ((a_c, lo_c, hi_c), (a_b, lo_b, hi_b))
