@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the training and fitting stacks load on first use, so `vali
     from .confirm import Confirmation
     from .execute.runner import RunEvent
     from .report import Result
+    from .transfer import Transfer
 
 __all__ = ["Spec", "find_optimal", "fit", "analyze_plan", "train_plan", "compare"]
 
@@ -46,8 +47,33 @@ class Spec(SpecModel):
         return compile_plan(self)
 
     def estimate(self, retry_failed: bool = False) -> Estimate:
-        """Dry run: per-experiment action and reason, FLOPs and wall-clock estimates.  Writes nothing."""
-        return estimate_plan(self, check(self), retry_failed)
+        """Dry run: per-experiment action and reason, FLOPs and wall-clock estimates, and the last
+        learning-rate transfer verdict for this recipe.  Writes nothing."""
+        from .transfer import last_verdict
+
+        plan = check(self)
+        verdict, _ = last_verdict(self, plan.sizes)
+        return estimate_plan(self, plan, retry_failed).model_copy(update={"transfer": verdict})
+
+    def transfer(self, middle: bool = False, max_steps: int = 2000, coordinate_steps: int = 5,
+                 on_event: Callable[[RunEvent], None] | None = None) -> "Transfer":
+        """Does one learning rate serve every size?  The coordinate check and the learning-rate
+        sweep of :mod:`flops_fit.transfer`, trained as cached experiments of this spec's store;
+        writes ``<run_dir>/transfer/`` and returns the :class:`~flops_fit.transfer.Transfer`."""
+        from .transfer import transfer
+
+        check(self)
+        return transfer(self, self._trainer(False, on_event), middle, max_steps, coordinate_steps)
+
+    def _trainer(self, retry_failed: bool, on_event) -> Callable:
+        """``train(experiments, store)``: extra experiments (forward check, transfer) trained here."""
+        def train(experiments, store) -> None:
+            from .execute.runner import make_accelerator, run_experiments
+
+            runtime = plan_runtime(self)
+            accelerator = make_accelerator(runtime, str(store.root / "tracking"))
+            run_experiments(experiments, store, accelerator, retry_failed, on_event, compile=runtime.compile)
+        return train
 
     def run(self, retry_failed: bool = False, on_event: Callable[[RunEvent], None] | None = None,
             report: bool = True) -> Result | None:
@@ -59,6 +85,7 @@ class Spec(SpecModel):
         ``accelerate launch`` only the main process fits and reports (the others return None).
         """
         plan = check(self)
+        _warn_transfer(self, plan)
         if not train_plan(self, plan, retry_failed, on_event):
             return None
         with Store(Path(plan.run_dir)).report_lock():  # collect again under the lock: a concurrent run's results count
@@ -78,14 +105,7 @@ class Spec(SpecModel):
         """
         from .confirm import confirm
 
-        def train(experiments, store) -> None:
-            from .execute.runner import make_accelerator, run_experiments
-
-            runtime = plan_runtime(self)
-            accelerator = make_accelerator(runtime, str(store.root / "tracking"))
-            run_experiments(experiments, store, accelerator, retry_failed, on_event, compile=runtime.compile)
-
-        return confirm(self, float(budget_flops), sizes, approach, train=train, analyze=analyze_plan,
+        return confirm(self, float(budget_flops), sizes, approach, train=self._trainer(retry_failed, on_event), analyze=analyze_plan,
                        predict_only=predict_only)
 
     def analyze(self, report: bool = True) -> Result:
@@ -96,6 +116,16 @@ class Spec(SpecModel):
             if report:
                 result.save(Path(plan.run_dir) / "report")
         return result
+
+
+def _warn_transfer(spec: SpecModel, plan: Plan) -> None:
+    """One warning (not a stop) when the last transfer check of this recipe failed."""
+    from .transfer import last_verdict
+
+    verdict, path = last_verdict(spec, plan.sizes)
+    if verdict == "FAIL":
+        warnings.warn(f"the last learning-rate transfer check of this recipe failed ({path}): the sizes may not "
+                      f"share one learning rate; see `flops-fit transfer` and [train] lr_scaling", stacklevel=3)
 
 
 def train_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False,

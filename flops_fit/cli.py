@@ -136,6 +136,8 @@ def estimate(spec: str = SpecArg, as_json: bool = JsonOpt, retry_failed: bool = 
                   f"~{_fmt_seconds(est.est_seconds)} on {est.device}; "
                   f"~{_fmt_seconds(est.gpu_est_seconds)} on one {est.gpu} at {est.gpu_mfu:.0%} MFU "
                   f"({est.gpu_hours:.3g} GPU-hours" + (f", ${est.usd:,.2f}" if est.usd is not None else "") + ")")
+        err.print(f"learning-rate transfer check for this recipe: {est.transfer}" if est.transfer else
+                  "no learning-rate transfer check for this recipe (flops-fit transfer SPEC)")
         if est.reuse == "branch":
             err.print(f"reuse = branch: {est.total_flops:.3g} FLOPs for the sweep against {est.standalone_flops:.3g} with "
                       f"reuse = none, saving {est.saved_flops:.3g} ({est.saved_flops / est.standalone_flops:.0%})"
@@ -380,6 +382,29 @@ def confirm(spec: str = SpecArg,
         for note in c.notes:
             err.print(f"[yellow]note: {note}[/]")
         err.print(f"report: {s.run_dir / 'confirm'}")
+    _guard(go, verbose, as_json)
+
+
+@app.command()
+def transfer(spec: str = SpecArg,
+             middle: bool = typer.Option(False, "--middle", help="Also sweep a middle size (three sizes: the lr_scaling fit)."),
+             max_steps: int = typer.Option(2000, "--max-steps", min=1, help="Cap on each sweep run's steps."),
+             as_json: bool = JsonOpt, verbose: bool = VerboseOpt) -> None:
+    """Does one learning rate serve every size?  Coordinate check and learning-rate sweep; PASS / WARN / FAIL."""
+    def go() -> None:
+        s = _load(spec)
+        progress, handle = _progress_handler(err)
+        try:
+            t = s.transfer(middle=middle, max_steps=max_steps, on_event=handle)
+        finally:
+            progress.stop()
+        if as_json:
+            _emit_json(t.model_dump_json(indent=2))
+            return
+        colour = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}[t.verdict]
+        for i, line in enumerate(t.lines()):
+            err.print(f"[bold {colour}]{line}[/]" if i == 0 else line, highlight=False)
+        err.print(f"report: {s.run_dir / 'transfer'}")
     _guard(go, verbose, as_json)
 
 

@@ -68,6 +68,7 @@ class Estimate(Frozen):
     standalone_flops: float = 0.0  # the same sweep with reuse = "none": every experiment from scratch
     saved_flops: float = 0.0  # standalone_flops − total_flops
     saved_seconds: Optional[float] = None  # the same, in estimated wall-clock here (whole sweep, from scratch)
+    transfer: Optional[str] = None  # the last `flops-fit transfer` verdict for this recipe (None: no check)
 
 
 def calibrate(plan: Plan, steps: int, threads: int | None = None) -> dict:

@@ -13,7 +13,9 @@ With width multiplier m = d_model / base_width:
   ``1 / head_dim`` instead of ``1 / sqrt(head_dim)``.
 
 At m = 1 this is standard parameterisation, so ``base_width`` is where the learning rate
-was tuned.
+was tuned.  ``mup=False`` keeps m = 1 at every width: standard parameterisation (a
+width-independent init std, one Adam rate for every matrix, an unscaled read-out), whose best learning rate drifts
+with width (``specs/transfer_gpt_sp.toml``).
 """
 
 from __future__ import annotations
@@ -50,12 +52,12 @@ class GPT(nn.Module):
 
     def __init__(self, d_model: int, num_layers: int = 2, vocab_size: int = 1024, seq_len: int = 128,
                  head_dim: int = 16, mlp_ratio: int = 4, base_width: int = 32, init_std: float = 0.02,
-                 count_embeddings: bool = True):
+                 count_embeddings: bool = True, mup: bool = True):
         super().__init__()
         self.count_embeddings = count_embeddings
         if d_model % head_dim:
             raise ValueError(f"d_model={d_model} must be a multiple of head_dim={head_dim}")
-        self.width_mult = d_model / base_width
+        self.width_mult = d_model / base_width if mup else 1.0
         self.tok = nn.Embedding(vocab_size, d_model)
         self.pos = nn.Embedding(seq_len, d_model)
         self.blocks = nn.ModuleList(Block(d_model, d_model // head_dim, mlp_ratio) for _ in range(num_layers))

@@ -112,13 +112,14 @@ def _evaluate(model: torch.nn.Module, batches: list, loss_fn: Callable, accelera
 
 def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_from: str | None = None,
                      on_log: Callable[[CurvePoint], None] | None = None, compile: bool = False,
-                     stop: int | None = None) -> RunRecord:
+                     stop: int | None = None, inspect: Callable[[torch.nn.Module], None] | None = None) -> RunRecord:
     """Train ``job`` to its last step (or divergence) and return its result record.
 
     A trunk (``job.role == "trunk"``) trains to ``stop`` (default its last branch point) and
     writes a pinned checkpoint, with the held-out loss, at each of ``job.pins``.  A branch
     resumed from its trunk's pinned checkpoint takes the learning rate of its own wsd schedule
     at that step, so it is the same computation as a standalone wsd run of ``job.steps``.
+    ``inspect(model)`` is called with the freshly built model (``transfer`` hangs its forward hooks there).
 
     ``accelerator`` is the run's one Accelerator (built from the plan's ``Runtime``); it
     decides device, mixed precision and the data-parallel split.  ``compile``: torch.compile
@@ -129,7 +130,7 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
     """
     try:
         with stopping.handlers(enabled=accelerator.num_processes == 1):
-            return _train(job, store, accelerator, resume_from, on_log, compile, stop or job.steps)
+            return _train(job, store, accelerator, resume_from, on_log, compile, stop or job.steps, inspect)
     finally:
         accelerator.free_memory()  # drops its lists after its own gc pass, so collect again:
         if compile:
@@ -140,7 +141,7 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
 
 
 def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | None,
-           on_log: Callable[[CurvePoint], None] | None, compile: bool, end: int) -> RunRecord:
+           on_log: Callable[[CurvePoint], None] | None, compile: bool, end: int, inspect=None) -> RunRecord:
     o, sched, lp = job.optim, job.schedule, job.loop
     folders = job.search_path
     exp_dir = store.exp_dir(job.experiment_id)
@@ -150,6 +151,8 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
     set_seed(lp.seed)
     model = build_model(job.model.target, job.size_param, job.size, job.model.kwargs, folders)
     raw_model = model
+    if inspect is not None:
+        inspect(model)
     loss_fn = build_loss(job.loss.target, job.loss.kwargs, folders)
 
     # 2. Optimizer (fused AdamW on CUDA) and an LR schedule that is a pure function of the step.

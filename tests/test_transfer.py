@@ -1,0 +1,97 @@
+"""``flops-fit transfer``: does one learning rate serve every size?
+
+The example μP GPT passes; a standard-parameterised MLP drifts (WARN/FAIL, a negative fitted
+exponent); the sweep is cached; bad input fails before anything is written; ``estimate``
+reports the verdict and ``run`` warns after a FAIL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flops_fit import Spec
+from flops_fit.errors import SpecError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MLP = '''name = "{name}"
+[model]
+target = "tests.toy:{model}"
+size_param = "{size_param}"
+sizes = {sizes}
+kwargs = {{ in_dim = 16{extra} }}
+[data]
+target = "tests.toy:teacher"
+kwargs = {{ n = 16384 }}
+eval_batches = 8
+[loss]
+target = "tests.toy:mse"
+[sweep]
+budgets = [1e7, 2e7]
+min_steps = 150
+[train]
+batch_size = 32
+learning_rate = {lr}
+warmup_tokens = 320
+[estimate]
+calibrate = false
+'''
+
+
+def _mlp(folder: Path, name: str = "sp", model: str = "MLP", sizes=(8, 64, 512), size_param: str = "width",
+         extra: str = ", depth = 2", lr: float = 3e-3) -> Spec:
+    path = folder / f"{name}.toml"
+    path.write_text(MLP.format(name=name, model=model, sizes=list(sizes), size_param=size_param, extra=extra, lr=lr))
+    return Spec.load(path)
+
+
+def test_a_standard_parameterised_mlp_drifts_and_gets_a_negative_exponent(in_tmp):
+    spec = _mlp(in_tmp)
+    t = spec.transfer(middle=True, max_steps=150)
+    assert t.verdict in ("WARN", "FAIL"), t.lines()
+    assert t.lr_exponent is not None and t.lr_exponent < 0, t.lines()
+    assert "lr_scaling = { ref_params = " in t.suggestion
+    best = [o.best_lr for o in t.optima]
+    assert best[0] > best[-1] and not t.optima[-1].edge  # the wider model wants a smaller rate, inside the grid
+    folder = in_tmp / "runs/sp/transfer"
+    saved = json.loads((folder / "transfer.json").read_text())
+    assert saved["verdict"] == t.verdict and saved["shift_octaves"] == pytest.approx(t.shift_octaves)
+    assert (folder / "transfer.png").read_bytes()[:4] == b"\x89PNG"
+    header = (folder / "coordinates.csv").read_text().splitlines()[0]
+    assert header.startswith("module,init_8,init_64,init_512,steps2-5_8")
+    # cached: a second check trains nothing
+    events = []
+    again = spec.transfer(middle=True, max_steps=150, on_event=events.append)
+    assert again.verdict == t.verdict and not [e for e in events if e.kind == "decision" and e.decision.action != "skip"]
+    # the estimate and the run see the verdict of this recipe
+    assert spec.estimate().transfer == t.verdict
+
+
+def test_the_mup_gpt_passes(in_tmp):
+    spec = Spec.load(ROOT / "specs/transfer_gpt.toml")
+    spec = spec.model_copy(update={"runs_dir": str(in_tmp / "runs")})
+    t = spec.transfer(max_steps=1500)
+    assert t.verdict == "PASS", t.lines()
+    assert t.shift_octaves <= 0.5
+    assert not [c for c in t.coordinates if c.flag == "grows"], t.lines()
+
+
+def test_bad_input_fails_before_anything_is_written(in_tmp):
+    with pytest.raises(SpecError) as info:  # the size is a depth: the modules differ between sizes
+        _mlp(in_tmp, name="deep", size_param="depth", sizes=(1, 2, 3), extra=", width = 16").transfer()
+    assert "model.size_param" in str(info.value) and "not a width" in str(info.value)
+    assert not (in_tmp / "runs/deep").exists()
+    one = _mlp(in_tmp, name="one")
+    with pytest.raises(SpecError, match="model.sizes"):
+        one.model_copy(update={"model": one.model.model_copy(update={"sizes": [8]})}).transfer()
+    assert not (in_tmp / "runs/one").exists()
+
+
+def test_a_grid_that_diverges_everywhere_fails_with_the_reason(in_tmp):
+    spec = _mlp(in_tmp, name="boom", model="Exploding", sizes=(4, 8), extra="", lr=10.0)
+    t = spec.transfer(max_steps=150)
+    assert t.verdict == "FAIL" and "every learning rate diverged" in t.reasons[0]
+    with pytest.warns(UserWarning, match="transfer check of this recipe failed"):
+        spec.run(report=False)
