@@ -11,8 +11,11 @@
   step 1 + 0.5); one that already grows at init (slope at step 1 > 0.5) is listed as such;
 * **learning-rate sweep**: the smallest and largest size (and a middle one with ``middle``) at
   the spec's rate × 2^k, k = −3…3, as ordinary hashed experiments in the spec's store (cached:
-  a second call trains nothing) over a fixed horizon — the spec's smallest budget's steps for
-  that size, clamped to [``sweep.min_steps``, ``max_steps``].  Around each size's lowest loss a
+  a second call trains nothing) over one horizon for every size — the steps the largest swept
+  size gets at the spec's smallest budget, clamped to [``sweep.min_steps``, ``max_steps``] (the
+  best rate moves with the horizon: sizes compared at different horizons would disagree for
+  that reason alone; with the example GPT, size 8 at 2000 steps against size 48 at 1500 gave
+  WARN where equal horizons give PASS).  Around each size's lowest loss a
   least-squares parabola in log2(lr) over five rates gives the best rate and the loss at the
   spec's rate (one noisy run does not decide); the lowest loss must be interior to the grid;
 * **verdict**: PASS when the best rates of the smallest and largest size are within half an
@@ -148,11 +151,12 @@ def _chosen(plan: Plan, middle: bool) -> list[SizeInfo]:
 def transfer_experiments(spec: SpecModel, plan: Plan, middle: bool = False, max_steps: int = 2000) -> list[tuple[SizeInfo, float, Experiment]]:
     """The learning-rate sweep as ordinary experiments: (size, factor, experiment)."""
     _need_two(spec, plan)
-    budget = min(spec.sweep.budgets)
+    chosen = _chosen(plan, middle)
+    largest = max(chosen, key=lambda s: s.num_params)
+    steps = int(round(min(spec.sweep.budgets) / largest.flops_per_sample / spec.train.batch_size))
+    steps = min(max(steps, spec.sweep.min_steps), max_steps)  # one horizon for every size
     out = []
-    for info in _chosen(plan, middle):
-        steps = int(round(budget / info.flops_per_sample / spec.train.batch_size))
-        steps = min(max(steps, spec.sweep.min_steps), max_steps)
+    for info in chosen:
         for f in FACTORS:
             varied = spec.model_copy(update={"train": spec.train.model_copy(update={"learning_rate": spec.train.learning_rate * f})})
             flops = steps * spec.train.batch_size * info.flops_per_sample
