@@ -65,8 +65,15 @@ def test_a_standard_parameterised_mlp_drifts_and_gets_a_negative_exponent(in_tmp
     events = []
     again = spec.transfer(middle=True, max_steps=150, on_event=events.append)
     assert again.verdict == t.verdict and not [e for e in events if e.kind == "decision" and e.decision.action != "skip"]
-    # the estimate and the run see the verdict of this recipe
+    # the estimate sees the verdict of this recipe; the CLI prints the same document with --json
     assert spec.estimate().transfer == t.verdict
+    from typer.testing import CliRunner
+
+    from flops_fit.cli import app
+
+    res = CliRunner().invoke(app, ["transfer", str(in_tmp / "sp.toml"), "--middle", "--max-steps", "150", "--json"])
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["verdict"] == t.verdict
 
 
 def test_the_mup_gpt_passes(in_tmp):
