@@ -359,28 +359,8 @@ def confirm(spec: str = SpecArg,
         if as_json:
             _emit_json(json.dumps(c.summary(), indent=2))
             return
-        p = c.predicted
-        ci = f" (95% {p.loss_ci[0]:.4g}–{p.loss_ci[1]:.4g})" if p.loss_ci else ""
-        err.print(f"prediction ({p.approach}, registered {p.created}): N_opt {p.num_params:.3g}, "
-                  f"D_opt {p.num_tokens:.3g}, loss {p.loss:.4g}{ci}" if p.loss is not None else
-                  f"prediction ({p.approach}): N_opt {p.num_params:.3g}, D_opt {p.num_tokens:.3g}")
-        t = Table(title=f"Forward check at C = {c.budget_flops:.3g} FLOPs")
-        for col in ("size", "N", "D", "epochs", "predicted loss", "95% interval", "measured", "inside"):
-            t.add_column(col, justify="right")
-        for m in c.measured:
-            mark = " ★" if m.size == c.best_size else ""
-            t.add_row(f"{m.size}{' (predicted)' if m.size == c.predicted_size else ''}", f"{m.num_params:,}",
-                      f"{m.num_tokens:.3g}", "–" if m.epochs is None else f"{m.epochs:.2f}",
-                      "–" if m.predicted_loss is None else f"{m.predicted_loss:.4f}",
-                      _ci(m.predicted_loss_ci), "–" if m.loss is None else f"{m.loss:.4f}{mark}",
-                      "–" if m.inside is None else ("yes" if m.inside else "no"))
-        err.print(t)
-        if c.loss_error is not None:
-            err.print(f"best measured loss vs predicted: {c.loss_error:+.2%}; best size is "
-                      + ("the predicted one" if c.best_is_predicted else
-                         "adjacent to the predicted one" if c.best_is_adjacent else "not the predicted one"))
-        for note in c.notes:
-            err.print(f"[yellow]note: {note}[/]")
+        for item in c.render():
+            err.print(item)
         err.print(f"report: {s.run_dir / 'confirm'}")
     _guard(go, verbose, as_json)
 

@@ -94,6 +94,37 @@ class Confirmation(Frozen):
     inside: int
     notes: list[str]
 
+    def render(self) -> list:
+        """What ``flops-fit confirm`` prints: the prediction, a rich table of predicted against
+        measured loss per size (★ the best measured), the error of the best, the notes."""
+        from rich.table import Table
+
+        def ci(v) -> str:
+            return f"[{v[0]:.3f}, {v[1]:.3f}]" if v and all(x is not None and math.isfinite(x) for x in v) else ""
+
+        p = self.predicted
+        out: list = [f"prediction ({p.approach}, registered {p.created}): N_opt {p.num_params:.3g}, "
+                     f"D_opt {p.num_tokens:.3g}, loss {p.loss:.4g}"
+                     + (f" (95% {p.loss_ci[0]:.4g}–{p.loss_ci[1]:.4g})" if p.loss_ci else "")
+                     if p.loss is not None else
+                     f"prediction ({p.approach}): N_opt {p.num_params:.3g}, D_opt {p.num_tokens:.3g}"]
+        t = Table(title=f"Forward check at C = {self.budget_flops:.3g} FLOPs")
+        for col in ("size", "N", "D", "epochs", "predicted loss", "95% interval", "measured", "inside"):
+            t.add_column(col, justify="right")
+        for m in self.measured:
+            mark = " ★" if m.size == self.best_size else ""
+            t.add_row(f"{m.size}{' (predicted)' if m.size == self.predicted_size else ''}", f"{m.num_params:,}",
+                      f"{m.num_tokens:.3g}", "–" if m.epochs is None else f"{m.epochs:.2f}",
+                      "–" if m.predicted_loss is None else f"{m.predicted_loss:.4f}",
+                      ci(m.predicted_loss_ci), "–" if m.loss is None else f"{m.loss:.4f}{mark}",
+                      "–" if m.inside is None else ("yes" if m.inside else "no"))
+        out.append(t)
+        if self.loss_error is not None:
+            out.append(f"best measured loss vs predicted: {self.loss_error:+.2%}; best size is "
+                       + ("the predicted one" if self.best_is_predicted else
+                          "adjacent to the predicted one" if self.best_is_adjacent else "not the predicted one"))
+        return out + [f"[yellow]note: {note}[/]" for note in self.notes]
+
     def summary(self) -> dict:
         """The ``confirm --json`` document."""
         return self.model_dump(mode="json")

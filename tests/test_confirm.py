@@ -55,6 +55,15 @@ def test_prediction_written_before_training_and_kept_out_of_the_fit(swept):
     centre = min(sizes, key=lambda s: abs(c.measured[sizes.index(s)].num_params - c.predicted.num_params))
     assert sizes.index(centre) == 1  # the size nearest N_opt, one either side
     assert (folder / "confirm.png").read_bytes()[:4] == b"\x89PNG"
+    # what the CLI prints: the prediction, the table (★ on the best measured), the error of the best
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    for item in c.render():
+        console.print(item)
+    text = console.export_text()
+    assert f"N_opt {c.predicted.num_params:.3g}" in text and "Forward check at C = 1.2e+07 FLOPs" in text
+    assert "★" in text and f"best measured loss vs predicted: {c.loss_error:+.2%}" in text
     # the confirmation runs never enter the fit they test
     after = spec.analyze(report=False)
     assert after.fits.num_points == before.fits.num_points
