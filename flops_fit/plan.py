@@ -30,7 +30,7 @@ from .spec import SpecModel
 
 __all__ = ["Component", "Optim", "Schedule", "Loop", "Runtime", "NOT_HASHED", "BranchPoint", "runtime", "peak_lr", "Job",
            "Trunk", "Experiment", "Dropped", "SizeInfo", "Plan", "compile_plan", "size_info", "size_infos",
-           "sample_batch", "experiment_id", "confirm_experiments", "format_number"]
+           "sample_batch", "experiment_id", "plan_experiment", "confirm_experiments", "format_number"]
 
 
 
@@ -216,7 +216,7 @@ def compile_plan(spec: SpecModel, sizes: list[SizeInfo] | None = None) -> Plan:
                 dropped.append(Dropped(budget_flops=budget, size=info.size, num_params=info.num_params,
                                        reason=f"outside the {spec.sweep.sizes_per_budget} sizes centred on D/N = {spec.sweep.tokens_per_param:g}"))
                 continue
-            experiments.append(_experiment(spec, budget, info, steps))
+            experiments.append(plan_experiment(spec, budget, info, steps))
         if not feasible:
             problems.append(Problem(f"budget {budget:.3g} FLOPs fits no size: even the smallest model "
                                     f"(N = {sizes[0].num_params:,}) gets fewer than {spec.sweep.min_steps} steps",
@@ -329,7 +329,9 @@ def _job(spec: SpecModel, budget: float, info: SizeInfo, steps: int) -> Job:
                                   "experiment_id": experiment_id(budget, spec.model.size_param, info.size, digest)})
 
 
-def _experiment(spec: SpecModel, budget: float, info: SizeInfo, steps: int) -> Experiment:
+def plan_experiment(spec: SpecModel, budget: float, info: SizeInfo, steps: int) -> Experiment:
+    """One standalone experiment of ``spec`` at ``budget`` with ``steps`` steps (the sweep's, the forward
+    check's and the transfer check's experiments are all made here)."""
     job = _job(spec, budget, info, steps)
     samples = steps * spec.train.batch_size
     return Experiment(id=job.experiment_id, hash=job.hash, budget_flops=budget, size=info.size,
@@ -366,7 +368,7 @@ def confirm_experiments(spec: SpecModel, sizes: list[SizeInfo], budget_flops: fl
                                     f"{budget_flops:.3g} FLOPs (< sweep.min_steps = {spec.sweep.min_steps})",
                                     key="sweep.min_steps", file=spec.source, hint="confirm a larger budget"))
             continue
-        out.append(_experiment(spec, budget_flops, info, steps))
+        out.append(plan_experiment(spec, budget_flops, info, steps))
     if problems:
         raise SpecError(problems)
     return out

@@ -46,7 +46,7 @@ import numpy as np
 from .errors import Problem, SpecError
 from .frozen import Frozen
 from .hashing import content_hash
-from .plan import Experiment, Plan, SizeInfo, _experiment, compile_plan
+from .plan import Experiment, Plan, SizeInfo, compile_plan, plan_experiment
 from .spec import SpecModel
 from .store import RunRecord, Store, atomic_write_text
 
@@ -131,7 +131,7 @@ class Transfer(Frozen):
 def recipe_hash(spec: SpecModel, sizes: list[SizeInfo]) -> str:
     """What a verdict is about: the smallest size's job identity without its length and warmup."""
     smallest = min(sizes, key=lambda s: s.num_params)
-    job = _experiment(spec, 1.0, smallest, 1).job
+    job = plan_experiment(spec, 1.0, smallest, 1).job
     ident = job.identity_of_run()
     for key in ("steps", "warmup_steps"):
         ident.pop(key)
@@ -160,7 +160,7 @@ def transfer_experiments(spec: SpecModel, plan: Plan, middle: bool = False, max_
         for f in FACTORS:
             varied = spec.model_copy(update={"train": spec.train.model_copy(update={"learning_rate": spec.train.learning_rate * f})})
             flops = steps * spec.train.batch_size * info.flops_per_sample
-            out.append((info, f, _experiment(varied, flops, info, steps)))
+            out.append((info, f, plan_experiment(varied, flops, info, steps)))
     return out
 
 
@@ -199,7 +199,7 @@ def coordinate_check(spec: SpecModel, plan: Plan, steps: int = 5) -> tuple[list[
     table: dict[str, list[list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="flops-fit-coord-") as tmp:
         for col, info in enumerate(infos):
-            exp = _experiment(spec, 1.0, info, steps)
+            exp = plan_experiment(spec, 1.0, info, steps)
             job = exp.job.model_copy(update={
                 "experiment_id": f"coord-{info.size}", "eval_batches": 1,
                 "schedule": exp.job.schedule.model_copy(update={"kind": "constant", "warmup_steps": 0}),

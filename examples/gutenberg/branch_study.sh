@@ -8,10 +8,7 @@ LOG=${1:?log folder}; CORPUS=${2:-}
 mkdir -p "$LOG"
 stamp() { echo "$(date +%s.%N) $*" >> "$LOG/progress.txt"; }
 stamp start
-if [ -n "$CORPUS" ]; then mkdir -p data/gutenberg-en && (cd "$CORPUS" && python3 unpack.py "$OLDPWD/data/gutenberg-en") > "$LOG/unpack.log" 2>&1; fi
-stamp unpacked
-python3 -c "from examples.gutenberg import data; [data.tokens('data/gutenberg-en', s) for s in ('val', 'train')]" > "$LOG/tokenize.log" 2>&1
-stamp tokenized
+source "$(dirname "$0")/prepare.sh"
 python3 -m flops_fit estimate specs/gutenberg_branch.toml --json > "$LOG/estimate_branch.json" 2> "$LOG/estimate_branch.log"
 stamp estimated
 for name in wsd branch; do

@@ -9,10 +9,7 @@ SPEC=specs/gutenberg_gpu.toml; BUDGET=4e15
 mkdir -p "$LOG"
 stamp() { echo "$(date +%s) $*" >> "$LOG/progress.txt"; }
 stamp start
-if [ -n "$CORPUS" ]; then mkdir -p data/gutenberg-en && (cd "$CORPUS" && python3 unpack.py "$OLDPWD/data/gutenberg-en") > "$LOG/unpack.log" 2>&1; fi
-stamp unpacked
-python3 -c "from examples.gutenberg import data; [data.tokens('data/gutenberg-en', s) for s in ('val', 'train')]" > "$LOG/tokenize.log" 2>&1
-stamp tokenized
+source "$(dirname "$0")/prepare.sh"
 python3 -m flops_fit estimate "$SPEC" --json > "$LOG/estimate.json" 2> "$LOG/estimate.log"
 stamp estimated
 python3 -m flops_fit run "$SPEC" --json > "$LOG/run.json" 2> "$LOG/run.log"

@@ -131,8 +131,7 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
                     store.write_result(result)  # "done": written last, atomically
                     store.clear_checkpoints(exp.id)
                     if exp.job.branch is not None:
-                        store.release_pins(exp.job.branch.trunk_id, [b for b in experiments if b.job.branch is not None
-                                                                     and b.job.branch.trunk_id == exp.job.branch.trunk_id])
+                        store.release_pins(exp.job.branch.trunk_id, branches.get(exp.job.branch.trunk_id, []))
                 trained.append(result)
                 emit("result", result=result)
                 if stopping.pending() is not None:  # Ctrl-C during the last step: stop after recording it
