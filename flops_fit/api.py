@@ -176,6 +176,8 @@ def fit(points: "Points | str | Path | Iterable[dict]", approaches: Iterable[str
         bootstrap: int = 200, seed: int = 0, predict: Iterable[float] = (), keep_outliers: bool = False,
         profile: str = "window") -> Result:
     """Fit measurements made elsewhere: a Points, a CSV path, or dicts with params, tokens, loss[, flops]."""
+    import numpy as np
+
     from .analysis import Points, fit_points
     from .report import Result
 
@@ -186,11 +188,8 @@ def fit(points: "Points | str | Path | Iterable[dict]", approaches: Iterable[str
     else:
         pts = Points.from_rows(list(points))
     fits = fit_points(pts, list(approaches), bootstrap, seed, keep_outliers, profile=profile)
-    budgets = sorted({p.budget_flops for p in pts.usable()})
-    from .runs_table import point_rows
-
-    return Result(fits=fits, points=pts, budgets=budgets, predict_budgets=list(predict), flop_rule=pts.flop_rule,
-                  runs=point_rows(pts, fits))
+    budgets = sorted(set(np.array(pts.budget_flops)[pts.usable_index()].tolist()))
+    return Result(fits=fits, points=pts, budgets=budgets, predict_budgets=list(predict), flop_rule=pts.flop_rule)
 
 
 def _path_or_key(obj: Any, key: str, cache_key: str | None, role: str) -> str:

@@ -237,7 +237,7 @@ def run(spec: str = SpecArg, as_json: bool = JsonOpt,
         err.print(f"report: {s.run_dir / 'report'}")
         if _no_fit(result):
             raise typer.Exit(1)
-        failed = [p for p in result.points.points if p.status == "failed"]
+        failed = [i for i, status in zip(result.points.id, result.points.status) if status == "failed"]
         if failed:
             err.print(f"[red]{len(failed)} experiment(s) failed; see their result.json; --retry-failed trains them again[/]")
             raise typer.Exit(1)
@@ -255,7 +255,7 @@ def analyze(spec: str = SpecArg, as_json: bool = JsonOpt,
         s = _load(spec)
         result = s.analyze()
         if points and not as_json:
-            out.print(_runs_table(result.runs))
+            out.print(_runs_table(result.run_rows()))
         _print_result(result, as_json)
         if _no_fit(result):
             raise typer.Exit(1)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+if TYPE_CHECKING:  # torch loads when a model or data is built (planning, training), not to fit a CSV
+    import torch
 
 from .errors import ContractError, Problem
 from .imports import resolve
@@ -26,6 +26,8 @@ __all__ = ["build_model", "build_data", "build_loss", "split_batch", "call_model
 def build_model(target: str | Callable, size_param: str, size: Any, kwargs: dict, folders: Sequence[str | Path] = (),
                 device: str | torch.device | None = None) -> torch.nn.Module:
     """Instantiate the model at ``size`` (on ``device``; ``"meta"`` allocates nothing)."""
+    import torch
+
     factory = resolve(target, folders) if isinstance(target, str) else target
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = factory(**{**kwargs, size_param: size})
@@ -43,6 +45,8 @@ def build_data(target: str | Callable | Any, kwargs: dict, folders: Sequence[str
 
 
 def is_data_source(obj: Any) -> bool:
+    from torch.utils.data import DataLoader, Dataset, IterableDataset
+
     return isinstance(obj, (Dataset, IterableDataset, DataLoader))
 
 
@@ -75,6 +79,8 @@ def forward_loss(model: Callable, inputs: Any, targets: Any, loss_fn: Callable) 
 
 def first_batch(data: Any, batch_size: int) -> Any:
     """One collated batch of up to ``batch_size`` samples from any supported data source."""
+    from torch.utils.data import DataLoader
+
     if isinstance(data, DataLoader):
         return next(iter(data))
     loader = DataLoader(data, batch_size=batch_size, shuffle=False)

@@ -12,9 +12,10 @@ Every report names the rule used.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+if TYPE_CHECKING:  # torch loads when a model is built: fitting a CSV never imports it
+    import torch
 
 __all__ = ["RULE_DESCRIPTIONS", "count_params", "flops_per_sample", "measure_flops_per_sample",
            "PEAK_FLOPS", "to_meta"]
@@ -44,6 +45,8 @@ def count_params(model: torch.nn.Module) -> int:
 
 def to_meta(value: Any) -> Any:
     """A copy of a (nested) batch with every tensor on the meta device."""
+    import torch
+
     if isinstance(value, torch.Tensor):
         return torch.empty_like(value, device="meta")
     if isinstance(value, dict):

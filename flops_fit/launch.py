@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from .frozen import Frozen
 from .plan import Experiment, Plan
 from .spec import SpecModel
@@ -70,7 +68,10 @@ def launch_plan(spec: SpecModel, gpus: int | None = None) -> LaunchPlan:
     if os.environ.get(WORKER_ENV) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return LaunchPlan(0, 0, False, None)
     t = spec.train
-    gpus = torch.cuda.device_count() if gpus is None else gpus
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count()
     if t.device == "cpu":
         gpus = 0
     workers = max(1, gpus) * t.workers_per_gpu

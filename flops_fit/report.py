@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .analysis.fit import Fits
 from .analysis.laws import Prediction
 from .analysis.points import Points
-from .runs_table import COLUMNS, Cost, RunRow, rows_csv
+from .runs_table import COLUMNS, Cost, RunRow, point_columns, point_rows, rows_csv
 from .store import atomic_write_text
 from .verdict import Verdict, assess
 
@@ -106,7 +106,8 @@ class Result(BaseModel):
     predict_budgets: list[float] = Field(default_factory=list)
     size_param: Optional[str] = None
     flop_rule: str = "6N"
-    runs: list[RunRow] = Field(default_factory=list)  # every experiment, planned and achieved (points.csv)
+    runs: list[RunRow] = Field(default_factory=list)  # every experiment, planned and achieved (points.csv);
+    # empty for points made elsewhere: run_rows() builds theirs from the points and fits
     cost: Optional[Cost] = None  # what the sweep's training cost (from the store; None for points made elsewhere)
 
     def to_pandas(self):
@@ -116,7 +117,16 @@ class Result(BaseModel):
         except ImportError:
             raise ImportError("Result.to_pandas() needs pandas: pip install pandas (or flops-fit[tables]); "
                               "report/points.csv has the same table") from None
-        return pd.DataFrame([r.model_dump() for r in self.runs], columns=list(COLUMNS))
+        return pd.DataFrame(self._columns(), columns=list(COLUMNS))
+
+    def run_rows(self) -> list[RunRow]:
+        """Every experiment (planned and achieved), or for points made elsewhere a row per point."""
+        return self.runs or point_rows(self.points, self.fits)
+
+    def _columns(self) -> dict[str, list]:
+        if self.runs:
+            return {c: [getattr(r, c) for r in self.runs] for c in COLUMNS}
+        return point_columns(self.points, self.fits)
 
     def to_json(self, **kw: Any) -> str:
         return self.model_dump_json(**kw)
@@ -189,7 +199,7 @@ def write_report(result: Result, folder: Path) -> Path:
     table = result.chinchilla_table()
     atomic_write_text(folder / "chinchilla_table.md", table.to_markdown())
     atomic_write_text(folder / "chinchilla_table.csv", table.to_csv())
-    atomic_write_text(folder / "points.csv", rows_csv(result.runs))
+    atomic_write_text(folder / "points.csv", rows_csv(result._columns()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         figures = result.plot(folder, format=("png", "pdf"))

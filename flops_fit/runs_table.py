@@ -21,7 +21,7 @@ from .frozen import Frozen
 from .plan import Plan
 from .store import RunRecord
 
-__all__ = ["RunRow", "Cost", "cost_of", "run_rows", "point_rows", "rows_csv", "COLUMNS"]
+__all__ = ["RunRow", "Cost", "cost_of", "run_rows", "point_rows", "point_columns", "rows_csv", "COLUMNS"]
 
 
 class RunRow(Frozen):
@@ -89,22 +89,33 @@ def run_rows(plan: Plan, records: list[RunRecord], fits: Fits) -> list[RunRow]:
     return rows
 
 
+def point_columns(points: Points, fits: Fits) -> dict[str, list]:
+    """The rows of measurements made elsewhere (achieved values only), column by column: a million
+    points stay columns of floats rather than a million row objects."""
+    n = points.count()
+    excluded = {e.id: e.reason for e in fits.excluded}
+    cols: dict[str, list] = {c: [None] * n for c in COLUMNS}
+    cols.update(id=list(points.id), budget_flops=list(points.budget_flops), size=list(points.size),
+                status=[s if s in ("ok", "failed", "diverged") else "ok" for s in points.status],
+                excluded=[excluded.get(i) for i in points.id] if excluded else [None] * n, loss=list(points.loss),
+                num_params=list(points.num_params), num_tokens=list(points.num_tokens), flops=list(points.flops),
+                role=["experiment"] * n)
+    return cols
+
+
 def point_rows(points: Points, fits: Fits) -> list[RunRow]:
     """Rows of measurements made elsewhere: achieved values only."""
-    excluded = {e.id: e.reason for e in fits.excluded}
-    status = {"ok", "failed", "diverged"}
-    return [RunRow(id=p.id, budget_flops=p.budget_flops, size=p.size, status=p.status if p.status in status else "ok",
-                   excluded=excluded.get(p.id), loss=p.loss, num_params=p.num_params, num_tokens=p.num_tokens,
-                   flops=p.flops) for p in points.points]
+    cols = point_columns(points, fits)
+    return [RunRow(**{c: cols[c][i] for c in COLUMNS}) for i in range(points.count())]
 
 
-def rows_csv(rows: list[RunRow]) -> str:
-    """The rows as CSV with a header of :data:`COLUMNS` (empty cells for None)."""
+def rows_csv(rows: "list[RunRow] | dict[str, list]") -> str:
+    """The rows (or columns) as CSV with a header of :data:`COLUMNS` (empty cells for None)."""
+    cols = rows if isinstance(rows, dict) else {c: [getattr(r, c) for r in rows] for c in COLUMNS}
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(COLUMNS)
-    for r in rows:
-        w.writerow(["" if getattr(r, c) is None else getattr(r, c) for c in COLUMNS])
+    w.writerows(["" if v is None else v for v in row] for row in zip(*(cols[c] for c in COLUMNS)))
     return buf.getvalue()
 
 

@@ -21,8 +21,6 @@ import math
 import traceback
 from typing import Any, Callable
 
-import torch
-
 from .components import build_data, build_loss, build_model, call_model, first_batch, is_data_source, split_batch
 from .errors import FlopsFitError, Problem, SpecError
 from .imports import ImportPathError, resolve
@@ -123,7 +121,9 @@ def _check_data(c: _Checker, key: str, path: str | None, kwargs: dict) -> Any:
     if not is_data_source(data):
         c.add(key, f"data target returned {type(data).__name__}, expected a torch Dataset, IterableDataset or DataLoader")
         return None
-    if hasattr(data, "__len__") and not isinstance(data, torch.utils.data.IterableDataset):
+    from torch.utils.data import IterableDataset
+
+    if hasattr(data, "__len__") and not isinstance(data, IterableDataset):
         try:
             if len(data) == 0:
                 c.add(key, "the dataset is empty")
@@ -171,6 +171,8 @@ def _smoke(c: _Checker, data: Any, loss_fn: Callable) -> None:
     except Exception as exc:
         c.user_error("loss.target", "the loss on the model's outputs", exc)
         return
+    import torch
+
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
         c.add("loss.target", f"the loss must return a scalar tensor, got {shape}", hint="reduce it, e.g. with .mean()")

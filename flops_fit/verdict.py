@@ -80,8 +80,9 @@ def assess(fits: Any, points: Any, budgets: list[float], predict: Callable[[floa
     add_sizes: list[float] = []
     add_budgets: list[float] = []
     iso, par = fits.isoflop, fits.parametric
-    usable = points.usable()
-    fit_budgets = sorted({p.budget_flops for p in usable})
+    usable = points.usable_index()
+    budget_of = [points.budget_flops[i] for i in usable]
+    fit_budgets = sorted(set(budget_of))
 
     minima = iso.minima if iso else []
     dropped = iso.dropped_budgets if iso else []
@@ -98,7 +99,7 @@ def assess(fits: Any, points: Any, budgets: list[float], predict: Callable[[floa
         if side is None:
             advice.append(f"budget {d.budget_flops:.3g}: {reason}")
             continue
-        mine = [p for p in usable if p.budget_flops == d.budget_flops]
+        mine = [points.point(int(i)) for i, b in zip(usable, budget_of) if b == d.budget_flops]
         by_size = [p.size for p in mine if p.size is not None]
         values = _beyond(points.sizes, by_size, side) if by_size else _beyond([], [p.num_params for p in mine], side)
         what = "sizes" if by_size else "N"
@@ -129,7 +130,7 @@ def assess(fits: Any, points: Any, budgets: list[float], predict: Callable[[floa
                             f"Approaches 2 and 3 disagree on N_opt by {worst:.2g}x at {where:.3g} FLOPs "
                             f"(their intervals do not overlap)"))
     if par:
-        lowest = min(p.loss for p in usable)
+        lowest = min(points.loss[i] for i in usable)
         checks.append(Check(name="E", ok=par.E < lowest, severity="fail",
                             message=f"E = {par.E:.4g} " + ("below" if par.E < lowest else "ABOVE")
                             + f" the lowest measured loss {lowest:.4g}"))

@@ -188,3 +188,51 @@ def test_fit_rows_of_dicts_reports_every_bad_row():
     with pytest.raises(DataError) as info:
         fit(rows)
     assert [p.key for p in info.value.problems] == ["[1].loss", "[3].tokens"]
+
+
+def test_csv_columns_across_chunks_short_rows_and_blank_lines(tmp_path):
+    """The CSV is parsed a chunk at a time: bad cells are named by line wherever they fall."""
+    from flops_fit.analysis.points import _read_columns
+
+    rows = [["1e6", "2e7", "3.5", "x"]] * 5 + [["1e6", "bad", "3.5", "x"], ["2e6"]] + [["1e6", "2e7", "3.5", "x"]] * 3
+    cells, lines = _read_columns(csv.reader([",".join(r) for r in rows]), [0, 1, 2], chunk=4)
+    assert lines == list(range(1, 11)) and cells[1][5] == "bad" and cells[1][6] is None
+    assert cells[0][0] == 1e6 and cells[0][9] == "1e6"  # parsed chunk by chunk until one fails, then kept as read
+    path = tmp_path / "p.csv"
+    pts = synthetic(*LAWS[0], noise=0.0, seed=0).points
+    body = [f"{p.num_params},{p.num_tokens},{p.loss}" for p in pts]
+    path.write_text("params , tokens,loss\n" + "\n".join(body[:3]) + "\n\n" + "\n".join(body[3:]) + "\n")
+    points = Points.from_csv(path)
+    assert points.count() == len(pts) and points.id[3] == "row6"  # the blank line 5 is skipped, lines keep counting
+    assert points.num_params == [p.num_params for p in pts]
+    path.write_text("params,tokens,loss\n" + "\n".join(body[:3]) + "\n1e6,2e7\n" + "\n".join(body[3:]) + "\n")
+    with pytest.raises(DataError) as info:
+        Points.from_csv(path)
+    assert [(p.line, p.key, p.message) for p in info.value.problems] == [(5, "loss", "not a number")]
+
+
+def test_a_large_csv_fits_in_columns_without_torch(tmp_path):
+    """Fitting 100,000 rows builds no per-row object, stays under 1.5 KB of Python memory per row
+    (the benchmark's million rows: see benchmarks/bench_fit.py) and never imports torch."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    rows = 100_000
+    C = 1e18 * 10 ** (rng.integers(0, 9, rows) / 4)
+    N = 10 ** rng.uniform(7, 10, rows)
+    D = C / (6 * N)
+    L = 1.82 + 482 / N**0.348 + 2085 / D**0.366
+    path = tmp_path / "rows.csv"
+    np.savetxt(path, np.stack([N, D, L], 1), delimiter=",", header="params,tokens,loss", comments="")
+    child = ("import sys, tracemalloc; from flops_fit.analysis import points as P\n"
+             "P.Point.__init__ = P.Point.model_construct = None  # any per-row object fails\n"
+             "from flops_fit import fit; tracemalloc.start()\n"
+             f"r = fit({str(path)!r}, bootstrap=0)\n"
+             "peak = tracemalloc.get_traced_memory()[1]\n"
+             "print(r.fits.parametric.a, r.fits.isoflop.n_opt.exponent, peak, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout.split()
+    a, iso_a, peak, torch_loaded = float(out[0]), float(out[1]), int(out[2]), out[3]
+    assert a == pytest.approx(0.366 / (0.348 + 0.366), abs=1e-3) and iso_a == pytest.approx(a, abs=0.02)
+    assert peak / rows < 1500, f"{peak / rows:.0f} bytes per row"
+    assert torch_loaded == "False"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..frozen import Frozen
 from ..errors import DataError, Problem
@@ -22,6 +22,9 @@ from ..store import CurvePoint, RunRecord
 
 __all__ = ["Point", "Points", "group_budgets"]
 
+
+
+COLUMNS = ("id", "budget_flops", "size", "num_params", "num_tokens", "flops", "loss", "status", "reason")
 
 
 class Point(Frozen):
@@ -38,20 +41,81 @@ class Point(Frozen):
 
 
 class Points(Frozen):
-    """Measured points and the size table (size -> N) of the model family, when known."""
+    """Measured points, column by column, and the size table (size -> N) of the model family, when known.
 
-    points: list[Point]
+    Columns (one entry per point): ``id, budget_flops, size, num_params, num_tokens, flops, loss,
+    status, reason`` and ``curve`` (each point's logged training curve; empty when none was logged).
+    Columns keep a million CSV rows in tens of MB; :attr:`points` gives :class:`Point` objects.
+    ``Points(points=[Point, ...])`` (and a result.json written with a list of points) is accepted.
+    """
+
+    id: list[str] = Field(default_factory=list)
+    budget_flops: list[float] = Field(default_factory=list)
+    size: list[Any] = Field(default_factory=list)
+    num_params: list[float] = Field(default_factory=list)
+    num_tokens: list[float] = Field(default_factory=list)
+    flops: list[float] = Field(default_factory=list)
+    loss: list[Optional[float]] = Field(default_factory=list)
+    status: list[str] = Field(default_factory=list)
+    reason: list[str] = Field(default_factory=list)
+    curve: list[list[CurvePoint]] = Field(default_factory=list)  # [] when no point logged a curve
     sizes: list[tuple[Any, float]] = Field(default_factory=list)
     source: str = ""
     flop_rule: str = "6N"
 
-    def usable(self) -> list[Point]:
-        return [p for p in self.points if p.status == "ok" and p.loss is not None and math.isfinite(p.loss)]
+    @model_validator(mode="before")
+    @classmethod
+    def _from_point_list(cls, data: Any) -> Any:
+        if not (isinstance(data, dict) and "points" in data):
+            return data
+        data = dict(data)
+        pts = [p if isinstance(p, Point) else Point.model_validate(p) for p in data.pop("points")]
+        for col in COLUMNS:
+            data[col] = [getattr(p, col) for p in pts]
+        data["curve"] = [p.curve for p in pts] if any(p.curve for p in pts) else []
+        return data
 
-    def arrays(self, points: list[Point] | None = None) -> tuple[np.ndarray, ...]:
-        pts = self.usable() if points is None else points
-        return tuple(np.array([getattr(p, k) for p in pts], dtype=float)
+    @model_validator(mode="after")
+    def _same_lengths(self) -> "Points":
+        n = len(self.id)
+        bad = [c for c in COLUMNS if len(getattr(self, c)) != n] + (["curve"] if self.curve and len(self.curve) != n else [])
+        if bad:
+            raise ValueError(f"columns {', '.join(bad)} do not have one entry per id ({n})")
+        return self
+
+    def count(self) -> int:
+        """The number of points (usable or not)."""
+        return len(self.id)
+
+    def point(self, i: int) -> Point:
+        return Point(**{c: getattr(self, c)[i] for c in COLUMNS}, curve=self.curve[i] if self.curve else [])
+
+    @property
+    def points(self) -> list[Point]:
+        """Every point as a :class:`Point` (built on demand: prefer the columns for large tables)."""
+        return [self.point(i) for i in range(self.count())]
+
+    def usable_index(self) -> np.ndarray:
+        """Indices of the points with status ``ok`` and a finite loss."""
+        loss = np.array(self.loss, dtype=float)  # None -> nan
+        ok = np.fromiter((s == "ok" for s in self.status), bool, len(self.status)) if self.status else np.zeros(0, bool)
+        return np.flatnonzero(ok & np.isfinite(loss))
+
+    def usable(self) -> list[Point]:
+        return [self.point(int(i)) for i in self.usable_index()]
+
+    def arrays(self, index: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """(N, D, loss, budget, flops) of the points at ``index`` (default: the usable ones)."""
+        idx = self.usable_index() if index is None else np.asarray(index, dtype=int)
+        return tuple(np.array(getattr(self, k), dtype=float)[idx]
                      for k in ("num_params", "num_tokens", "loss", "budget_flops", "flops"))
+
+    def take(self, index: np.ndarray) -> "Points":
+        """The points at ``index``, with the same size table, source and FLOP rule."""
+        idx = [int(i) for i in index]
+        cols = {c: [getattr(self, c)[i] for i in idx] for c in COLUMNS}
+        return Points.model_construct(**cols, curve=[self.curve[i] for i in idx] if self.curve else [],
+                                      sizes=self.sizes, source=self.source, flop_rule=self.flop_rule)
 
     @classmethod
     def from_records(cls, records: list[RunRecord], sizes: list[tuple[Any, float]], flop_rule: str,
@@ -70,20 +134,24 @@ class Points(Frozen):
 
     @classmethod
     def from_csv(cls, path: str | Path, group_tolerance: float = 0.05) -> "Points":
-        """Points from a CSV with columns ``params,tokens,loss[,flops]``; problems name the line."""
+        """Points from a CSV with columns ``params,tokens,loss[,flops]``; problems name the line.
+
+        Read column by column (a million rows in a few seconds and tens of MB)."""
         path = Path(path)
         try:
             with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's BOM is not a column name
-                reader = csv.DictReader(f)
-                header = [h.strip() for h in (reader.fieldnames or [])]
-                rows = [{k.strip(): v for k, v in row.items() if k} for row in reader]
+                reader = csv.reader(f)
+                header = [h.strip() for h in next(reader, [])]
+                wanted = [c for c in ("params", "tokens", "loss", "flops") if c in header]
+                cells, lines = _read_columns(reader, [header.index(c) for c in wanted])
+                cells = dict(zip(wanted, cells))
         except OSError as exc:
             raise DataError([Problem(f"cannot read CSV: {exc.strerror}", file=str(path))]) from None
         except (UnicodeDecodeError, csv.Error) as exc:
             why = (f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
                    if isinstance(exc, UnicodeDecodeError) else f"not a CSV ({exc})")
             raise DataError([Problem(why, file=str(path), hint="columns: params,tokens,loss[,flops]")]) from None
-        return cls.from_rows(rows, columns=header, source=str(path), group_tolerance=group_tolerance)
+        return cls._from_columns(cells, header, str(path), lines, group_tolerance)
 
     @classmethod
     def from_rows(cls, rows: list[dict], columns: list[str] | None = None, source: str | None = None,
@@ -95,48 +163,99 @@ class Points(Frozen):
         """
         rows = list(rows)
         columns = list(columns if columns is not None else (rows[0] if rows else []))
+        cells = {c: [row.get(c) for row in rows] for c in ("params", "tokens", "loss", "flops") if c in columns}
+        return cls._from_columns(cells, columns, source, None, group_tolerance)
+
+    @classmethod
+    def _from_columns(cls, cells: dict[str, list], columns: list[str], source: str | None, lines: list[int] | None,
+                      group_tolerance: float) -> "Points":
         missing = [c for c in ("params", "tokens", "loss") if c not in columns]
         if missing:
             raise DataError([Problem(f"missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'none'}",
                                      file=source, line=1 if source else None, hint="columns: params,tokens,loss[,flops]")])
         has_flops = "flops" in columns
-        cols = ("params", "tokens", "loss", "flops")[: 4 if has_flops else 3]
         try:  # the fast path: every cell a number
-            data = {c: np.array([row.get(c) for row in rows], dtype=float) for c in cols}
+            data = {c: np.array(v, dtype=float) for c, v in cells.items()}
             bad = any(not (np.all(np.isfinite(v)) and np.all(v > 0)) for v in data.values())
         except (TypeError, ValueError):
             bad = True
         if bad:
-            raise DataError(_cell_problems(rows, cols, source))
-        if len(rows) < 5:
-            raise DataError([Problem(f"{len(rows)} points are too few to fit a scaling law (need at least 5)", file=source)])
+            raise DataError(_cell_problems(cells, source, lines))
+        rows = len(cells["params"])
+        if rows < 5:
+            raise DataError([Problem(f"{rows} points are too few to fit a scaling law (need at least 5)", file=source)])
         flops = data["flops"] if has_flops else 6 * data["params"] * data["tokens"]
-        budgets = flops if has_flops else np.asarray(group_budgets(list(flops), group_tolerance))
-        first = 2 if source else 0
-        pts = [Point.model_construct(id=f"row{i + first}", budget_flops=float(b), size=None, num_params=float(n),
-                                     num_tokens=float(d), flops=float(f), loss=float(l), status="ok", reason="", curve=[])
-               for i, (n, d, l, f, b) in enumerate(zip(data["params"], data["tokens"], data["loss"], flops, budgets))]
-        return cls(points=pts, source=source or "", flop_rule="csv flops column" if has_flops else "6N")
+        budgets = flops if has_flops else group_budgets(flops, group_tolerance)
+        ids = [f"row{n}" for n in lines] if lines is not None else [f"row{i}" for i in range(rows)]
+        return cls.model_construct(id=ids, budget_flops=np.asarray(budgets, dtype=float).tolist(), size=[None] * rows,
+                                   num_params=data["params"].tolist(), num_tokens=data["tokens"].tolist(),
+                                   flops=flops.tolist(), loss=data["loss"].tolist(), status=["ok"] * rows,
+                                   reason=[""] * rows, curve=[], sizes=[], source=source or "",
+                                   flop_rule="csv flops column" if has_flops else "6N")
 
 
-def _cell_problems(rows: list[dict], cols: tuple, source: str | None) -> list[Problem]:
+def _read_columns(reader, where: list[int], chunk: int = 1 << 16) -> tuple[list, list[int]]:
+    """The columns at ``where`` of the rows of a csv reader, with each row's line number.
+
+    Cells are parsed to floats a chunk at a time, so a million rows never sit in memory as strings;
+    once a chunk has a cell that is not a number (or a short row), the rest stay as read, for
+    :func:`_cell_problems` to name."""
+    need = max(where, default=-1)
+    bufs: list[list] = [[] for _ in where]
+    parts: list[list] = [[] for _ in where]
+    lines: list[int] = []
+    exact = True
+
+    def flush() -> None:
+        nonlocal exact
+        if exact:
+            try:
+                arrays = [np.array(b, dtype=float) for b in bufs]
+                for part, a, b in zip(parts, arrays, bufs):
+                    part.append(a), b.clear()
+                return
+            except (TypeError, ValueError):
+                exact = False
+        for part, b in zip(parts, bufs):
+            part.append(list(b)), b.clear()
+
+    for row in reader:
+        if not row:
+            continue
+        lines.append(reader.line_num)
+        if len(row) > need:
+            for j, b in zip(where, bufs):
+                b.append(row[j])
+        else:
+            exact = False
+            for j, b in zip(where, bufs):
+                b.append(row[j] if j < len(row) else None)
+        if len(bufs[0]) >= chunk if bufs else False:
+            flush()
+    flush()
+    if exact:
+        return [np.concatenate(p) if p else np.zeros(0) for p in parts], lines
+    return [[v for piece in p for v in (piece.tolist() if isinstance(piece, np.ndarray) else piece)] for p in parts], lines
+
+
+def _cell_problems(cells: dict[str, list], source: str | None, lines: list[int] | None) -> list[Problem]:
     """Every cell that is not a positive, finite number, by file and line (or row index)."""
     problems = []
-    for i, row in enumerate(rows):
-        where = {"file": source, "line": i + 2} if source else {}
-        for col in cols:
+    for i in range(len(cells["params"])):
+        where = {"file": source, "line": lines[i] if lines else i + 2} if source else {}
+        for col, values in cells.items():
             key = col if source else f"[{i}].{col}"
             try:
-                v = float(row.get(col))
+                v = float(values[i])
             except (TypeError, ValueError):
-                problems.append(Problem("not a number", key=key, value=row.get(col), has_value=True, **where))
+                problems.append(Problem("not a number", key=key, value=values[i], has_value=True, **where))
                 continue
             if not (math.isfinite(v) and v > 0):
                 problems.append(Problem("must be positive and finite", key=key, value=v, has_value=True, **where))
     return problems
 
 
-def group_budgets(flops: list[float], tolerance: float = 0.05) -> list[float]:
+def group_budgets(flops, tolerance: float = 0.05) -> list[float]:
     """Assign each FLOP value the geometric mean of its group of nearby values: sorted by log10 C,
     a new group starts where the next value is more than ``tolerance`` dex above the previous."""
     logs = np.log10(np.asarray(flops, dtype=float))
