@@ -217,6 +217,7 @@ def compile_plan(spec: SpecModel, sizes: list[SizeInfo] | None = None) -> Plan:
                                        reason=f"outside the {spec.sweep.sizes_per_budget} sizes centred on D/N = {spec.sweep.tokens_per_param:g}"))
                 continue
             experiments.append(plan_experiment(spec, budget, info, steps))
+        experiments += replicates(spec, budget, [(i, s) for i, s in feasible if i.size in keep])
         if not feasible:
             problems.append(Problem(f"budget {budget:.3g} FLOPs fits no size: even the smallest model "
                                     f"(N = {sizes[0].num_params:,}) gets fewer than {spec.sweep.min_steps} steps",
@@ -232,6 +233,30 @@ def compile_plan(spec: SpecModel, sizes: list[SizeInfo] | None = None) -> Plan:
                 tokens_per_sample=spec.data.tokens_per_sample, budgets=list(spec.sweep.budgets), sizes=sizes,
                 experiments=experiments, dropped=dropped, approaches=list(spec.analysis.approaches),
                 predict=list(spec.analysis.predict), runtime=runtime(spec), reuse=spec.sweep.reuse, trunks=trunks)
+
+
+def replicates(spec: SpecModel, budget: float, chosen: list[tuple[SizeInfo, int]]) -> list[Experiment]:
+    """``[sweep] seeds``: the budget's experiments again with each seed but ``train.seed`` (already planned).
+
+    ``replicate = "optimum"``: the 3 sizes whose D/N is nearest ``tokens_per_param`` (in ln); "all": every one.
+    The seed is part of the job's identity, so each replicate is an ordinary experiment with its own id."""
+    seeds = [s for s in spec.sweep.seeds if s != spec.train.seed]
+    if not seeds or not chosen:
+        return []
+    if spec.sweep.replicate == "optimum":
+        def distance(item: tuple[SizeInfo, int]) -> float:
+            info, steps = item
+            ratio = steps * spec.train.batch_size * spec.data.tokens_per_sample / info.num_params
+            return abs(math.log(ratio / spec.sweep.tokens_per_param))
+        chosen = sorted(sorted(chosen, key=distance)[:3], key=lambda item: item[0].num_params)
+    out = []
+    for seed in seeds:
+        seeded = spec.model_copy(update={"train": spec.train.model_copy(update={"seed": seed})})
+        for info, steps in chosen:
+            e = plan_experiment(seeded, budget, info, steps)
+            rid = f"{e.id[:-len(e.hash)]}s{seed}-{e.hash}"  # c1e11-d16-s1-3f2a9c1b07de
+            out.append(e.model_copy(update={"id": rid, "job": e.job.model_copy(update={"experiment_id": rid})}))
+    return out
 
 
 def branch_step(steps: int, decay_fraction: float) -> int:

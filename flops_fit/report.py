@@ -170,6 +170,7 @@ class Result(BaseModel):
                 "notes": notes, "fits": fits, "table": [r.model_dump(mode="json") for r in self.chinchilla_table().rows],
                 "backtest": f.backtest.model_dump(mode="json") if f.backtest else None,
                 "cost": self.cost.model_dump() if self.cost else None,
+                "noise": f.noise.model_dump(mode="json") if f.noise else None,
                 "trust": verdict.model_dump(mode="json")}
 
     def save(self, folder: str | Path) -> Path:

@@ -43,6 +43,7 @@ class RunRow(Frozen):
     planned_steps: Optional[int] = None
     steps: Optional[int] = None
     batch_size: Optional[int] = None
+    seed: Optional[int] = None
     peak_lr: Optional[float] = None
     train_seconds: Optional[float] = None
     gpu_hours: Optional[float] = None
@@ -72,7 +73,7 @@ def run_rows(plan: Plan, records: list[RunRecord], fits: Fits) -> list[RunRow]:
         trunk = exp.job.role == "trunk"
         planned = dict(id=exp.id, budget_flops=exp.budget_flops, size=exp.size, planned_num_params=exp.num_params,
                        planned_num_tokens=exp.num_tokens, planned_flops=exp.flops, planned_steps=exp.steps,
-                       batch_size=exp.job.loop.batch_size, peak_lr=exp.job.optim.learning_rate,
+                       batch_size=exp.job.loop.batch_size, seed=exp.job.loop.seed, peak_lr=exp.job.optim.learning_rate,
                        role="trunk" if trunk else ("branch" if exp.job.branch else "experiment"),
                        branch_step=exp.job.branch.step if exp.job.branch else None)
         if trunk:
@@ -99,6 +100,7 @@ def point_columns(points: Points, fits: Fits) -> dict[str, list]:
                 status=[s if s in ("ok", "failed", "diverged") else "ok" for s in points.status],
                 excluded=[excluded.get(i) for i in points.id] if excluded else [None] * n, loss=list(points.loss),
                 num_params=list(points.num_params), num_tokens=list(points.num_tokens), flops=list(points.flops),
+                seed=list(points.seed),
                 role=["experiment"] * n)
     return cols
 

@@ -125,8 +125,18 @@ class SweepSpec(_Frozen):
     tokens_per_param: float = Field(default=20.0, gt=0, description="Expected optimal D/N used to centre sizes_per_budget (Chinchilla: 20).")
     reuse: Literal["none", "branch"] = Field(default="none", description="'none': every (budget, size) trained from scratch; 'branch': one constant-LR trunk per size, and per budget a wsd cooldown branched off it (needs train.schedule = 'wsd').")
     min_cooldown_steps: int = Field(default=20, ge=1, description="reuse = 'branch': a branch's cooldown (round(decay_fraction · T_C) steps) must be at least this long.")
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, description="Seeds to replicate chosen experiments with (each an ordinary hashed experiment; train.seed's is the one already planned); fits use each cell's mean and report the seeds' standard deviation as the noise floor.")
+    replicate: Literal["optimum", "all"] = Field(default="optimum", description="Which experiments the seeds replicate: 'optimum', the 3 sizes of each budget nearest the planned optimum (D/N = tokens_per_param); 'all', every one.")
 
     _v_budgets = field_validator("budgets")(lambda v: _sorted_distinct(v, "budgets"))
+    _v_seeds = field_validator("seeds")(lambda v: _sorted_distinct(v, "seeds"))
+
+    @model_validator(mode="after")
+    def _seeds_need_scratch(self) -> "SweepSpec":
+        if self.seeds and self.reuse == "branch":
+            raise ValueError("seeds replicate experiments trained from scratch: with reuse = 'branch' each seed would "
+                             "need its own trunks; set reuse = 'none' or remove seeds")
+        return self
 
 
 class FlopsSpec(_Frozen):

@@ -107,6 +107,7 @@ class RunRecord(Frozen):
     planned_steps: int = 0
     warmup_steps: int = 0
     batch_size: int = 0
+    seed: Optional[int] = None  # the loop's seed (replicates of a cell differ only in it)
     train_seconds: float = 0.0
     epochs: Optional[float] = None
     notes: list[str] = Field(default_factory=list)
@@ -137,7 +138,7 @@ class RunRecord(Frozen):
                    size=job.size, num_params=job.num_params, num_tokens=samples * job.tokens_per_sample,
                    flops=samples * job.flops_per_sample,
                    flops_per_sample=job.flops_per_sample, planned_steps=job.steps, warmup_steps=job.warmup_steps,
-                   batch_size=job.loop.batch_size, traceback=traceback, provenance=provenance)
+                   batch_size=job.loop.batch_size, seed=job.loop.seed, traceback=traceback, provenance=provenance)
 
 
 @dataclass(frozen=True)

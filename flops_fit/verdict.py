@@ -150,6 +150,14 @@ def assess(fits: Any, points: Any, budgets: list[float], predict: Callable[[floa
         checks.append(Check(name="backtest", ok=not problems,
                             message=f"refit without {bt.held_out_budget:.3g}: " +
                             ("predictions hold" if not problems else "; ".join(problems))))
+    noise = getattr(fits, "noise", None)
+    if noise is not None:
+        gone = [f"{u.budget_flops:.3g}" for u in noise.unresolved]
+        checks.append(Check(name="noise", ok=not gone,
+                            message=f"seed noise σ = {noise.std:.3g}: " + ("every budget's minimum stands above it" if not gone
+                                    else f"the minimum of budget(s) {', '.join(gone)} is not resolved above it")))
+        if gone:
+            advice.append(f"budget(s) {', '.join(gone)}: more seeds at the sizes around the minimum, or sizes further apart")
     if fit_budgets:
         far = max(budgets or fit_budgets) / fit_budgets[-1]
         checks.append(Check(name="extrapolation", ok=far <= 10,

@@ -19,6 +19,7 @@ from ..frozen import Frozen
 from .envelope import envelope
 from .isoflop import budget_minima, loss_law, power_law, profile_minimum, profile_residuals
 from .laws import (EnvelopeFit, FlopsPerUnit, IsoflopFit, ParametricFit, Prediction, hull, percentile_interval)
+from .noise import NoiseFloor, cell_means, noise_floor, seed_draw
 from .parametric import fit_parametric, refit_fast
 from .points import Points
 
@@ -58,7 +59,8 @@ class Fits(Frozen):
     notes: list[str] = Field(default_factory=list)
     flops_per_unit: FlopsPerUnit = Field(default_factory=FlopsPerUnit)
     backtest: Optional[Backtest] = None
-    num_points: int = 0
+    num_points: int = 0  # the values fitted: points, or with seed replicates (budget, N, D) cells
+    noise: Optional[NoiseFloor] = None  # with seed replicates: the noise floor and the budgets it leaves unresolved
 
     def predict(self, budget_flops: float) -> dict[str, Prediction]:
         """Each fitted approach's :class:`Prediction` at ``budget_flops``."""
@@ -134,31 +136,39 @@ def _fit_isoflop(N, D, L, budgets, profile: str = "window") -> tuple[IsoflopFit 
 
 
 def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator, profile: str = "window",
-                  use: set | None = None) -> list[list[float]]:
+                  use: set | None = None, draw=None) -> list[list[float]]:
     """Two-stage bootstrap of the IsoFLOP law; (ln k, a, ln k', b) per resample.
 
     Between budgets: the budgets (those in ``use``, which bracket a minimum) are resampled with
     replacement, so the scatter of the minima about the power law enters the interval.  Within a
     budget: its sizes are fixed by design, so it gets a smooth fit (cubic with 6+ sizes, else a
     parabola) plus resampled residuals (inflated for the fitted parameters) and its profile
-    minimum is found again.  Then OLS of ln N* (and ln D*) on ln C.
+    minimum is found again.  Then OLS of ln N* (and ln D*) on ln C.  ``draw(rng)``: each
+    resample's cell means with their seeds resampled (seed replicates), smoothed afresh.
     """
     lnN, lnD = np.log(N), np.log(D)
-    groups = []
-    for C in np.unique(budgets):
-        g = np.flatnonzero(budgets == C)
-        if (use is not None and float(C) not in use) or len(np.unique(lnN[g])) < 3:
-            continue
-        x = lnN[g]
-        degree = 3 if len(g) >= 6 else 2
-        fitted = np.polyval(np.polyfit(x, L[g], degree), x)
-        resid = (L[g] - fitted) * math.sqrt(len(g) / max(1, len(g) - degree - 1))
-        s, c = np.polyfit(x, lnD[g], 1)
-        groups.append((float(C), x, fitted, resid, s, c))
+
+    def smooth(L: np.ndarray) -> list:
+        groups = []
+        for C in np.unique(budgets):
+            g = np.flatnonzero(budgets == C)
+            if (use is not None and float(C) not in use) or len(np.unique(lnN[g])) < 3:
+                continue
+            x = lnN[g]
+            degree = 3 if len(g) >= 6 else 2
+            fitted = np.polyval(np.polyfit(x, L[g], degree), x)
+            resid = (L[g] - fitted) * math.sqrt(len(g) / max(1, len(g) - degree - 1))
+            s, c = np.polyfit(x, lnD[g], 1)
+            groups.append((float(C), x, fitted, resid, s, c))
+        return groups
+
+    groups = smooth(L)
     samples = []
     if len(groups) < 2:
         return samples
     for _ in range(n):
+        if draw is not None:
+            groups = smooth(draw(rng))
         pick = rng.integers(0, len(groups), len(groups))
         Cs, xs, ds = [], [], []
         for j in pick:
@@ -174,12 +184,14 @@ def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator, profile: s
     return samples
 
 
-def _boot_parametric(theta, N, D, L, n: int, rng: np.random.Generator) -> list[list[float]]:
+def _boot_parametric(theta, N, D, L, n: int, rng: np.random.Generator, draw=None) -> list[list[float]]:
+    """Points resampled with replacement (and, with ``draw``, each cell's mean from its resampled seeds)."""
     lnN, lnD, lnL = np.log(N), np.log(D), np.log(L)
     out = []
     for _ in range(n):
+        lnL_b = lnL if draw is None else np.log(draw(rng))
         idx = rng.integers(0, len(L), len(L))
-        out.append(refit_fast(np.asarray(theta), lnN[idx], lnD[idx], lnL[idx]).tolist())
+        out.append(refit_fast(np.asarray(theta), lnN[idx], lnD[idx], lnL_b[idx]).tolist())
     return out
 
 
@@ -222,24 +234,32 @@ def _fit_points(points: Points, approaches, bootstrap: int, seed: int, keep_outl
     if not len(usable):
         return Fits(excluded=excluded, notes=["no usable points"], num_points=0)
     N, D, L, budgets, F = points.arrays(usable)
+    noise = draw = None
+    if any(points.seed[i] is not None for i in usable):  # trained by flops-fit: replicates are cells
+        raw, seeds = L, [points.seed[i] for i in usable]
+        (N, D, L, budgets, F), groups = cell_means((N, D, L, budgets, F))
+        noise = noise_floor(raw, groups, (N, D, L, budgets, F), seeds)
+        if noise is not None:
+            draw = seed_draw(raw, groups)
+            notes += [noise.line()] + [u.message for u in noise.unresolved]
     notes += degenerate_notes(N, D, L)
     fpu = flops_per_unit_law(N, F / D)
     iso = par = env = None
     if "isoflop" in approaches:
         iso, why = _fit_isoflop(N, D, L, budgets, profile)
         if iso is not None and bootstrap:
-            iso = _with_isoflop_intervals(iso, N, D, L, budgets, bootstrap, rng, profile)
+            iso = _with_isoflop_intervals(iso, N, D, L, budgets, bootstrap, rng, profile, draw)
         if why:
             notes.append(why)
     if "parametric" in approaches:
-        par = _parametric(N, D, L, bootstrap, rng, notes, fpu)
+        par = _parametric(N, D, L, bootstrap, rng, notes, fpu, draw)
     if "envelope" in approaches:
         env = envelope([(points.num_params[i], points.curve[i]) for i in usable] if points.curve else [])
         if env is None:
             notes.append("envelope: too few logged curve points (Approach 1 needs training curves)")
     bt = _backtest(points, usable, approaches, profile) if backtest else None
     return Fits(isoflop=iso, parametric=par, envelope=env, excluded=excluded, notes=notes, flops_per_unit=fpu,
-                backtest=bt, num_points=len(usable))
+                backtest=bt, num_points=len(L), noise=noise)
 
 
 def degenerate_notes(N: np.ndarray, D: np.ndarray, L: np.ndarray) -> list[str]:
@@ -256,10 +276,10 @@ def degenerate_notes(N: np.ndarray, D: np.ndarray, L: np.ndarray) -> list[str]:
     return notes
 
 
-def _with_isoflop_intervals(iso: IsoflopFit, N, D, L, budgets, bootstrap: int, rng, profile: str) -> IsoflopFit:
+def _with_isoflop_intervals(iso: IsoflopFit, N, D, L, budgets, bootstrap: int, rng, profile: str, draw=None) -> IsoflopFit:
     """The two-stage bootstrap's samples, and each exponent's interval widened to the hull of
     its OLS t-interval and the bootstrap percentile interval."""
-    samples = _boot_isoflop(N, D, L, budgets, bootstrap, rng, profile, {m.budget_flops for m in iso.minima})
+    samples = _boot_isoflop(N, D, L, budgets, bootstrap, rng, profile, {m.budget_flops for m in iso.minima}, draw)
     update: dict = {"samples": samples}
     if len(samples) >= 10:
         s = np.array(samples)
@@ -270,14 +290,14 @@ def _with_isoflop_intervals(iso: IsoflopFit, N, D, L, budgets, bootstrap: int, r
     return iso.model_copy(update=update)
 
 
-def _parametric(N, D, L, bootstrap: int, rng, notes: list[str], fpu: FlopsPerUnit) -> ParametricFit | None:
+def _parametric(N, D, L, bootstrap: int, rng, notes: list[str], fpu: FlopsPerUnit, draw=None) -> ParametricFit | None:
     if len(L) < 5:
         notes.append(f"parametric: {len(L)} points (need 5)")
         return None
     fit = fit_parametric(N, D, L, fpu=fpu)
     if not bootstrap:
         return fit
-    samples = _boot_parametric(fit.theta, N, D, L, bootstrap, rng)
+    samples = _boot_parametric(fit.theta, N, D, L, bootstrap, rng, draw)
     boot = [ParametricFit.from_theta(t, fpu) for t in samples]
     ci = {k: percentile_interval(np.array([getattr(q, k) for q in boot])) for k in ("E", "A", "B", "alpha", "beta", "a", "b")}
     return fit.model_copy(update={"ci": ci, "samples": samples})
@@ -292,7 +312,11 @@ def _backtest(points: Points, usable: np.ndarray, approaches, profile: str = "wi
     held = budgets[-1]
     sub = _fit_points(points, approaches, bootstrap=0, seed=0, keep_outliers=True, outlier_z=0.0, backtest=False,
                       profile=profile, index=usable[B < held])
-    N, D, L, B, _ = points.arrays(usable[B == held])
+    test = usable[B == held]
+    arrays = points.arrays(test)
+    if any(points.seed[i] is not None for i in test):
+        arrays, _ = cell_means(arrays)
+    N, D, L, B, _ = arrays
     minima, _ = budget_minima(np.log(N), np.log(D), L, B, profile)
     measured = BacktestMeasured(loss_min=float(L.min()), num_params_at_min=float(N[np.argmin(L)]),
                                 loss=minima[0].loss if minima else None, num_params=minima[0].n_opt if minima else None)

@@ -24,7 +24,7 @@ __all__ = ["Point", "Points", "group_budgets"]
 
 
 
-COLUMNS = ("id", "budget_flops", "size", "num_params", "num_tokens", "flops", "loss", "status", "reason")
+COLUMNS = ("id", "budget_flops", "size", "num_params", "num_tokens", "flops", "loss", "status", "reason", "seed")
 
 
 class Point(Frozen):
@@ -37,6 +37,7 @@ class Point(Frozen):
     loss: Optional[float]
     status: str = "ok"
     reason: str = ""
+    seed: Optional[int] = None
     curve: list[CurvePoint] = Field(default_factory=list)
 
 
@@ -44,7 +45,7 @@ class Points(Frozen):
     """Measured points, column by column, and the size table (size -> N) of the model family, when known.
 
     Columns (one entry per point): ``id, budget_flops, size, num_params, num_tokens, flops, loss,
-    status, reason`` and ``curve`` (each point's logged training curve; empty when none was logged).
+    status, reason, seed`` and ``curve`` (each point's logged training curve; empty when none was logged).
     Columns keep a million CSV rows in tens of MB; :attr:`points` gives :class:`Point` objects.
     ``Points(points=[Point, ...])`` (and a result.json written with a list of points) is accepted.
     """
@@ -58,6 +59,7 @@ class Points(Frozen):
     loss: list[Optional[float]] = Field(default_factory=list)
     status: list[str] = Field(default_factory=list)
     reason: list[str] = Field(default_factory=list)
+    seed: list[Optional[int]] = Field(default_factory=list)  # the training seed (None: not known); replicates share a cell
     curve: list[list[CurvePoint]] = Field(default_factory=list)  # [] when no point logged a curve
     sizes: list[tuple[Any, float]] = Field(default_factory=list)
     source: str = ""
@@ -129,7 +131,7 @@ class Points(Frozen):
                 status, reason = "diverged", f"non-finite loss {r.loss}"
             pts.append(Point(id=r.id, budget_flops=r.budget_flops, size=r.size, num_params=r.num_params,
                              num_tokens=r.num_tokens, flops=r.flops, loss=loss, status=status, reason=reason,
-                             curve=r.curve))
+                             seed=r.seed, curve=r.curve))
         return cls(points=pts, sizes=sizes, source=source, flop_rule=flop_rule)
 
     @classmethod
@@ -190,7 +192,7 @@ class Points(Frozen):
         return cls.model_construct(id=ids, budget_flops=np.asarray(budgets, dtype=float).tolist(), size=[None] * rows,
                                    num_params=data["params"].tolist(), num_tokens=data["tokens"].tolist(),
                                    flops=flops.tolist(), loss=data["loss"].tolist(), status=["ok"] * rows,
-                                   reason=[""] * rows, curve=[], sizes=[], source=source or "",
+                                   reason=[""] * rows, seed=[None] * rows, curve=[], sizes=[], source=source or "",
                                    flop_rule="csv flops column" if has_flops else "6N")
 
 

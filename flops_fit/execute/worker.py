@@ -388,7 +388,7 @@ def _result(job: Job, run: _Run, final: float, source, notes: list[str], acceler
         train_loss=run.curve[-1].train_loss if run.curve else None, initial_loss=run.initial_loss,
         size=job.size, num_params=job.num_params, num_tokens=samples * job.tokens_per_sample, num_samples=samples,
         flops=samples * job.flops_per_sample, flops_per_sample=job.flops_per_sample, steps=run.step,
-        planned_steps=job.steps, warmup_steps=job.warmup_steps, batch_size=job.loop.batch_size,
+        planned_steps=job.steps, warmup_steps=job.warmup_steps, batch_size=job.loop.batch_size, seed=job.loop.seed,
         train_seconds=run.train_seconds, epochs=source.epochs if math.isfinite(source.epochs) else None, notes=notes,
         curve=run.curve, provenance=provenance(job, accelerator),
         reuse="trunk" if job.role == "trunk" else ("branch" if job.branch else "none"),
