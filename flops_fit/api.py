@@ -92,6 +92,13 @@ class Spec(SpecModel):
             result = analyze_plan(self, plan)
             if report:
                 result.save(Path(plan.run_dir) / "report")
+        if report and plan.runtime.log_with:  # one summary run beside the experiments' runs
+            from .execute.runner import make_accelerator
+            from .execute.tracking import log_summary
+
+            store_root = Path(plan.run_dir)
+            accelerator = make_accelerator(plan.runtime, str(store_root / "tracking"))
+            log_summary(accelerator, plan.name, accelerator.logging_dir, result, store_root / "report")
         return result
 
     def confirm(self, budget_flops: float, sizes: int = 3, approach: str | None = None, retry_failed: bool = False,
@@ -115,6 +122,13 @@ class Spec(SpecModel):
             result = analyze_plan(self, plan)
             if report:
                 result.save(Path(plan.run_dir) / "report")
+        if report and plan.runtime.log_with:  # one summary run beside the experiments' runs
+            from .execute.runner import make_accelerator
+            from .execute.tracking import log_summary
+
+            store_root = Path(plan.run_dir)
+            accelerator = make_accelerator(plan.runtime, str(store_root / "tracking"))
+            log_summary(accelerator, plan.name, accelerator.logging_dir, result, store_root / "report")
         return result
 
 

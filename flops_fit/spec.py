@@ -54,6 +54,22 @@ def _sorted_distinct(values: list, what: str) -> list:
     return sorted(values)
 
 
+def known_trackers() -> list[str]:
+    """The tracker names the installed accelerate accepts in ``log_with`` (imported only when one is named)."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    return sorted(LOGGER_TYPE_TO_CLASS)
+
+
+def _tracker_name(name: str) -> str:
+    known = known_trackers()
+    if name not in known:
+        near = difflib.get_close_matches(name, known, n=1)
+        raise ValueError(f"{name!r} is not a tracker accelerate knows" + (f"; did you mean {near[0]!r}?" if near else "")
+                         + f" (known: {', '.join(known)})")
+    return name
+
+
 ImportPath = Annotated[str, Field(min_length=1, json_schema_extra={"pattern": IMPORT_PATH_RE.pattern})]
 
 
@@ -183,7 +199,7 @@ class TrainSpec(_Frozen):
     seed: int = Field(default=0, ge=0, description="Seed of python, numpy, torch and the data order.")
     compile: bool = Field(default=False, description="torch.compile the model.")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="'auto': CUDA when present, else CPU.")
-    log_with: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list, description="Accelerate trackers; metrics.jsonl is always written.")
+    log_with: list[Annotated[str, AfterValidator(_tracker_name)]] = Field(default_factory=list, description="Trackers, by accelerate's names (tensorboard, wandb, mlflow, aim, comet_ml, clearml, dvclive, swanlab, trackio, ...): one run per experiment grouped by the spec's name, and a summary run; metrics.jsonl is always written.")
     log_points: int = Field(default=40, ge=4, description="Points of the loss curve, spaced in FLOPs (half geometric, half linear).")
     eval_points: int = Field(default=4, ge=0, description="Held-out evaluations during training, besides the final one.")
     num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes for map-style datasets that are not tensors (0: load in the training process).")

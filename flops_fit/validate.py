@@ -144,9 +144,14 @@ def _check_loss(c: _Checker) -> Callable | None:
 
 
 def _check_trackers(c: _Checker) -> None:
-    modules = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+    """Every ``log_with`` tracker importable (the names were checked against accelerate's at load)."""
+    if not c.spec.train.log_with:
+        return
+    from accelerate.tracking import _available_trackers  # accelerate's own availability checks
+
+    available = {getattr(t, "value", t) for t in _available_trackers}
     for i, name in enumerate(c.spec.train.log_with):
-        if importlib.util.find_spec(modules[name]) is None:
+        if name not in available:
             c.add(f"train.log_with[{i}]", f"tracker {name!r} is not installed", hint=f"pip install {name}, or remove it")
 
 

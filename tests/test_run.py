@@ -175,43 +175,6 @@ def test_worker_processes_share_the_sweep(in_tmp):
     assert split.workers == 8 and split.data_parallel and split.threshold == 5e7
 
 
-def test_trackers_get_one_run_per_experiment(in_tmp):
-    """[train] log_with goes through accelerate's trackers: init, log at curve points, finish, per experiment."""
-    from accelerate import Accelerator
-    from accelerate.tracking import GeneralTracker
-
-    from flops_fit.execute.runner import run_plan
-    from flops_fit.store import Store
-
-    class Memory(GeneralTracker):
-        name, requires_logging_directory, main_process_only = "memory", False, True
-        runs: list = []
-
-        def __init__(self):
-            super().__init__()
-
-        @property
-        def tracker(self):
-            return self
-
-        def store_init_configuration(self, values):
-            self.runs.append({"config": values, "logged": [], "finished": False})
-
-        def log(self, values, step=None, **kwargs):
-            self.runs[-1]["logged"].append((step, values))
-
-        def finish(self):
-            self.runs[-1]["finished"] = True
-
-    spec = Spec.load(write_toy_spec(in_tmp, sizes=(4, 8), budgets=(1e6,)))
-    plan = spec.plan()
-    accelerator = Accelerator(cpu=True, log_with=[Memory()])
-    run_plan(plan, Store(in_tmp / "runs/toy"), accelerator)
-    assert len(Memory.runs) == 2 and all(r["finished"] for r in Memory.runs)
-    assert {r["config"]["size"] for r in Memory.runs} == {4, 8}
-    assert all(len(r["logged"]) > 5 and "train_loss" in r["logged"][-1][1] for r in Memory.runs)
-
-
 def test_estimate_models_worker_processes_within_2x_of_a_measured_run(in_tmp):
     """Two CPU workers: the estimate is the makespan over them (not the sum), within 2x of the wall-clock."""
     path = write_toy_spec(in_tmp, model="SlowMLP", sizes=(4, 8, 16), budgets=(2e5, 4e5),

@@ -19,6 +19,7 @@ from filelock import Timeout
 
 from ..plan import Experiment, Plan, Runtime
 from ..store import CurvePoint, Decision, RunRecord, Store, decide
+from .tracking import finish_runs, start_run
 from .worker import Interrupted, provenance, stopping, train_experiment
 
 __all__ = ["RunEvent", "run_plan", "run_experiments", "make_accelerator"]
@@ -65,10 +66,11 @@ def _claim(store: Store, exp: Experiment, retry_failed: bool, branches: list[Exp
 
 
 def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: Accelerator, emit,
-               compile: bool) -> RunRecord:
-    if accelerator.log_with:  # one tracker run per experiment, named by its id
-        accelerator.init_trackers(exp.id, config={"budget_flops": exp.budget_flops, "size": exp.size,
-                                                  "num_params": exp.num_params, "steps": exp.steps})
+               compile: bool, group: str) -> RunRecord:
+    if accelerator.log_with:  # one tracker run per experiment, named by its id, grouped by the spec
+        start_run(accelerator, group, exp.id, accelerator.logging_dir,
+                  {"budget_flops": exp.budget_flops, "size": exp.size, "num_params": exp.num_params,
+                   "num_tokens": exp.num_tokens, "steps": exp.steps, "flops": exp.flops, "seed": exp.job.loop.seed})
     try:
         return train_experiment(exp.job, store, accelerator, resume_from=decision.checkpoint,
                                 on_log=lambda p: emit("log", point=p), compile=compile, stop=decision.stop)
@@ -76,10 +78,7 @@ def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: A
         return RunRecord.failed(exp.job, f"{type(exc).__name__}: {exc}", traceback.format_exc(),
                                 provenance(exp.job, accelerator))
     finally:
-        # Not accelerator.end_training(): it also destroys the process group the next experiment needs.
-        for tracker in accelerator.trackers:
-            tracker.finish()
-        accelerator.trackers.clear()
+        finish_runs(accelerator)
 
 
 def run_plan(plan: Plan, store: Store, accelerator: Accelerator, retry_failed: bool = False,
@@ -126,7 +125,7 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
             if decision.action == "skip":
                 continue
             try:
-                result = _train_one(exp, decision, store, accelerator, emit, compile)
+                result = _train_one(exp, decision, store, accelerator, emit, compile, store.root.name)
                 if accelerator.is_main_process:
                     store.write_result(result)  # "done": written last, atomically
                     store.clear_checkpoints(exp.id)
