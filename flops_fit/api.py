@@ -98,7 +98,9 @@ class Spec(SpecModel):
 
             store_root = Path(plan.run_dir)
             accelerator = make_accelerator(plan.runtime, str(store_root / "tracking"))
-            log_summary(accelerator, plan.name, accelerator.logging_dir, result, store_root / "report")
+            scalars, tables = result.tracker_summary()
+            log_summary(accelerator, plan.name, accelerator.logging_dir, scalars, tables, store_root / "report",
+                        {"points": result.fits.num_points, "flop_rule": result.flop_rule})
         return result
 
     def confirm(self, budget_flops: float, sizes: int = 3, approach: str | None = None, retry_failed: bool = False,
@@ -128,7 +130,9 @@ class Spec(SpecModel):
 
             store_root = Path(plan.run_dir)
             accelerator = make_accelerator(plan.runtime, str(store_root / "tracking"))
-            log_summary(accelerator, plan.name, accelerator.logging_dir, result, store_root / "report")
+            scalars, tables = result.tracker_summary()
+            log_summary(accelerator, plan.name, accelerator.logging_dir, scalars, tables, store_root / "report",
+                        {"points": result.fits.num_points, "flop_rule": result.flop_rule})
         return result
 
 

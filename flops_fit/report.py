@@ -128,6 +128,27 @@ class Result(BaseModel):
             return {c: [getattr(r, c) for r in self.runs] for c in COLUMNS}
         return point_columns(self.points, self.fits)
 
+    def tracker_summary(self) -> tuple[dict[str, float], dict[str, tuple[list[str], list[list]]]]:
+        """What a tracker's summary run carries: the fitted values (``parametric/a``, ``isoflop/a``,
+        ``noise/std``, ...) and the points and Chinchilla tables as (columns, rows)."""
+        f = self.fits
+        scalars: dict[str, float] = {}
+        if f.parametric is not None:
+            scalars |= {f"parametric/{k}": float(getattr(f.parametric, k)) for k in ("E", "A", "B", "alpha", "beta", "a", "b")}
+        if f.isoflop is not None:
+            scalars |= {"isoflop/a": float(f.isoflop.n_opt.exponent), "isoflop/b": float(f.isoflop.d_opt.exponent)}
+        if f.noise is not None:
+            scalars["noise/std"] = float(f.noise.std)
+
+        def cell(v: Any) -> Any:
+            return "–".join(f"{x:.3g}" for x in v) if isinstance(v, list) else ("" if v is None else v)
+
+        cols = self._columns()
+        table = self.chinchilla_table()
+        keys = [k for k, _ in table.COLUMNS]
+        return scalars, {"points": (list(COLUMNS), [[cell(v) for v in r] for r in zip(*(cols[c] for c in COLUMNS))]),
+                         "chinchilla_table": (keys, [[cell(getattr(r, k)) for k in keys] for r in table.rows])}
+
     def to_json(self, **kw: Any) -> str:
         return self.model_dump_json(**kw)
 

@@ -70,7 +70,8 @@ def test_runs_grouped_by_spec_tagged_and_a_summary_run(in_tmp):
             ("toy", e.budget_flops, e.size, e.num_params, e.num_tokens)
     result = spec.analyze()
     result.save(in_tmp / "runs/toy/report")
-    log_summary(accelerator, "toy", in_tmp / "tracking", result, in_tmp / "runs/toy/report")
+    scalars, tables = result.tracker_summary()
+    log_summary(accelerator, "toy", in_tmp / "tracking", scalars, tables, in_tmp / "runs/toy/report", {"points": 9})
     summary = Memory.runs[-1]
     assert summary["config"]["id"] == "summary" and summary["config"]["spec"] == "toy" and summary["finished"]
     columns, rows = summary["tables"]["points"]
@@ -94,5 +95,5 @@ def test_tensorboard_writes_a_folder_per_experiment_and_the_summary(in_tmp):
     summary = EventAccumulator(str(root / "summary"), size_guidance={"images": 0, "tensors": 0})
     summary.Reload()
     tags = summary.Tags()
-    assert "parametric/a" in tags["scalars"] and {"points_csv", "chinchilla_table"} <= {t.split("/")[0] for t in tags["tensors"]}
+    assert "parametric/a" in tags["scalars"] and {"points_csv", "chinchilla_table_csv"} <= {t.split("/")[0] for t in tags["tensors"]}
     assert "isoflop" in tags["images"]

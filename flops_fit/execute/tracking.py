@@ -69,45 +69,29 @@ def finish_runs(accelerator: Any) -> None:
     accelerator.trackers = []
 
 
-def log_summary(accelerator: Any, group: str, logging_dir: str | Path, result: Any, report_dir: str | Path) -> None:
-    """The ``summary`` run of a sweep: fitted values, the points and Chinchilla tables, the figures."""
-    from .. import runs_table
+def log_summary(accelerator: Any, group: str, logging_dir: str | Path, scalars: dict[str, float],
+                tables: dict[str, tuple[list[str], list[list]]], images_dir: str | Path, config: dict) -> None:
+    """The ``summary`` run of a sweep: ``scalars``, ``tables`` (name -> (columns, rows); logged as tables
+    where the tracker has ``log_table``, else as CSV text named ``<name>_csv``) and the PNGs of ``images_dir``."""
+    import csv
+    import io
 
-    f = result.fits
-    scalars: dict[str, float] = {}
-    if f.parametric is not None:
-        scalars |= {f"parametric/{k}": float(getattr(f.parametric, k)) for k in ("E", "A", "B", "alpha", "beta", "a", "b")}
-    if f.isoflop is not None:
-        scalars |= {"isoflop/a": float(f.isoflop.n_opt.exponent), "isoflop/b": float(f.isoflop.d_opt.exponent)}
-    if f.noise is not None:
-        scalars["noise/std"] = float(f.noise.std)
-    table = result.chinchilla_table()
-    columns = result._columns()
-    rows = [list(r) for r in zip(*(columns[c] for c in runs_table.COLUMNS))]
-    chin_cols = [k for k, _ in table.COLUMNS]
-    chin_rows = [[_cell(getattr(r, k)) for k in chin_cols] for r in table.rows]
-    images = {}
-    for png in sorted(Path(report_dir).glob("*.png")):
-        import matplotlib.image as mpimg
+    import matplotlib.image as mpimg
 
-        images[png.stem] = mpimg.imread(png)[None, ..., :3]  # (1, H, W, 3) in [0, 1]
-    start_run(accelerator, group, "summary", logging_dir, {"points": f.num_points, "flop_rule": result.flop_rule})
+    images = {png.stem: mpimg.imread(png)[None, ..., :3] for png in sorted(Path(images_dir).glob("*.png"))}  # (1, H, W, 3)
+    start_run(accelerator, group, "summary", logging_dir, config)
     try:
         for tracker in accelerator.trackers:
             tracker.log(scalars, step=0)
-            if hasattr(tracker, "log_table"):
-                tracker.log_table("points", columns=list(runs_table.COLUMNS), data=[[_cell(v) for v in r] for r in rows], step=0)
-                tracker.log_table("chinchilla_table", columns=chin_cols, data=chin_rows, step=0)
-            else:
-                tracker.log({"points_csv": runs_table.rows_csv(columns), "chinchilla_table": table.to_markdown()}, step=0)
+            for name, (columns, rows) in tables.items():
+                if hasattr(tracker, "log_table"):
+                    tracker.log_table(name, columns=columns, data=rows, step=0)
+                else:
+                    buf = io.StringIO()
+                    csv.writer(buf).writerows([columns, *rows])
+                    tracker.log({f"{name}_csv": buf.getvalue()}, step=0)
             if images and hasattr(tracker, "log_images"):
                 kwargs = {"dataformats": "NHWC"} if getattr(tracker, "name", "") == "tensorboard" else {}
                 tracker.log_images(images, step=0, **kwargs)
     finally:
         finish_runs(accelerator)
-
-
-def _cell(v: Any) -> Any:
-    if isinstance(v, list):
-        return "–".join(f"{x:.3g}" for x in v)
-    return "" if v is None else v
