@@ -46,7 +46,8 @@ class Points(Frozen):
 
     Columns (one entry per point): ``id, budget_flops, size, num_params, num_tokens, flops, loss,
     status, reason, seed`` and ``curve`` (each point's logged training curve; empty when none was logged).
-    Columns keep a million CSV rows in tens of MB; :attr:`points` gives :class:`Point` objects.
+    A million CSV rows are lists of floats (about 300 MB), not a million objects; :attr:`points`
+    gives :class:`Point` objects on demand.
     ``Points(points=[Point, ...])`` (and a result.json written with a list of points) is accepted.
     """
 
@@ -112,13 +113,6 @@ class Points(Frozen):
         return tuple(np.array(getattr(self, k), dtype=float)[idx]
                      for k in ("num_params", "num_tokens", "loss", "budget_flops", "flops"))
 
-    def take(self, index: np.ndarray) -> "Points":
-        """The points at ``index``, with the same size table, source and FLOP rule."""
-        idx = [int(i) for i in index]
-        cols = {c: [getattr(self, c)[i] for i in idx] for c in COLUMNS}
-        return Points.model_construct(**cols, curve=[self.curve[i] for i in idx] if self.curve else [],
-                                      sizes=self.sizes, source=self.source, flop_rule=self.flop_rule)
-
     @classmethod
     def from_records(cls, records: list[RunRecord], sizes: list[tuple[Any, float]], flop_rule: str,
                      source: str = "") -> "Points":
@@ -138,7 +132,7 @@ class Points(Frozen):
     def from_csv(cls, path: str | Path, group_tolerance: float = 0.05) -> "Points":
         """Points from a CSV with columns ``params,tokens,loss[,flops]``; problems name the line.
 
-        Read column by column (a million rows in a few seconds and tens of MB)."""
+        Read column by column and parsed a chunk at a time (a million rows in a few seconds)."""
         path = Path(path)
         try:
             with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's BOM is not a column name
