@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 from pathlib import Path
@@ -236,3 +237,14 @@ def test_a_large_csv_fits_in_columns_without_torch(tmp_path):
     assert a == pytest.approx(0.366 / (0.348 + 0.366), abs=1e-3) and iso_a == pytest.approx(a, abs=0.02)
     assert peak / rows < 1500, f"{peak / rows:.0f} bytes per row"
     assert torch_loaded == "False"
+
+
+def test_points_read_from_older_result_json():
+    """A result.json of a list of points (before columns) and of columns without seeds still loads."""
+    pts = synthetic(*LAWS[0], noise=0.0, seed=0).points
+    listed = Points.model_validate_json(json.dumps({"points": [p.model_dump() for p in pts], "flop_rule": "6N"}))
+    assert listed.count() == len(pts) and listed.seed == [None] * len(pts)
+    assert [p.loss for p in listed.points] == [p.loss for p in pts]
+    columns = listed.model_dump()
+    del columns["seed"]
+    assert Points.model_validate(columns).num_params == listed.num_params

@@ -69,6 +69,8 @@ class Points(Frozen):
     @model_validator(mode="before")
     @classmethod
     def _from_point_list(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "points" not in data and "id" in data and "seed" not in data:
+            return {**data, "seed": [None] * len(data["id"])}  # written before seeds were recorded
         if not (isinstance(data, dict) and "points" in data):
             return data
         data = dict(data)
