@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -102,11 +103,13 @@ def calibrate(plan: Plan, steps: int, threads: int | None = None) -> dict:
             job = job.model_copy(update={"steps": steps + 2, "loop": loop, "eval_batches": 1,
                                          "schedule": job.schedule.model_copy(update={"warmup_steps": 1}),
                                          "experiment_id": f"calibrate-{n}"})
+            t0 = time.perf_counter()
             result = train_experiment(job, Store(Path(tmp)), accelerator, compile=plan.runtime.compile)
+            wall = time.perf_counter() - t0  # the whole call: building model and data, evaluation, result
             first, last = result.curve[0], result.curve[-1]
             per_step = (last.seconds - first.seconds) / max(1, last.step - first.step)
             out["points"].append({"num_params": n, "seconds_per_step": per_step,
-                                  "overhead_seconds": max(0.0, first.seconds - first.step * per_step)})
+                                  "overhead_seconds": max(0.0, wall - last.step * per_step)})
     return out
 
 
@@ -122,20 +125,67 @@ def worker_start_seconds() -> float:
     return time.perf_counter() - t0
 
 
-def makespan(seconds: list[float], workers: int) -> float:
-    """Wall-clock of independent jobs on ``workers`` processes that each take the next one in
-    plan order as they free up (list scheduling, as the store's locks hand them out)."""
+def makespan(seconds: list[float], workers: int, after: list[tuple[int, float] | None] | None = None) -> float:
+    """Wall-clock of jobs on ``workers`` processes that each take the next ready one in plan order
+    as they free up (list scheduling, as the store's locks hand them out).
+
+    ``after[i] = (j, t)``: job i (a branch) cannot start before job j (its trunk) has run ``t``
+    seconds (its branch point is pinned); a worker skips it until then, as the runner does, and
+    waits only when nothing else is ready.  A branch whose trunk is not in the list is ready at once."""
     import heapq
 
+    after = after or [None] * len(seconds)
+    started: dict[int, float] = {}
+    pending = list(range(len(seconds)))
     free = [0.0] * max(1, workers)
-    for s in seconds:
-        heapq.heapreplace(free, free[0] + s)
-    return max(free)
+    end = 0.0
+
+    def ready_at(i: int) -> float:
+        dep = after[i]
+        if dep is None or not seconds[dep[0]]:
+            return 0.0
+        return started[dep[0]] + dep[1] if dep[0] in started else float("inf")
+
+    while pending:
+        now = heapq.heappop(free)
+        pick = next((i for i in pending if ready_at(i) <= now), None)
+        if pick is None:  # every pending branch waits for a running trunk: idle until the first pin
+            heapq.heappush(free, min(ready_at(i) for i in pending))
+            continue
+        pending.remove(pick)
+        started[pick] = now
+        end = max(end, now + seconds[pick])
+        heapq.heappush(free, now + seconds[pick])
+    return end
+
+
+def _waits(units: list[Experiment], calib: dict, starts: dict[str, int]) -> list[tuple[int, float] | None]:
+    """For :func:`makespan`: each branch waits until its trunk, started at ``starts`` (default 0),
+    has trained to the branch step (its start-up plus the steps in between)."""
+    where = {e.id: i for i, e in enumerate(units)}
+    out: list[tuple[int, float] | None] = []
+    for e in units:
+        b = e.job.branch
+        if b is None or b.trunk_id not in where:
+            out.append(None)
+            continue
+        trunk = units[where[b.trunk_id]]
+        steps = max(0, b.step - starts.get(trunk.id, 0))
+        out.append((where[b.trunk_id], _overhead(calib) + steps * (_seconds_per_step(calib, trunk.num_params) or 0.0)))
+    return out
 
 
 def _overhead(calibration: dict) -> float:
-    """Per-experiment start-up (first step: allocation, compilation), the largest measured."""
-    return max((p["overhead_seconds"] for p in calibration.get("points", [])), default=0.0)
+    """Per-experiment cost outside its steps (building model and data, the first step's allocation
+    and compilation, the final evaluation, the result): the smallest measured, a warm process's."""
+    return min((p["overhead_seconds"] for p in calibration.get("points", [])), default=0.0)
+
+
+def _first_call(calibration: dict) -> float:
+    """What a process's first experiment costs once on top (imports of the user's code, first use
+    of the data loader): the first calibration call's overhead beyond a warm one's."""
+    points = calibration.get("points", [])
+    return max(0.0, points[0]["overhead_seconds"] - _overhead(calibration)) if points else 0.0
 
 
 def _seconds_per_step(calibration: dict, num_params: int) -> float | None:
@@ -174,9 +224,11 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calib
     gpu_rate = PEAK_FLOPS[spec.cost.gpu][plan.runtime.precision] * spec.cost.mfu  # FLOP/s on the stated GPU
     price = spec.cost.usd_per_gpu_hour
     units = plan.units()
+    starts: dict[str, int] = {}  # the step each unit starts from (a trunk's resume step)
     for exp in units:
         d = decide(store, exp, retry_failed, dry_run=True, branches=plan.branches_of(exp) if exp.job.role == "trunk" else None)
         left = _remaining_steps(exp, d.action, d.checkpoint_step, d.stop)
+        starts[exp.id] = d.checkpoint_step or 0
         sps = _seconds_per_step(calib, exp.num_params)
         seconds = left * sps + _overhead(calib) if sps is not None and left else (0.0 if sps is not None else None)
         remaining_flops += exp.flops * left / exp.steps
@@ -188,9 +240,11 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calib
                                 usd=hours * price if price else None,
                                 role="trunk" if exp.job.role == "trunk" else ("branch" if exp.job.branch else "experiment")))
     if calib and workers > 1:  # experiments are claimed by W workers: the sweep ends with the busiest one
-        start = worker_start_seconds()  # each worker imports the training stack and reads plan.json
+        start = worker_start_seconds() + _first_call(calib)  # each worker imports the training stack, reads plan.json
         calib = {**calib, "workers": workers, "worker_start_seconds": start}
-        total_seconds = makespan([r.est_seconds or 0.0 for r in rows], workers) + start
+        total_seconds = makespan([r.est_seconds or 0.0 for r in rows], workers, _waits(units, calib, starts)) + start
+    elif calib and any(r.est_seconds for r in rows):
+        total_seconds += _first_call(calib)
     gpu_hours = remaining_flops / gpu_rate / 3600
     total = sum(e.flops * _own_steps(e) / e.steps for e in units)
     standalone = sum(e.flops for e in plan.experiments)
@@ -198,7 +252,7 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calib
     if calib and plan.trunks:  # the whole sweep from scratch, both ways, on this machine's layout
         def sweep_seconds(items: list[Experiment], steps) -> float:
             each = [steps(e) * _seconds_per_step(calib, e.num_params) + _overhead(calib) for e in items]
-            return makespan(each, workers) if workers > 1 else sum(each)
+            return makespan(each, workers, _waits(items, calib, {})) if workers > 1 else sum(each)
         saved_seconds = sweep_seconds(plan.experiments, lambda e: e.steps) - sweep_seconds(units, _own_steps)
     return Estimate(flop_rule=plan.flop_rule, flop_rule_description=RULE_DESCRIPTIONS[plan.flop_rule], experiments=rows,
                     reuse=plan.reuse, standalone_flops=standalone, saved_flops=standalone - total, saved_seconds=saved_seconds,

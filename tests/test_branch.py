@@ -212,3 +212,15 @@ def test_a_branched_regression_sweep_costs_at_most_three_quarters_and_agrees_wit
     (a_c, lo_c, hi_c), (a_b, lo_b, hi_b) = [(r.fits.parametric.a, *r.fits.parametric.ci["a"]) for r in results.values()]
     assert hi_c - lo_c < 0.6 and hi_b - lo_b < 0.6  # resolved fits: an overlap of vague intervals would prove nothing
     assert max(lo_c, lo_b) <= min(hi_c, hi_b), ((a_c, lo_c, hi_c), (a_b, lo_b, hi_b))
+
+
+def test_makespan_waits_for_the_trunk_to_reach_each_branch_point():
+    """A branch cannot start before its trunk is pinned: workers take other work meanwhile, and wait
+    only when nothing else is ready (as the runner does)."""
+    from flops_fit.estimate import makespan
+
+    assert makespan([100, 20, 20], 2) == 100  # as if independent: both branches beside the trunk
+    assert makespan([100, 20, 20], 2, [None, (0, 80.0), (0, 80.0)]) == 120
+    assert makespan([100, 20, 20, 50], 2, [None, (0, 80.0), (0, 90.0), None]) == 120  # the 50 s job fills the wait
+    assert makespan([0, 20, 20], 2, [None, (0, 80.0), (0, 80.0)]) == 20  # a finished trunk: ready at once
+    assert makespan([10, 30, 30], 1, [None, (0, 5.0), (0, 9.0)]) == 70
