@@ -88,20 +88,7 @@ class Spec(SpecModel):
         _warn_transfer(self, plan)
         if not train_plan(self, plan, retry_failed, on_event):
             return None
-        with Store(Path(plan.run_dir)).report_lock():  # collect again under the lock: a concurrent run's results count
-            result = analyze_plan(self, plan)
-            if report:
-                result.save(Path(plan.run_dir) / "report")
-        if report and plan.runtime.log_with:  # one summary run beside the experiments' runs
-            from .execute.runner import make_accelerator
-            from .execute.tracking import log_summary
-
-            store_root = Path(plan.run_dir)
-            accelerator = make_accelerator(plan.runtime, str(store_root / "tracking"))
-            scalars, tables = result.tracker_summary()
-            log_summary(accelerator, plan.name, accelerator.logging_dir, scalars, tables, store_root / "report",
-                        {"points": result.fits.num_points, "flop_rule": result.flop_rule})
-        return result
+        return _report(self, plan, report, track=True)
 
     def confirm(self, budget_flops: float, sizes: int = 3, approach: str | None = None, retry_failed: bool = False,
                 on_event: Callable[[RunEvent], None] | None = None, predict_only: bool = False) -> Confirmation:
@@ -119,21 +106,26 @@ class Spec(SpecModel):
 
     def analyze(self, report: bool = True) -> Result:
         """Fit and report from whatever the store holds now (nothing is trained)."""
-        plan = compile_plan(self)
-        with Store(Path(plan.run_dir)).report_lock():
-            result = analyze_plan(self, plan)
-            if report:
-                result.save(Path(plan.run_dir) / "report")
-        if report and plan.runtime.log_with:  # one summary run beside the experiments' runs
-            from .execute.runner import make_accelerator
-            from .execute.tracking import log_summary
+        return _report(self, compile_plan(self), report, track=False)
 
-            store_root = Path(plan.run_dir)
-            accelerator = make_accelerator(plan.runtime, str(store_root / "tracking"))
-            scalars, tables = result.tracker_summary()
-            log_summary(accelerator, plan.name, accelerator.logging_dir, scalars, tables, store_root / "report",
-                        {"points": result.fits.num_points, "flop_rule": result.flop_rule})
-        return result
+
+def _report(spec: SpecModel, plan: Plan, report: bool, track: bool) -> Result:
+    """Collect and fit under the store's report lock (a concurrent run's results count), write the
+    report, and after a run (``track``) log the trackers' summary run beside the experiments' runs."""
+    run_dir = Path(plan.run_dir)
+    with Store(run_dir).report_lock():
+        result = analyze_plan(spec, plan)
+        if report:
+            result.save(run_dir / "report")
+    if report and track and plan.runtime.log_with:
+        from .execute.runner import make_accelerator
+        from .execute.tracking import log_summary
+
+        accelerator = make_accelerator(plan.runtime, str(run_dir / "tracking"))
+        scalars, tables = result.tracker_summary()
+        log_summary(accelerator, plan.name, accelerator.logging_dir, scalars, tables, run_dir / "report",
+                    {"points": result.fits.num_points, "flop_rule": result.flop_rule})
+    return result
 
 
 def _warn_transfer(spec: SpecModel, plan: Plan) -> None:

@@ -147,9 +147,9 @@ def _check_trackers(c: _Checker) -> None:
     """Every ``log_with`` tracker importable (the names were checked against accelerate's at load)."""
     if not c.spec.train.log_with:
         return
-    from accelerate.tracking import _available_trackers  # accelerate's own availability checks
+    from accelerate.tracking import get_available_trackers  # accelerate's own availability checks
 
-    available = {getattr(t, "value", t) for t in _available_trackers}
+    available = {getattr(t, "value", t) for t in get_available_trackers()}
     for i, name in enumerate(c.spec.train.log_with):
         if name not in available:
             c.add(f"train.log_with[{i}]", f"tracker {name!r} is not installed", hint=f"pip install {name}, or remove it")

@@ -235,12 +235,12 @@ def _fit_points(points: Points, approaches, bootstrap: int, seed: int, keep_outl
         return Fits(excluded=excluded, notes=["no usable points"], num_points=0)
     N, D, L, budgets, F = points.arrays(usable)
     noise = draw = None
-    if any(points.seed[i] is not None for i in usable):  # trained by flops-fit: replicates are cells
+    if _seeded(points, usable):  # trained by flops-fit: replicates are cells
         raw, seeds = L, [points.seed[i] for i in usable]
         (N, D, L, budgets, F), groups = cell_means((N, D, L, budgets, F))
         noise = noise_floor(raw, groups, (N, D, L, budgets, F), seeds)
         if noise is not None:
-            draw = seed_draw(raw, groups)
+            draw = seed_draw(raw, groups, L)
             notes += [noise.line()] + [u.message for u in noise.unresolved]
     notes += degenerate_notes(N, D, L)
     fpu = flops_per_unit_law(N, F / D)
@@ -260,6 +260,11 @@ def _fit_points(points: Points, approaches, bootstrap: int, seed: int, keep_outl
     bt = _backtest(points, usable, approaches, profile) if backtest else None
     return Fits(isoflop=iso, parametric=par, envelope=env, excluded=excluded, notes=notes, flops_per_unit=fpu,
                 backtest=bt, num_points=len(L), noise=noise)
+
+
+def _seeded(points: Points, index: np.ndarray) -> bool:
+    """Whether the points at ``index`` know their training seed (then (budget, N, D) cells are fitted)."""
+    return any(points.seed[i] is not None for i in index)
 
 
 def degenerate_notes(N: np.ndarray, D: np.ndarray, L: np.ndarray) -> list[str]:
@@ -314,7 +319,7 @@ def _backtest(points: Points, usable: np.ndarray, approaches, profile: str = "wi
                       profile=profile, index=usable[B < held])
     test = usable[B == held]
     arrays = points.arrays(test)
-    if any(points.seed[i] is not None for i in test):
+    if _seeded(points, test):
         arrays, _ = cell_means(arrays)
     N, D, L, B, _ = arrays
     minima, _ = budget_minima(np.log(N), np.log(D), L, B, profile)
