@@ -24,6 +24,7 @@ from .validate import check
 if TYPE_CHECKING:  # the training and fitting stacks load on first use, so `validate` starts fast
     from .analysis import Points
     from .confirm import Confirmation
+    from .dispatch import ExperimentState, Submission
     from .execute.runner import RunEvent
     from .report import Result
     from .transfer import Transfer
@@ -72,23 +73,54 @@ class Spec(SpecModel):
 
             runtime = plan_runtime(self)
             accelerator = make_accelerator(runtime, str(store.root / "tracking"))
-            run_experiments(experiments, store, accelerator, retry_failed, on_event, compile=runtime.compile)
+            run_experiments(experiments, store, accelerator, retry_failed, on_event, compile=runtime.compile,
+                            heartbeat_s=runtime.heartbeat_s)
         return train
 
     def run(self, retry_failed: bool = False, on_event: Callable[[RunEvent], None] | None = None,
-            report: bool = True) -> Result | None:
+            report: bool = True, executor: Any = None,
+            on_progress: Callable[[int, int], None] | None = None) -> Result | None:
         """Train every pending experiment (cached ones are reused), fit and report.
 
         Several GPUs or ``train.workers_per_gpu > 1`` spread the sweep over worker processes
         (see :mod:`flops_fit.launch`), ``find_optimal`` included; objects registered under a
         ``cache_key`` exist only in this process, so such a sweep trains here.  Under
         ``accelerate launch`` only the main process fits and reports (the others return None).
+
+        With ``[launcher] kind`` other than "local", or a submitit ``executor``: submit the
+        pending experiments as jobs (:meth:`submit`), wait for them (``on_progress(finished,
+        total)``), then fit and report; a failed job raises a RunError naming it and its log.
         """
         plan = check(self)
         _warn_transfer(self, plan)
-        if not train_plan(self, plan, retry_failed, on_event):
+        if executor is not None or self.launcher.kind != "local":
+            from .dispatch import submit_plan, wait_for
+
+            submission, jobs = submit_plan(self, plan, retry_failed, executor)
+            failures = wait_for(jobs, submission.jobs, Store(Path(plan.run_dir)), on_progress)
+            if failures:
+                raise RunError([Problem(f.line()) for f in failures])
+        elif not train_plan(self, plan, retry_failed, on_event):
             return None
         return _report(self, plan, report, track=True)
+
+    def submit(self, retry_failed: bool = False, executor: Any = None) -> Submission:
+        """Submit the pending experiments as job arrays (``[launcher]``, or a submitit ``executor``)
+        and return at once; ``<run_dir>/launcher/jobs.json`` records job ids ↔ experiment ids."""
+        from .dispatch import local_launcher_problem, submit_plan
+
+        if executor is None and self.launcher.kind == "local":
+            raise SpecError([local_launcher_problem()])
+        plan = check(self)
+        return submit_plan(self, plan, retry_failed, executor)[0]
+
+    def status(self, scheduler: bool = True) -> list[ExperimentState]:
+        """Each experiment's state from the store (done, running with its step, pending, failed with
+        the reason) and, for submitted ones, its job's state from the scheduler."""
+        from .dispatch import sweep_status
+
+        plan = compile_plan(self)
+        return sweep_status(plan, Store(Path(plan.run_dir)), scheduler)
 
     def confirm(self, budget_flops: float, sizes: int = 3, approach: str | None = None, retry_failed: bool = False,
                 on_event: Callable[[RunEvent], None] | None = None, predict_only: bool = False) -> Confirmation:

@@ -19,6 +19,7 @@ from typing import Callable, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import FlopsFitError, Problem
@@ -73,7 +74,7 @@ def _guard(fn: Callable[[], None], verbose: bool, as_json: bool = False) -> None
             fn()
     except FlopsFitError as exc:
         for line in exc.lines():
-            err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
         if verbose:
             err.print(traceback.format_exc())
         raise typer.Exit(1)
@@ -82,7 +83,7 @@ def _guard(fn: Callable[[], None], verbose: bool, as_json: bool = False) -> None
         raise typer.Exit(130)
     except OSError as exc:  # the filesystem said no: read-only, full, a folder where a file should be
         where = f"{exc.filename}: " if exc.filename else ""
-        err.print(f"[bold red]error:[/] {where}{exc.strerror or exc}; finished experiments are kept", highlight=False,
+        err.print(f"[bold red]error:[/] {escape(where + str(exc.strerror or exc))}; finished experiments are kept", highlight=False,
                   soft_wrap=True)
         if verbose:
             err.print(traceback.format_exc())
@@ -95,7 +96,8 @@ def _load(path: str):
     return Spec.load(path)
 
 
-from .progress import format_seconds as _fmt_seconds, progress_handler as _progress_handler  # noqa: E402
+from .progress import JobsProgress as _jobs_progress, format_seconds as _fmt_seconds, progress_handler as _progress_handler  # noqa: E402
+from .render import ci_text, no_fit, print_result, runs_table  # noqa: E402
 
 
 @app.command()
@@ -145,78 +147,15 @@ def estimate(spec: str = SpecArg, as_json: bool = JsonOpt, retry_failed: bool = 
     _guard(go, verbose, as_json)
 
 
-def _no_fit(result) -> bool:
-    """True (after printing why) when no approach produced a fit: the command then exits 1."""
-    f = result.fits
-    if f.isoflop or f.parametric or f.envelope:
-        return False
-    err.print("[bold red]error:[/] no fit: " + ("; ".join(f.notes) or "no usable points"), highlight=False)
-    return True
-
-
 def _print_result(result, as_json: bool) -> None:
     if as_json:
         _emit_json(json.dumps(result.summary(), indent=2, default=float))
-        return
-    from .flops import RULE_DESCRIPTIONS
-
-    f = result.fits
-    underdetermined = len(f.isoflop.minima if f.isoflop else []) < 3
-
-    out.print(result.chinchilla_table())
-    if f.parametric:
-        p = f.parametric
-        out.print(f"parametric: L = {p.E:.4g} + {p.A:.4g}/N^{p.alpha:.4f} + {p.B:.4g}/D^{p.beta:.4f};"
-                  f" a = {p.a:.3f} {_ci(p.ci.get('a'))}, b = {p.b:.3f} {_ci(p.ci.get('b'))}")
-    for name, law in (("isoflop", f.isoflop), ("envelope", f.envelope)):
-        if law is not None:
-            what = "underdetermined (fewer than 3 budgets), not a law: " if name == "isoflop" and underdetermined else ""
-            out.print(f"{name}: {what}N_opt ∝ C^{law.n_opt.exponent:.3f} {_ci(law.n_opt.exponent_ci)}, "
-                      f"D_opt ∝ C^{law.d_opt.exponent:.3f}, R² {law.n_opt.r2:.3f}")
-    for e in f.excluded:
-        out.print(f"[yellow]excluded {e.id}: {e.reason}[/]")
-    verdict_lines = result.trust().lines()
-    for note in result.summary()["notes"]:
-        if not note.startswith("trust verdict") and not any(note in line for line in verdict_lines):
-            out.print(f"[yellow]note: {note}[/]")
-    bt = f.backtest
-    if bt:
-        m = bt.measured
-        for name, p in bt.predicted.items():
-            loss = f"{p.loss:.4g}" if p.loss is not None else "–"
-            measured_loss = m.loss if m.loss is not None else m.loss_min
-            measured_n = m.num_params if m.num_params is not None else m.num_params_at_min
-            out.print(f"backtest ({name}, fit without C={bt.held_out_budget:.2g}): predicted loss {loss} vs measured "
-                      f"{measured_loss:.4g}; N_opt {p.num_params:.3g} vs {measured_n:.3g}")
-    out.print(f"FLOP rule: {RULE_DESCRIPTIONS.get(result.flop_rule, result.flop_rule)}")
-    if result.cost is not None:
-        c = result.cost
-        out.print(f"cost: {_fmt_seconds(c.train_seconds)} of training, {c.gpu_hours:.3g} GPU-hours"
-                  + (f", ${c.usd:,.2f}" if c.usd is not None else ""))
-    color = {"trust": "green", "caution": "yellow", "do not trust": "red"}[result.trust().verdict]
-    for i, line in enumerate(verdict_lines):
-        out.print(f"[{color}]{line}[/]" if i == 0 else line, highlight=False)
+    else:
+        print_result(result, out)
 
 
-def _runs_table(rows) -> Table:
-    t = Table(title="Experiments (planned → achieved)")
-    for col in ("id", "C", "size", "N", "D", "FLOPs", "status", "loss", "epochs", "steps", "peak lr", "time", "GPU-h", "device"):
-        t.add_column(col, justify="left" if col in ("id", "status", "device") else "right")
-
-    def g(v, fmt="{:.3g}"):
-        return "–" if v is None else fmt.format(v)
-    for r in rows:
-        status = r.status if not r.excluded or r.status != "ok" else f"excluded: {r.excluded}"
-        d = g(r.planned_num_tokens) + ("" if r.num_tokens in (None, r.planned_num_tokens) else f" → {g(r.num_tokens)}")
-        f = g(r.planned_flops) + ("" if r.flops in (None, r.planned_flops) else f" → {g(r.flops)}")
-        t.add_row(r.id, g(r.budget_flops, "{:.2g}"), str(r.size), g(r.num_params or r.planned_num_params, "{:,.0f}"), d, f,
-                  status, g(r.loss, "{:.4f}"), g(r.epochs, "{:.2f}"), g(r.steps, "{:d}"), g(r.peak_lr),
-                  _fmt_seconds(r.train_seconds), g(r.gpu_hours, "{:.3f}"), r.device or "–")
-    return t
-
-
-def _ci(ci) -> str:
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and all(v is not None and math.isfinite(v) for v in ci) else ""
+def _no_fit(result) -> bool:
+    return no_fit(result, err)
 
 
 @app.command()
@@ -227,10 +166,13 @@ def run(spec: str = SpecArg, as_json: bool = JsonOpt,
     def go() -> None:
         s = _load(spec)
         progress, handle = _progress_handler(err)
+        jobs = _jobs_progress(err) if s.launcher.kind != "local" else None
         try:
-            result = s.run(retry_failed=retry_failed, on_event=handle)
+            result = s.run(retry_failed=retry_failed, on_event=handle, on_progress=jobs)
         finally:
             progress.stop()
+            if jobs is not None:
+                jobs.stop()
         if result is None:  # a non-main process of a distributed launch: the main one reports
             return
         _print_result(result, as_json)
@@ -245,6 +187,53 @@ def run(spec: str = SpecArg, as_json: bool = JsonOpt,
 
 
 @app.command()
+def submit(spec: str = SpecArg, as_json: bool = JsonOpt,
+           retry_failed: bool = typer.Option(False, "--retry-failed", help="Submit again experiments that diverged or failed."),
+           verbose: bool = VerboseOpt) -> None:
+    """Submit the pending experiments as job arrays ([launcher]) and return; prints the job ids."""
+    def go() -> None:
+        s = _load(spec)
+        sub = s.submit(retry_failed=retry_failed)
+        if as_json:
+            _emit_json(sub.model_dump_json(indent=2))
+            return
+        if not sub.jobs:
+            err.print("nothing to submit: every experiment is done, failed (--retry-failed) or running")
+            return
+        t = Table(title=f"Submitted to {sub.kind} ({s.run_dir / 'launcher' / 'jobs.json'})")
+        for col in ("job", "array", "experiments", "log"):
+            t.add_column(col)
+        for j in sub.jobs:
+            t.add_row(j.job_id, j.array, "\n".join(j.experiments), j.stderr)
+        out.print(t)
+        err.print(f"{len(sub.jobs)} job(s), {sum(len(j.experiments) for j in sub.jobs)} experiment(s); "
+                  f"`flops-fit status {spec}` follows them")
+    _guard(go, verbose, as_json)
+
+
+@app.command()
+def status(spec: str = SpecArg, as_json: bool = JsonOpt,
+           no_scheduler: bool = typer.Option(False, "--no-scheduler", help="Only the store: do not ask the scheduler."),
+           verbose: bool = VerboseOpt) -> None:
+    """Each experiment's state (done, running with its step, pending, failed with the reason) and its job's."""
+    def go() -> None:
+        rows = _load(spec).status(scheduler=not no_scheduler)
+        if as_json:
+            _emit_json(json.dumps([r.model_dump() for r in rows], indent=2))
+            return
+        t = Table(title=f"Status of {spec}")
+        for col in ("id", "C", "size", "state", "step", "detail", "job", "job state"):
+            t.add_column(col, justify="right" if col in ("C", "size", "step") else "left")
+        for r in rows:
+            t.add_row(r.id, f"{r.budget_flops:.2g}", str(r.size), r.state, f"{r.step or 0}/{r.steps}", r.detail,
+                      r.job_id or "–", r.job_state or "–")
+        out.print(t)
+        counts = {k: sum(r.state == k for r in rows) for k in ("done", "running", "pending", "failed", "diverged")}
+        err.print(", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no experiments")
+    _guard(go, verbose, as_json)
+
+
+@app.command()
 def analyze(spec: str = SpecArg, as_json: bool = JsonOpt,
             suggest: bool = typer.Option(False, "--suggest", help="Print the spec lines the trust advice asks for."),
             points: bool = typer.Option(False, "--points", help="Also print every experiment: planned and achieved "
@@ -255,7 +244,7 @@ def analyze(spec: str = SpecArg, as_json: bool = JsonOpt,
         s = _load(spec)
         result = s.analyze()
         if points and not as_json:
-            out.print(_runs_table(result.run_rows()))
+            out.print(runs_table(result.run_rows()))
         _print_result(result, as_json)
         if _no_fit(result):
             raise typer.Exit(1)
@@ -328,7 +317,7 @@ def compare(a: str = typer.Argument(..., help="Spec of the reference recipe A.")
                       {None: "–", True: "yes", False: "no"}[r.resolved])
         out.print(t)
         for law in (c.a, c.b):
-            out.print(f"{law.name}: a = {law.a:.3f} {_ci(law.a_ci)}" + (f", E = {law.E:.4g}" if law.E is not None else ""))
+            out.print(f"{law.name}: a = {law.a:.3f} {ci_text(law.a_ci)}" + (f", E = {law.E:.4g}" if law.E is not None else ""))
         for note in c.notes:
             out.print(f"[yellow]note: {note}[/]")
     _guard(go, verbose, as_json)

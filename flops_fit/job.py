@@ -71,6 +71,7 @@ class Runtime(Frozen):
     device: Literal["auto", "cpu", "cuda"]
     compile: bool
     log_with: list[str] = Field(default_factory=list)
+    heartbeat_s: float = 30.0  # [launcher] heartbeat_s: how often a held lease is refreshed
 
 
 #: ``[train]`` keys that do not change an experiment's loss, with why (the rest are hashed).

@@ -52,15 +52,18 @@ class LaunchPlan:
 
 
 class Selection(Frozen):
-    """Which experiments of a plan one worker trains: ``min_params <= N < max_params``."""
+    """Which experiments of a plan one worker trains: ``min_params <= N < max_params``, and
+    only those of ``ids`` when given (a scheduler job's experiments)."""
 
     min_params: Optional[float] = None
     max_params: Optional[float] = None
+    ids: Optional[list[str]] = None
     retry_failed: bool = False
 
     def accepts(self, exp: Experiment) -> bool:
         return ((self.min_params is None or exp.num_params >= self.min_params)
-                and (self.max_params is None or exp.num_params < self.max_params))
+                and (self.max_params is None or exp.num_params < self.max_params)
+                and (self.ids is None or exp.id in self.ids))
 
 
 def launch_plan(spec: SpecModel, gpus: int | None = None) -> LaunchPlan:
@@ -166,7 +169,8 @@ def worker_main(run_dir: str, selection: Selection) -> int:
     plan = Plan.from_json((store.root / "plan.json").read_text(encoding="utf-8"))
     accelerator = make_accelerator(plan.runtime, str(store.root / "tracking"))
     experiments = [e for e in plan.units() if selection.accepts(e)]
-    run_experiments(experiments, store, accelerator, selection.retry_failed, _print_event, compile=plan.runtime.compile)
+    run_experiments(experiments, store, accelerator, selection.retry_failed, _print_event, compile=plan.runtime.compile,
+                           heartbeat_s=plan.runtime.heartbeat_s)
     return 0
 
 

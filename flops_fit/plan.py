@@ -317,9 +317,10 @@ def branched(spec: SpecModel, experiments: list[Experiment]) -> tuple[list[Exper
 
 
 def runtime(spec: SpecModel) -> Runtime:
-    """The run-level part of ``[train]``: precision, device, compile, trackers."""
+    """The run-level part of ``[train]`` (precision, device, compile, trackers) and the lease heartbeat."""
     t = spec.train
-    return Runtime(precision=t.precision, device=t.device, compile=t.compile, log_with=list(t.log_with))
+    return Runtime(precision=t.precision, device=t.device, compile=t.compile, log_with=list(t.log_with),
+                   heartbeat_s=spec.launcher.heartbeat_s)
 
 
 def peak_lr(spec: SpecModel, num_params: int) -> float:

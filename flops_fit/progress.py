@@ -8,7 +8,7 @@ import time
 
 from rich.console import Console
 
-__all__ = ["progress_handler", "format_seconds"]
+__all__ = ["progress_handler", "format_seconds", "JobsProgress"]
 
 
 def format_seconds(s: float | None) -> str:
@@ -56,3 +56,22 @@ def progress_handler(console: Console, live: bool = True):
             progress.console.print(f"[{color}]{r.status}[/] {exp.id}: loss {loss} "
                                    f"({format_seconds(r.train_seconds)}) {r.reason}")
     return progress, handle
+
+
+class JobsProgress:
+    """``run`` with a scheduler: one bar of the experiments with a result."""
+
+    def __init__(self, console: Console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("jobs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+        self.task = None
+
+    def __call__(self, finished: int, total: int) -> None:
+        if self.task is None:
+            self.bar.start()
+            self.task = self.bar.add_task("experiments", total=total)
+        self.bar.update(self.task, completed=finished, total=total)
+
+    def stop(self) -> None:
+        self.bar.stop()

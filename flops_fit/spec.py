@@ -22,11 +22,12 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, PrivateAttr, Wi
 from .errors import Problem, SpecError
 from .frozen import Frozen
 from .imports import IMPORT_PATH_RE
+from .launcher_spec import LauncherSpec
 from .tomlpos import key_lines, format_loc
 
 __all__ = [
     "SpecModel", "ModelSpec", "DataSpec", "LossSpec", "SweepSpec", "FlopsSpec", "TrainSpec", "LrScaling",
-    "AnalysisSpec", "EstimateSpec", "ImportPath",
+    "AnalysisSpec", "EstimateSpec", "LauncherSpec", "ImportPath",
 ]
 
 
@@ -265,6 +266,7 @@ class SpecModel(_Frozen):
     train: TrainSpec = Field(default_factory=TrainSpec, description="The training recipe.")
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="The fits.")
     cost: EstimateSpec = Field(default_factory=EstimateSpec, alias="estimate", description="[estimate]: the dry-run cost model.")
+    launcher: LauncherSpec = Field(default_factory=LauncherSpec, description="Where experiments run: local processes or Slurm job arrays (never hashed).")
     _source: Optional[str] = PrivateAttr(default=None)  # the file it was read from; not a TOML key
 
     @property
@@ -379,7 +381,8 @@ def _problem(err: dict, model: type[BaseModel], source: str | None, lines: dict)
                        hint=f"add it: {desc}" if desc else None)
     msg = err["msg"].removeprefix("Value error, ")
     desc = _field_description(model, loc)
-    return Problem(msg, key=key, file=source, line=line, value=err.get("input"), has_value=True,
+    shown = err.get("input") is not None or err["type"] != "value_error"  # a missing key's check: no "(got None)"
+    return Problem(msg, key=key, file=source, line=line, value=err.get("input"), has_value=shown,
                    hint=f"expected: {desc}" if desc else None)
 
 

@@ -6,7 +6,7 @@ Layout (DESIGN.md)::
     <runs_dir>/<name>/experiments/<id>/result.json      # written last: the experiment is done
     <runs_dir>/<name>/experiments/<id>/metrics.jsonl    # every logged point, always
     <runs_dir>/<name>/experiments/<id>/checkpoints/step-00000123/{state.pt,trainer.json,COMPLETE}
-    <runs_dir>/<name>/experiments/<id>/lock             # held while one process trains it
+    <runs_dir>/<name>/experiments/<id>/lease.<n>        # held while one process trains it (lease.py)
     <runs_dir>/<name>/experiments/trunk-<size>-<hash>/pinned/step-00000123/...  # reuse = "branch": branch points
 
 ``result.json`` and the ``COMPLETE`` marker are written through a temporary file and
@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 from pydantic import Field, ValidationError
 
 from .frozen import Frozen
+from .lease import HEARTBEAT_S, Lease, LeaseInfo, acquire, holder
 from .plan import Experiment, Job
 
 __all__ = ["Store", "Decision", "decide", "atomic_write_text", "atomic_write_json", "RunRecord", "CurvePoint",
@@ -259,22 +260,14 @@ class Store:
     def clear_checkpoints(self, exp_id: str) -> None:
         shutil.rmtree(self.checkpoints_dir(exp_id), ignore_errors=True)
 
-    # -- locks ------------------------------------------------------------------------
-    def lock(self, exp_id: str) -> FileLock:
-        """A per-experiment file lock; acquire with ``timeout=0`` to skip a busy one."""
-        self.exp_dir(exp_id).mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.exp_dir(exp_id) / "lock"))
+    # -- leases (see lease.py) ----------------------------------------------------------
+    def acquire(self, exp_id: str, interval_s: float = HEARTBEAT_S) -> Lease | None:
+        """Take the experiment's lease (None: a live one is held elsewhere)."""
+        return acquire(self.exp_dir(exp_id), interval_s)
 
-    def is_locked(self, exp_id: str) -> bool:
-        if not (self.exp_dir(exp_id) / "lock").exists():
-            return False
-        lock = FileLock(str(self.exp_dir(exp_id) / "lock"))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            return True
-        lock.release()
-        return False
+    def holder(self, exp_id: str) -> LeaseInfo | None:
+        """The live lease of the experiment, or None."""
+        return holder(self.exp_dir(exp_id))
 
     def report_lock(self) -> FileLock:
         """Held while a report is collected and written, so the last writer's report covers every result."""
@@ -300,7 +293,7 @@ def decide(store: Store, experiment: Experiment, retry_failed: bool = False, hol
            dry_run: bool = False, branches: list[Experiment] | None = None) -> Decision:
     """The run/skip/resume decision for one experiment, with its reason.
 
-    ``holding_lock``: the caller holds the experiment's lock, so it is not "another process".
+    ``holding_lock``: the caller holds the experiment's lease, so it is not "another process".
     ``dry_run`` (estimate): a corrupt result is reported, not moved aside.  A trunk (``branches``:
     the experiments branched off it) trains to the last branch point still needed; a branch
     without a checkpoint of its own starts from its trunk's pinned checkpoint, or waits for it.
@@ -318,8 +311,9 @@ def decide(store: Store, experiment: Experiment, retry_failed: bool = False, hol
         if not retry_failed:
             return Decision("skip", f"{status}: {result.reason} (use --retry-failed to train again)".strip())
         return Decision("run", f"retry after {status} (--retry-failed)")
-    if not holding_lock and store.is_locked(experiment.id):
-        return Decision("skip", "being trained by another process (locked)")
+    owner = None if holding_lock else store.holder(experiment.id)
+    if owner is not None:
+        return Decision("skip", f"running on {owner.describe()}")
     checkpoint = store.latest_checkpoint(experiment.id)
     if checkpoint is not None:
         step = int(checkpoint.name.split("-")[1])
@@ -352,8 +346,9 @@ def _decide_trunk(store: Store, trunk: Experiment, branches: list[Experiment], r
     result = store.read_result(trunk.id, quarantine=not dry_run)
     if result is not None and result.status != "ok" and result.steps <= needed[0] and not retry_failed:
         return Decision("skip", f"{result.status}: {result.reason} (use --retry-failed to train again)".strip())
-    if not holding_lock and store.is_locked(trunk.id):
-        return Decision("skip", "being trained by another process (locked)")
+    owner = None if holding_lock else store.holder(trunk.id)
+    if owner is not None:
+        return Decision("skip", f"running on {owner.describe()}")
     found = [(int(p.name.split("-")[1]), p) for p in
              [*store.complete_checkpoints(trunk.id),
               *(p for p in sorted(store.pinned_dir(trunk.id).glob("step-*")) if (p / MARKER).exists())]]

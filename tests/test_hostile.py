@@ -108,10 +108,11 @@ def test_store_faults_are_one_line_errors(tmp_path, monkeypatch):
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
     exp = Spec.load(path).plan().experiments[0]
-    (tmp_path / "runs/toy/experiments" / exp.id / "lock").mkdir(parents=True)  # a folder where the lock file goes
+    (tmp_path / "runs/toy/experiments").mkdir(parents=True)
+    (tmp_path / "runs/toy/experiments" / exp.id).write_text("a file where the experiment's folder (its lease) goes")
     res = _run("run", path)
-    assert res.exit_code == 1 and res.stderr.count("error:") == 1 and "lock" in res.stderr, res.stderr
-    (tmp_path / "runs/toy/experiments" / exp.id / "lock").rmdir()
+    assert res.exit_code == 1 and res.stderr.count("error:") == 1 and exp.id in res.stderr, res.stderr
+    (tmp_path / "runs/toy/experiments" / exp.id).unlink()
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "runs/toy/plan.json"))

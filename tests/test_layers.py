@@ -6,8 +6,8 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "flops_fit"
-ORDER = ["_version", "frozen", "errors", "hashing", "imports", "tomlpos", "flops", "components", "spec", "schema", "job", "plan",
-         "validate", "store", "execute", "launch", "estimate", "analysis", "runs_table", "plots", "verdict", "report", "compare", "confirm", "transfer", "progress", "api", "cli", "__main__"]
+ORDER = ["_version", "frozen", "errors", "hashing", "imports", "tomlpos", "flops", "components", "launcher_spec", "spec", "schema", "job", "plan",
+         "validate", "lease", "store", "execute", "launch", "dispatch", "estimate", "analysis", "runs_table", "plots", "verdict", "report", "compare", "confirm", "transfer", "progress", "render", "api", "cli", "__main__"]
 
 
 def _layer(module: str) -> int:

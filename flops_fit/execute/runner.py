@@ -1,9 +1,10 @@
-"""Run a Plan: decide per experiment (the same ``decide`` as ``estimate``), lock, train, store.
+"""Run a Plan: decide per experiment (the same ``decide`` as ``estimate``), lease, train, store.
 
-Several ``run`` processes may share a store: each experiment is trained under its file
-lock, and the decision is re-read once the lock is held, so none is trained twice.  Under
+Several ``run`` processes (or scheduler jobs) may share a store: each experiment is trained
+under its lease (:mod:`flops_fit.lease`, safe on NFS and Lustre), and the decision is re-read
+once the lease is held, so none is trained twice.  Under
 ``accelerate launch`` every process trains each experiment data-parallel; only the main
-process decides, locks and writes, and its decision is broadcast to the others.
+process decides, leases and writes, and its decision is broadcast to the others.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any, Callable, Optional
 
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
-from filelock import Timeout
 
 from ..plan import Experiment, Plan, Runtime
+from ..lease import HEARTBEAT_S, LeaseLost
 from ..store import CurvePoint, Decision, RunRecord, Store, decide
 from .tracking import finish_runs, start_run
 from .worker import Interrupted, provenance, stopping, train_experiment
@@ -48,21 +49,22 @@ def make_accelerator(runtime: Runtime, project_dir: str) -> Accelerator:
     return Accelerator(cpu=cpu, mixed_precision=mixed, log_with=list(runtime.log_with) or None, project_dir=project_dir)
 
 
-def _claim(store: Store, exp: Experiment, retry_failed: bool, branches: list[Experiment]):
-    """Main process: the decision and, when training, the held lock."""
+def _claim(store: Store, exp: Experiment, retry_failed: bool, branches: list[Experiment], heartbeat_s: float):
+    """Main process: the decision and, when training, the held lease (kept fresh by its heartbeat)."""
     decision = decide(store, exp, retry_failed, branches=branches)
     if decision.action in ("skip", "wait"):
         return decision, None
-    lock = store.lock(exp.id)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return Decision("skip", "being trained by another process (locked)"), None
-    decision = decide(store, exp, retry_failed, holding_lock=True, branches=branches)  # re-read under the lock
+    lease = store.acquire(exp.id, heartbeat_s)
+    if lease is None:
+        owner = store.holder(exp.id)
+        return Decision("skip", f"running on {owner.describe()}" if owner else "claimed by another process"), None
+    decision = decide(store, exp, retry_failed, holding_lock=True, branches=branches)  # re-read under the lease
     if decision.action in ("skip", "wait"):
-        lock.release()
+        lease.release()
         return decision, None
-    return decision, lock
+    stopping.lost = None
+    lease.keep(on_lost=lambda reason: setattr(stopping, "lost", reason))
+    return decision, lease
 
 
 def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: Accelerator, emit,
@@ -74,6 +76,8 @@ def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: A
     try:
         return train_experiment(exp.job, store, accelerator, resume_from=decision.checkpoint,
                                 on_log=lambda p: emit("log", point=p), compile=compile, stop=decision.stop)
+    except LeaseLost:
+        raise
     except Exception as exc:  # the user's code failed: record it, the sweep goes on
         return RunRecord.failed(exp.job, f"{type(exc).__name__}: {exc}", traceback.format_exc(),
                                 provenance(exp.job, accelerator))
@@ -88,14 +92,16 @@ def run_plan(plan: Plan, store: Store, accelerator: Accelerator, retry_failed: b
     if accelerator.is_main_process:
         store.write_plan_json(plan.to_json())
     experiments = [e for e in plan.units() if select is None or select(e)]
-    return run_experiments(experiments, store, accelerator, retry_failed, on_event, compile=plan.runtime.compile)
+    return run_experiments(experiments, store, accelerator, retry_failed, on_event, compile=plan.runtime.compile,
+                           heartbeat_s=plan.runtime.heartbeat_s)
 
 
 WAIT_SECONDS = 2.0  # how often a worker with only waiting branches looks for their trunks' checkpoints
 
 
 def run_experiments(experiments: list[Experiment], store: Store, accelerator: Accelerator, retry_failed: bool = False,
-                    on_event: Callable[[RunEvent], None] | None = None, compile: bool = False) -> list[RunRecord]:
+                    on_event: Callable[[RunEvent], None] | None = None, compile: bool = False,
+                    heartbeat_s: float = HEARTBEAT_S) -> list[RunRecord]:
     """Decide, claim, train and store each experiment in turn; return the results trained now.
 
     ``experiments`` may hold trunks followed by their branches (``Plan.units``).  A branch whose
@@ -114,7 +120,9 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
                 if on_event is not None and accelerator.is_main_process:
                     on_event(RunEvent(kind, exp, index=index, total=total, **kw))
 
-            decision, lock = (_claim(store, exp, retry_failed, branches.get(exp.id, []))
+            if stopping.preempted is not None:  # a job's checkpoint signal came between experiments
+                raise Interrupted(f"signal {stopping.preempted}: stopped before {exp.id}")
+            decision, lease = (_claim(store, exp, retry_failed, branches.get(exp.id, []), heartbeat_s)
                               if accelerator.is_main_process else (None, None))
             if accelerator.num_processes > 1:
                 decision = broadcast_object_list([decision])[0]
@@ -125,7 +133,11 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
             if decision.action == "skip":
                 continue
             try:
-                result = _train_one(exp, decision, store, accelerator, emit, compile, store.root.name)
+                try:
+                    result = _train_one(exp, decision, store, accelerator, emit, compile, store.root.name)
+                except LeaseLost as lost:  # its new owner resumes it: this process writes nothing
+                    emit("decision", decision=Decision("skip", str(lost)))
+                    continue
                 if accelerator.is_main_process:
                     store.write_result(result)  # "done": written last, atomically
                     store.clear_checkpoints(exp.id)
@@ -136,10 +148,11 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
                 if stopping.pending() is not None:  # Ctrl-C during the last step: stop after recording it
                     raise Interrupted(f"{exp.id}: finished as the signal came; the sweep stops here")
             finally:
-                if lock is not None:
-                    lock.release()
+                if lease is not None:
+                    lease.release()
         if len(waiting) == len(queue):  # nothing could start: are the trunks being trained elsewhere?
-            busy = any(store.is_locked(e.job.branch.trunk_id) for _, e in waiting) if accelerator.is_main_process else False
+            busy = (any(store.holder(e.job.branch.trunk_id) is not None for _, e in waiting)
+                    if accelerator.is_main_process else False)
             if accelerator.num_processes > 1:
                 busy = broadcast_object_list([busy])[0]
             if not busy:

@@ -29,12 +29,13 @@ from ..components import build_data, build_loss, build_model, call_model
 from ..errors import RunError
 from ..imports import source_digest
 from ..plan import Job, Optim
+from ..lease import LeaseLost
 from ..store import CurvePoint, Provenance, RunRecord, Store
 from .checkpoint import load_checkpoint, save_checkpoint, save_rng
 from .data import Layout, make_sources
 from .schedule import lr_multiplier
 
-__all__ = ["train_experiment", "log_steps", "provenance", "Interrupted"]
+__all__ = ["train_experiment", "log_steps", "provenance", "Interrupted", "stopping"]
 
 
 def log_steps(steps: int, points: int) -> list[int]:
@@ -250,12 +251,17 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
             _checkpoint(store, run, acc, count, raw_model, optimizer, scheduler, accelerator, pinned=True, eval_loss=pin_loss)
             start = time.perf_counter()
         stop = stopping.signum is not None and run.step < end
+        if accelerator.num_processes > 1:  # a job's preemption: every rank stops at the same step, or none does
+            stop = stopping.in_job and run.step % AGREE_EVERY == 0 and run.step < end and _any_rank(
+                stopping.signum is not None, accelerator)
+        if stopping.lost is not None and accelerator.num_processes == 1:  # another process took the lease over
+            raise LeaseLost(f"{job.experiment_id}: {stopping.lost} at step {run.step}; nothing written")
         if stop or _checkpoint_due(lp, run.step, end, last_ckpt):  # 5b. checkpoint on cadence or on a signal
             run.train_seconds += time.perf_counter() - start
             _checkpoint(store, run, acc, count, raw_model, optimizer, scheduler, accelerator)
             last_ckpt = time.monotonic()
             start = time.perf_counter()
-        if stop:  # Ctrl-C / SIGTERM: the checkpoint above keeps every step; the next run resumes there
+        if stop:  # Ctrl-C / SIGTERM / a job's preemption: the checkpoint keeps every step; the next run resumes there
             raise Interrupted(f"{job.experiment_id}: stopped by signal {stopping.signum} at step {run.step}/"
                               f"{end}; checkpoint written, the next run resumes there")
     run.train_seconds += time.perf_counter() - start
@@ -269,6 +275,14 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
     return _result(job, run, final, source, notes, accelerator)
 
 
+AGREE_EVERY = 8  # steps between the ranks' agreement on a preemption signal (one tiny all-reduce)
+
+
+def _any_rank(flag: bool, accelerator: Accelerator) -> bool:
+    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(value, "sum").item() > 0)
+
+
 class Interrupted(KeyboardInterrupt):
     """Training stopped by SIGINT/SIGTERM after writing a checkpoint (not a failure: nothing is recorded)."""
 
@@ -279,13 +293,20 @@ class _Stopping:
     the handlers stay as they are (a checkpoint is collective, and ranks see a signal at different steps)."""
 
     signum: int | None = None
+    preempted: int | None = None  # a job's preemption or timeout signal: stays set until the process ends
+    in_job: bool = False  # run by a scheduler's job (dispatch): data-parallel ranks agree on a signal
+    lost: str | None = None  # set by the lease's heartbeat thread when another process took the lease over
+
+    def preempt(self, signum: int) -> None:
+        """A scheduler's checkpoint signal (dispatch's handler): stop after this step, and take nothing new."""
+        self.signum = self.preempted = signum
 
     @contextlib.contextmanager
     def handlers(self, enabled: bool = True):
         if not enabled or threading.current_thread() is not threading.main_thread():
             yield
             return
-        self.signum = None
+        self.signum = self.preempted
 
         def note(signum, frame) -> None:
             self.signum = signum

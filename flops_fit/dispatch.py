@@ -1,0 +1,407 @@
+"""Send a sweep to a scheduler through submitit: Slurm job arrays, or submitit's local executor.
+
+flops-fit does not schedule.  ``submit`` plans, leaves out what is done or running, and hands
+submitit two job arrays: one of one-GPU tasks (each runs ``gpus_per_task × workers_per_gpu``
+workers over a few experiments: small models packed on a GPU) and one of data-parallel tasks
+(``gpus_large`` processes training one experiment; torch.distributed's environment comes from
+submitit's ``TorchDistributedEnvironment``).  A trunk travels with its branches (reuse =
+"branch"): the branches start from its pinned checkpoints inside the same task.
+
+A task is a :class:`SweepTask`: a small picklable description (spec path, run directory,
+experiment ids), never results.  It runs the worker entry point (:func:`flops_fit.launch.worker_main`
+over ``plan.json``), which claims each experiment through its lease, so two arrays on one store
+never train the same experiment, and results return through the store.  ``jobs.json`` in
+``<run_dir>/launcher/`` records job ids ↔ experiment ids; the logs are in ``launcher/logs/<job>/``.
+
+Preemption and timeouts: submitit sends USR2 ``signal_delay_s`` before the limit (Slurm sends
+it on preemption).  The task's handler lets the loop finish its step and write a complete
+checkpoint, then calls submitit's own handler, which calls :meth:`SweepTask.checkpoint` (the
+same task again) and requeues the job; the requeued job resumes from the checkpoint.  Timeouts
+requeue at most ``max_requeues`` times; preemptions without limit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+from filelock import FileLock
+
+from .errors import Problem
+from .frozen import Frozen
+from .launch import import_roots
+from .launcher_spec import LauncherSpec
+from .plan import Experiment, Plan
+from .spec import SpecModel
+from .store import Store, atomic_write_text, decide
+
+__all__ = ["SweepTask", "JobRecord", "Submission", "JobsFile", "ExperimentState", "JobFailure", "submit_plan",
+           "read_jobs", "wait_for", "sweep_status", "make_executor"]
+
+Array = Literal["one-gpu", "data-parallel"]
+
+
+class JobRecord(Frozen):
+    """One submitted job (an array task): its id, the experiments it may train and its logs."""
+
+    job_id: str
+    array: Array
+    experiments: list[str]
+    stdout: str
+    stderr: str
+
+
+class Submission(Frozen):
+    """One ``submit``: when, with which executor, which jobs."""
+
+    submitted: str
+    kind: str  # "slurm", "submitit-local", or the class name of an executor passed in
+    folder: str
+    jobs: list[JobRecord]
+
+
+class JobsFile(Frozen):
+    """``<run_dir>/launcher/jobs.json``: every submission, oldest first."""
+
+    submissions: list[Submission] = []
+
+    def latest_job(self, exp_id: str) -> tuple[Submission, JobRecord] | None:
+        for sub in reversed(self.submissions):
+            for job in sub.jobs:
+                if exp_id in job.experiments:
+                    return sub, job
+        return None
+
+
+@dataclass(frozen=True)
+class SweepTask:
+    """What one array task runs, pickled by submitit: small, never results.
+
+    ``workers``: worker processes of the task sharing ``gpus`` GPUs (one-GPU array), each
+    pinned to GPU ``local_rank // (workers / gpus)``; ``data_parallel``: the task's processes
+    are the ranks of one torch.distributed group."""
+
+    spec_path: str
+    run_dir: str
+    experiment_ids: tuple[str, ...]
+    import_roots: tuple[str, ...] = ()
+    retry_failed: bool = False
+    data_parallel: bool = False
+    per_gpu: int = 1  # workers per GPU of a one-GPU task
+
+    def __call__(self) -> int:
+        import submitit
+
+        from .execute.worker import stopping
+        from .launch import WORKER_ENV, Selection, worker_main
+
+        for root in reversed(self.import_roots):
+            if root not in sys.path:
+                sys.path.insert(0, root)
+        os.environ[WORKER_ENV] = "1"
+        env = submitit.JobEnvironment()
+        if self.data_parallel and env.num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        else:
+            os.environ.pop("WORLD_SIZE", None)  # packed workers are independent processes
+            visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+            if len(visible) > 1:
+                os.environ["CUDA_VISIBLE_DEVICES"] = visible[min(len(visible) - 1, env.local_rank // self.per_gpu)]
+        usr = getattr(signal, "SIG" + env.USR_SIG)
+        submitit_handler = signal.getsignal(usr)  # checkpoint() and requeue, installed by submitit
+        signal.signal(usr, lambda signum, frame: stopping.preempt(signum))
+        stopping.in_job = True
+        try:
+            return worker_main(self.run_dir, Selection(ids=list(self.experiment_ids), retry_failed=self.retry_failed))
+        except KeyboardInterrupt:  # the loop checkpointed the step it reached
+            if stopping.preempted is None:
+                raise
+            if env.global_rank == 0 and not self.data_parallel:
+                _wait_for_siblings(Store(Path(self.run_dir)), self.experiment_ids, env.job_id)
+            print(f"{env.job_id}: signal {stopping.preempted}, checkpoint written; requeueing", file=sys.stderr, flush=True)
+            if callable(submitit_handler):
+                submitit_handler(stopping.preempted, None)  # rank 0: checkpoint(), requeue, exit
+            sys.exit(0)  # other ranks: the job is requeued by rank 0
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        """submitit's requeue hook: the same task again; it resumes from the store's checkpoints."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self)
+
+
+def _wait_for_siblings(store: Store, ids: tuple[str, ...], job_id: str, timeout_s: float = 60.0) -> None:
+    """Before requeueing, let the task's other workers finish their checkpoints (their leases go)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        held = [store.holder(i) for i in ids]
+        if not any(h is not None and h.job == job_id and h.pid != os.getpid() for h in held):
+            return
+        time.sleep(0.2)
+
+
+# -- submission ---------------------------------------------------------------------------
+def make_executor(launcher: LauncherSpec, folder: Path):
+    """The submitit executor of ``[launcher]`` (kind "slurm" or "submitit-local")."""
+    import submitit
+
+    cls = submitit.SlurmExecutor if launcher.kind == "slurm" else submitit.LocalExecutor
+    return cls(folder=folder, max_num_timeout=launcher.max_requeues)
+
+
+def array_parameters(launcher: LauncherSpec, array: Array, workers_per_gpu: int, name: str) -> dict[str, Any]:
+    """submitit parameters of one array: the processes, GPUs and CPUs of its tasks."""
+    gpus = launcher.gpus_per_task
+    if array == "one-gpu":
+        tasks = max(1, gpus) * workers_per_gpu
+        cpus = max(1, launcher.cpus_per_gpu * max(1, gpus) // tasks)
+    else:
+        tasks, gpus, cpus = launcher.gpus_large, (launcher.gpus_large if gpus else 0), launcher.cpus_per_gpu
+    if launcher.kind != "slurm":
+        return {"timeout_min": launcher.timeout_min, "tasks_per_node": tasks, "gpus_per_node": gpus,
+                "signal_delay_s": launcher.signal_delay_s, "setup": list(launcher.setup)}
+    params: dict[str, Any] = {
+        "job_name": name, "partition": launcher.partition, "time": math.ceil(launcher.timeout_min), "nodes": 1,
+        "ntasks_per_node": tasks, "cpus_per_task": cpus, "signal_delay_s": launcher.signal_delay_s,
+        "array_parallelism": launcher.array_parallelism, "setup": list(launcher.setup),
+        "additional_parameters": dict(launcher.additional)}
+    if gpus:
+        params["gpus_per_node"] = gpus
+    if launcher.account:
+        params["account"] = launcher.account
+    if launcher.mem_gb:
+        params["mem"] = f"{launcher.mem_gb:g}GB"
+    return params
+
+
+def pending_groups(plan: Plan, store: Store, retry_failed: bool) -> list[list[Experiment]]:
+    """What is left to train, in the order workers walk it: a trunk with its branches, or one
+    experiment.  Done, failed (without ``retry_failed``) and running experiments are left out."""
+    groups: list[list[Experiment]] = []
+    for trunk in plan.trunks:
+        branches = plan.branches_of(trunk)
+        todo = [e for e in branches if decide(store, e, retry_failed, dry_run=True).action != "skip"]
+        if todo:
+            groups.append([trunk, *todo])
+    for e in plan.experiments:
+        if e.job.branch is None and decide(store, e, retry_failed, dry_run=True).action != "skip":
+            groups.append([e])
+    return groups
+
+
+def _split(spec: SpecModel, groups: list[list[Experiment]]) -> dict[Array, list[list[Experiment]]]:
+    """One-GPU and data-parallel groups (``train.parallel``, ``data_parallel_min_params``, ``gpus_large``)."""
+    t = spec.train
+    if spec.launcher.gpus_large < 2 or t.parallel == "experiment":
+        large: list[list[Experiment]] = []
+    elif t.parallel == "data":
+        large = groups
+    else:
+        large = [g for g in groups if g[0].num_params >= t.data_parallel_min_params]
+    chosen = {id(g) for g in large}
+    return {"one-gpu": [g for g in groups if id(g) not in chosen], "data-parallel": large}
+
+
+def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executor: Any = None) -> tuple[Submission, list]:
+    """Submit the plan's pending experiments as job arrays; record the submission in ``jobs.json``
+    and return it with submitit's job objects (nothing is submitted when nothing is pending).
+
+    ``executor``: a configured submitit executor used as is for every task (one experiment, or a
+    trunk with its branches, per task; data-parallel when its tasks have several processes)."""
+    store = Store(Path(plan.run_dir))
+    store.write_plan_json(plan.to_json())
+    groups = pending_groups(plan, store, retry_failed)
+    folder = store.root / "launcher" / "logs" / "%j"
+    roots = tuple(import_roots(plan))
+    source = spec.source or ""
+    batches: list[tuple[Array, Any, list[SweepTask]]] = []
+    if executor is not None:
+        processes = executor.parameters.get("tasks_per_node", executor.parameters.get("ntasks_per_node", 1))
+        dp = processes > 1
+        tasks = [SweepTask(source, plan.run_dir, tuple(e.id for e in g), roots, retry_failed, dp) for g in groups]
+        batches.append(("data-parallel" if dp else "one-gpu", executor, tasks))
+        kind = type(executor).__name__
+    else:
+        kind = spec.launcher.kind
+        per_task = max(1, spec.launcher.gpus_per_task) * spec.train.workers_per_gpu
+        for array, chosen in _split(spec, groups).items():
+            if not chosen:
+                continue
+            ex = make_executor(spec.launcher, folder)
+            ex.update_parameters(**array_parameters(spec.launcher, array, spec.train.workers_per_gpu, f"flops-fit-{plan.name}"))
+            if array == "one-gpu":
+                chunks = [chosen[i:i + per_task] for i in range(0, len(chosen), per_task)]
+                tasks = [SweepTask(source, plan.run_dir, tuple(e.id for g in c for e in g), roots, retry_failed, False,
+                                   spec.train.workers_per_gpu) for c in chunks]
+            else:
+                tasks = [SweepTask(source, plan.run_dir, tuple(e.id for e in g), roots, retry_failed, True) for g in chosen]
+            batches.append((array, ex, tasks))
+    records, submitted = [], []
+    for array, ex, tasks in batches:
+        with ex.batch():
+            jobs = [ex.submit(task) for task in tasks]
+        submitted += jobs
+        records += [JobRecord(job_id=str(j.job_id), array=array, experiments=list(t.experiment_ids),
+                              stdout=str(j.paths.stdout), stderr=str(j.paths.stderr)) for j, t in zip(jobs, tasks)]
+    submission = Submission(submitted=datetime.now(timezone.utc).isoformat(timespec="seconds"), kind=kind,
+                            folder=str(folder), jobs=records)
+    if records:
+        path = store.root / "launcher" / "jobs.json"
+        with FileLock(str(path) + ".lock"):
+            jobs_file = read_jobs(store.root)
+            atomic_write_text(path, jobs_file.model_copy(update={"submissions": [*jobs_file.submissions, submission]})
+                              .model_dump_json(indent=2) + "\n")
+    return submission, submitted
+
+
+def read_jobs(run_dir: Path) -> JobsFile:
+    path = Path(run_dir) / "launcher" / "jobs.json"
+    return JobsFile.model_validate_json(path.read_bytes()) if path.exists() else JobsFile()
+
+
+# -- waiting ------------------------------------------------------------------------------
+class JobFailure(Frozen):
+    """A job that ended without finishing its work: one line with the experiment and the log."""
+
+    job_id: str
+    experiments: list[str]  # the job's experiments left without a result
+    error: str  # the last line of the job's error
+    log: str
+
+    def line(self) -> str:
+        what = ", ".join(self.experiments) if self.experiments else "no experiment left"
+        return f"job {self.job_id} failed ({what}): {self.error}; log: {self.log}"
+
+
+def _outcome(job: Any) -> str | None:
+    """None when the job succeeded, else what went wrong, in one line."""
+    import pickle
+
+    path = job.paths.result_pickle
+    if not path.exists():
+        return f"ended without a result (state {job.state}): killed, out of memory, or the process crashed"
+    with path.open("rb") as f:
+        kind, value = pickle.load(f)
+    if kind == "success":
+        return None
+    lines = [ln.strip() for ln in str(value).splitlines() if ln.strip()]
+    return lines[-1] if lines else "failed"
+
+
+def wait_for(jobs: list, records: list[JobRecord], store: Store, on_progress: Callable[[int, int], None] | None = None,
+             poll_s: float = 2.0) -> list[JobFailure]:
+    """Wait until every job has ended; ``on_progress(finished, total)`` with the experiments that
+    have a result.  Returns the jobs that failed (the rest of the sweep is not affected)."""
+    ids = sorted({e for r in records for e in r.experiments})
+    while True:
+        ended = all(j.done() for j in jobs)
+        if on_progress is not None:
+            on_progress(sum(store.result_path(i).exists() for i in ids), len(ids))
+        if ended:
+            break
+        time.sleep(poll_s)
+    failures = []
+    for job, rec in zip(jobs, records):
+        error = _outcome(job)
+        if error is not None:
+            left = [i for i in rec.experiments if not store.result_path(i).exists()]
+            failures.append(JobFailure(job_id=rec.job_id, experiments=left, error=error, log=rec.stderr))
+    return failures
+
+
+# -- status -------------------------------------------------------------------------------
+class ExperimentState(Frozen):
+    """One experiment as ``status`` shows it: from the store, and its latest job from the scheduler."""
+
+    id: str
+    budget_flops: float
+    size: Any
+    state: Literal["done", "failed", "diverged", "running", "pending"]
+    detail: str
+    step: Optional[int] = None  # the step reached (running or resumable)
+    steps: int
+    job_id: Optional[str] = None
+    job_state: Optional[str] = None
+
+
+def _step_of(store: Store, exp_id: str) -> Optional[int]:
+    """The last logged step (``metrics.jsonl``), else the latest checkpoint's."""
+    import json
+
+    path = store.exp_dir(exp_id) / "metrics.jsonl"
+    try:
+        lines = path.read_text(encoding="utf-8").strip().splitlines()
+        if lines:
+            return int(json.loads(lines[-1])["step"])
+    except (OSError, ValueError, KeyError):
+        pass
+    ckpt = store.latest_checkpoint(exp_id)
+    return int(ckpt.name.split("-")[1]) if ckpt else None
+
+
+def _job_state(sub: Submission, rec: JobRecord) -> str:
+    """The scheduler's state of a job (sacct on Slurm; the process and result file locally)."""
+    import submitit
+    from submitit.core.utils import JobPaths
+
+    if sub.kind == "slurm" or sub.kind == "SlurmExecutor":
+        return submitit.SlurmJob(folder=sub.folder, job_id=rec.job_id).state
+    paths = JobPaths(sub.folder, job_id=rec.job_id, task_id=0)
+    if paths.result_pickle.exists():
+        import pickle
+
+        with paths.result_pickle.open("rb") as f:
+            outcome = pickle.load(f)[0]
+        return "COMPLETED" if outcome == "success" else "FAILED"
+    try:
+        os.kill(int(rec.job_id), 0)
+        return "RUNNING"
+    except (ProcessLookupError, ValueError):
+        return "ENDED"
+    except PermissionError:
+        return "RUNNING"
+
+
+def sweep_status(plan: Plan, store: Store, scheduler: bool = True) -> list[ExperimentState]:
+    """Each experiment's state (trunks included): done, failed/diverged with the reason, running
+    with its owner and step, pending (with the step it resumes from); and its latest job's state."""
+    jobs = read_jobs(store.root)
+    out = []
+    for exp in plan.units():
+        record = store.read_result(exp.id, quarantine=False)
+        owner = store.holder(exp.id)
+        step = _step_of(store, exp.id)
+        if record is not None and record.status == "ok":
+            state, detail, step = "done", f"loss {record.loss:.4g}", record.steps
+        elif record is not None:
+            state, detail, step = record.status, record.reason, record.steps
+        elif owner is not None:
+            state, detail = "running", f"on {owner.describe()}"
+        else:
+            state = "pending"
+            detail = f"resumes from step {step}" if step else "not started"
+        job_id = job_state = None
+        found = jobs.latest_job(exp.id)
+        if found is not None:
+            sub, rec = found
+            job_id = rec.job_id
+            if scheduler:
+                try:
+                    job_state = _job_state(sub, rec)
+                except Exception as exc:  # the scheduler could not be asked (sacct missing, ...)
+                    job_state = f"unknown ({type(exc).__name__})"
+        out.append(ExperimentState(id=exp.id, budget_flops=exp.budget_flops, size=exp.size, state=state, detail=detail,
+                                   step=step, steps=exp.steps, job_id=job_id, job_state=job_state))
+    return out
+
+
+def local_launcher_problem() -> Problem:
+    return Problem("is 'local': `submit` sends experiments to a scheduler", key="launcher.kind", value="local",
+                   has_value=True, hint="set [launcher] kind = 'slurm' (or 'submitit-local'), or use `flops-fit run`")

@@ -1,0 +1,333 @@
+"""Sweeps sent to a scheduler through submitit (real subprocess jobs of submitit's LocalExecutor;
+Slurm itself through stand-in sbatch/srun/sacct), and leases that hold on shared filesystems."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from flops_fit import Spec
+from flops_fit.launcher_spec import LauncherSpec
+from flops_fit.lease import LeaseInfo, acquire, holder
+from flops_fit.store import Store, decide
+from tests.conftest import write_toy_spec
+
+submitit = pytest.importorskip("submitit")
+
+
+def _spec(folder: Path, launcher: str, name: str = "toy", **kw) -> Path:
+    path = write_toy_spec(folder, name=name, **kw)
+    path.write_text(path.read_text() + "\n[launcher]\n" + launcher)
+    return path
+
+
+LOCAL = 'kind = "submitit-local"\ngpus_per_task = 0\nheartbeat_s = 0.5\n'
+
+
+def _reference(spec: Spec, folder: Path) -> dict[str, float]:
+    """The same plan trained in this process (``[launcher]`` is not hashed: the ids are the same)."""
+    local = spec.model_copy(update={"launcher": LauncherSpec(), "runs_dir": str(folder)})
+    local.run(report=False)
+    store = Store(local.run_dir)
+    return {e.id: store.read_result(e.id).loss for e in local.plan().experiments}
+
+
+def _logs(run_dir: Path) -> str:
+    return "".join(p.read_text() for p in sorted((run_dir / "launcher" / "logs").rglob("*_log.err")))
+
+
+# -- leases -------------------------------------------------------------------------------
+def test_a_lease_has_one_owner_and_a_dead_one_is_taken_over_once(tmp_path):
+    folder = tmp_path / "exp"
+    first = acquire(folder, interval_s=0.2)
+    assert first is not None and acquire(folder, 0.2) is None  # live: nobody else gets it
+    assert holder(folder).token == first.info.token and first.refresh()
+    info = first.info.model_copy(update={"host": "node-a", "heartbeat": time.time() - 1.0})  # three beats missed
+    first.path.write_text(info.model_dump_json())
+    assert holder(folder) is None
+    won = []
+    barrier = threading.Barrier(8)
+
+    def take() -> None:
+        barrier.wait()
+        lease = acquire(folder, 0.2)
+        if lease is not None:
+            won.append(lease)
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(won) == 1 and won[0].generation == 1  # exactly one of eight takers
+    assert not first.refresh()  # the old owner learns it lost the lease
+    assert not first.path.exists()  # its file was removed by the new owner
+    won[0].release()
+    assert holder(folder) is None and acquire(folder, 0.2) is not None
+
+
+def test_a_lease_of_this_host_whose_process_is_gone_is_dead_at_once(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now = time.time()
+    info = LeaseInfo(host=__import__("flops_fit.lease", fromlist=["x"]).host_name(), pid=dead.pid, token="t",
+                     since=now, heartbeat=now, interval_s=30.0)
+    (tmp_path / "lease.0").write_text(info.model_dump_json())
+    assert holder(tmp_path) is None  # a killed local run is resumed at once, as with a file lock
+
+
+def test_the_heartbeat_keeps_a_lease_and_reports_its_loss(tmp_path):
+    lease = acquire(tmp_path, interval_s=0.1)
+    lost = []
+    lease.keep(on_lost=lost.append)
+    time.sleep(0.5)
+    assert holder(tmp_path) is not None and not lost  # five intervals later, still live
+    stale = lease.info.model_copy(update={"host": "node-b", "heartbeat": 0.0})
+    (tmp_path / "lease.1").write_text(stale.model_copy(update={"token": "other", "heartbeat": time.time()}).model_dump_json())
+    time.sleep(0.4)
+    assert lost and "taken over by node-b" in lost[0]
+    lease.release()
+
+
+def test_a_sigkilled_owners_lease_is_taken_over_after_its_expiry(in_tmp):
+    """A worker on "node-a" is SIGKILLed mid-experiment: its lease stays until three heartbeats
+    pass, then this process takes the experiment over and resumes it from the last checkpoint."""
+    path = _spec(in_tmp, 'heartbeat_s = 0.5\n', model="SlowMLP", sizes=(8, 16), budgets=(1e7,),
+                 train="checkpoint_steps = 50\n")
+    spec = Spec.load(path)
+    plan = spec.plan()
+    exp = next(e for e in plan.experiments if e.size == 8)
+    store = Store(spec.run_dir)
+    store.write_plan_json(plan.to_json())
+    selection = json.dumps({"ids": [exp.id]})
+    env = {**os.environ, "FLOPS_FIT_HOST": "node-a"}
+    victim = subprocess.Popen([sys.executable, "-m", "flops_fit.launch", str(spec.run_dir), selection], env=env,
+                              stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while store.latest_checkpoint(exp.id) is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert store.latest_checkpoint(exp.id) is not None
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    step = int(store.latest_checkpoint(exp.id).name.split("-")[1])
+    owner = store.holder(exp.id)
+    assert owner is not None and owner.host == "node-a"  # not expired yet
+    assert decide(store, exp).reason.startswith(f"running on node-a:{victim.pid} since ")
+    time.sleep(1.6)  # three heartbeats of 0.5 s
+    assert store.holder(exp.id) is None
+    decision = decide(store, exp)
+    assert decision.action == "resume" and decision.checkpoint_step >= step > 0
+    events = []
+    spec.run(report=False, on_event=lambda e: events.append(e))
+    record = store.read_result(exp.id)
+    assert record.status == "ok" and record.steps == exp.steps
+    assert any(e.kind == "decision" and e.experiment.id == exp.id and e.decision.action == "resume" for e in events)
+    assert record.loss == pytest.approx(_reference(spec, in_tmp / "ref")[exp.id], rel=1e-6)
+
+
+# -- jobs ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_sweep_through_submitit_jobs_equals_the_in_process_run(in_tmp):
+    spec = Spec.load(_spec(in_tmp, LOCAL, sizes=(4, 8, 16), budgets=(1e6,)))
+    result = spec.run()
+    jobs = json.loads((spec.run_dir / "launcher" / "jobs.json").read_text())
+    assert len(jobs["submissions"]) == 1 and len(jobs["submissions"][0]["jobs"]) == 3  # one task per experiment
+    store = Store(spec.run_dir)
+    reference = _reference(spec, in_tmp / "ref")
+    for exp_id, loss in reference.items():
+        record = store.read_result(exp_id)
+        assert record.status == "ok" and record.loss == pytest.approx(loss, rel=1e-9, abs=0)
+    assert result.fits.num_points == 3
+    assert spec.submit().jobs == []  # nothing left: nothing submitted
+    states = {r.id: (r.state, r.job_state) for r in spec.status()}
+    assert all(s == ("done", "COMPLETED") for s in states.values()), states
+
+
+@pytest.mark.slow
+def test_a_job_past_its_timeout_is_requeued_and_resumes_to_the_same_loss(in_tmp):
+    """USR2 arrives 8 s after a job starts, before its experiment ends: the loop finishes the step,
+    checkpoints, submitit requeues it, and the requeued job resumes at that step."""
+    launcher = LOCAL + "timeout_min = 0.5\nsignal_delay_s = 22\nmax_requeues = 6\n"
+    spec = Spec.load(_spec(in_tmp, launcher, model="SlowMLP", sizes=(8, 16), budgets=(1e7,), train="checkpoint_seconds = 600\n"))
+    exp = next(e for e in spec.plan().experiments if e.size == 8)
+    spec.run(report=False)
+    logs = _logs(spec.run_dir)
+    resumed = [int(s) for s in re.findall(rf"resume {exp.id}: checkpoint at step (\d+)/", logs)]
+    assert resumed and all(0 < s < exp.steps for s in resumed), logs[-3000:]
+    assert "checkpoint written; requeueing" in logs
+    record = Store(spec.run_dir).read_result(exp.id)
+    assert record.status == "ok" and record.steps == exp.steps
+    assert record.loss == pytest.approx(_reference(spec, in_tmp / "ref")[exp.id], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_two_job_arrays_on_one_store_never_train_the_same_experiment(in_tmp):
+    from flops_fit.dispatch import submit_plan, wait_for
+
+    spec = Spec.load(_spec(in_tmp, LOCAL, model="SlowMLP", sizes=(4, 8, 16), budgets=(1e6,)))
+    plan = spec.check()
+    first, jobs_a = submit_plan(spec, plan)
+    second, jobs_b = submit_plan(spec, plan)  # submitted before any finished: the same experiments
+    assert {i for j in first.jobs for i in j.experiments} == {i for j in second.jobs for i in j.experiments}
+    store = Store(spec.run_dir)
+    assert wait_for(jobs_a + jobs_b, first.jobs + second.jobs, store, poll_s=0.5) == []
+    logs = _logs(spec.run_dir)
+    for exp in plan.experiments:
+        assert len(re.findall(rf"^ok {exp.id}:", logs, re.M)) == 1, logs  # trained by exactly one job
+        assert store.read_result(exp.id).status == "ok"
+    assert "running on " in logs or " done: loss" in logs  # the other array's tasks saw it held or done
+
+
+def test_a_failed_job_is_one_line_with_its_experiment_and_log(in_tmp):
+    from typer.testing import CliRunner
+
+    from flops_fit.cli import app
+    from flops_fit.dispatch import submit_plan, wait_for
+
+    path = _spec(in_tmp, LOCAL, model="DiesInJobs", sizes=(4, 8, 16), budgets=(1e6,))
+    spec = Spec.load(path)
+    sub, jobs = submit_plan(spec, spec.check())
+    failures = wait_for(jobs, sub.jobs, Store(spec.run_dir), poll_s=0.2)
+    assert len(failures) == 3
+    line = failures[0].line()
+    assert "\n" not in line and failures[0].experiments[0] in line and line.endswith("_log.err")
+    assert "without a result" in line and Path(failures[0].log).exists()
+    res = CliRunner().invoke(app, ["run", str(path)])
+    assert res.exit_code == 1 and res.stderr.count("error: job ") == 3 and "Traceback" not in res.stderr, res.stderr
+
+
+# -- Slurm, through stand-ins for sbatch, srun and sacct ----------------------------------
+SLURM = '''kind = "slurm"
+partition = "gpu-long"
+account = "scaling-lab"
+gpus_per_task = 1
+gpus_large = 4
+cpus_per_gpu = 6
+mem_gb = 64
+timeout_min = 90
+array_parallelism = 1
+max_requeues = 2
+signal_delay_s = 100
+setup = ["module load cuda/12.4", "source ~/venvs/ff/bin/activate"]
+additional = { constraint = "h100", qos = "high" }
+'''
+
+
+def _stand_ins(folder: Path) -> Path:
+    """``sbatch`` printing a new job id per call (and keeping nothing else), ``srun``, and ``sacct``
+    answering RUNNING for task 0 of every array and PENDING for the rest."""
+    bin_dir = folder / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\nn=$(cat "$0.count" 2>/dev/null || echo 4241)\nn=$((n+1))\n'
+                                    'echo $n > "$0.count"\necho "Submitted batch job $n"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sacct").write_text('#!/bin/sh\necho "JobID|State|NodeList"\nfor j in 4242 4243; do\n'
+                                   '  echo "${j}_0|RUNNING|gpu-node-1"\n  for i in 1 2 3 4 5; do echo "${j}_$i|PENDING|None"; done\n'
+                                   'done\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return bin_dir
+
+
+def test_slurm_submission_writes_the_launcher_settings_into_the_sbatch_scripts(in_tmp, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flops_fit.cli import app
+
+    monkeypatch.setenv("PATH", f"{_stand_ins(in_tmp)}{os.pathsep}{os.environ['PATH']}")
+    path = _spec(in_tmp, SLURM, sizes=(4, 6, 8, 12, 16, 32), budgets=(1e6,),
+                 train="workers_per_gpu = 2\ndata_parallel_min_params = 150\n")
+    res = CliRunner().invoke(app, ["submit", str(path)])
+    assert res.exit_code == 0, res.stderr
+    spec = Spec.load(path)
+    jobs = json.loads((spec.run_dir / "launcher" / "jobs.json").read_text())["submissions"][0]
+    by_array = {}
+    for job in jobs["jobs"]:
+        by_array.setdefault(job["array"], []).append(job)
+    big = {e.id for e in spec.plan().experiments if e.num_params >= 150}
+    assert big and {i for j in by_array["data-parallel"] for i in j["experiments"]} == big
+    n_one = len(by_array["one-gpu"])
+    assert n_one >= 2 and [j["job_id"] for j in by_array["one-gpu"]] == [f"4242_{i}" for i in range(n_one)]
+    assert all(len(j["experiments"]) <= 2 for j in by_array["one-gpu"])  # workers_per_gpu = 2 per task
+    assert by_array["data-parallel"][0]["job_id"].startswith("4243_")
+    assert "4242_0" in res.stdout and "one-gpu" in res.stdout
+    one = (spec.run_dir / "launcher/logs/4242/4242_submission.sh").read_text()
+    large = (spec.run_dir / "launcher/logs/4243/4243_submission.sh").read_text()
+    for script in (one, large):
+        for line in ("#SBATCH --partition=gpu-long", "#SBATCH --account=scaling-lab", "#SBATCH --time=90",
+                     "#SBATCH --mem=64GB", "#SBATCH --signal=USR2@100", "#SBATCH --constraint=h100", "#SBATCH --qos=high",
+                     "#SBATCH --job-name=flops-fit-toy", "module load cuda/12.4", "source ~/venvs/ff/bin/activate"):
+            assert line in script, (line, script)
+    assert f"#SBATCH --array=0-{n_one - 1}%1" in one and "#SBATCH --gpus-per-node=1" in one
+    assert "#SBATCH --ntasks-per-node=2" in one and "#SBATCH --cpus-per-task=3" in one  # 2 workers share 6 cores
+    assert "#SBATCH --gpus-per-node=4" in large and "#SBATCH --ntasks-per-node=4" in large
+    assert "#SBATCH --cpus-per-task=6" in large
+    res = CliRunner().invoke(app, ["status", str(path)])  # the scheduler's states come from sacct
+    assert res.exit_code == 0 and "RUNNING" in res.stdout and "PENDING" in res.stdout, res.stdout
+    rows = Spec.load(path).status()
+    assert {r.job_state for r in rows} == {"RUNNING", "PENDING"} and {r.state for r in rows} == {"pending"}
+
+
+@pytest.mark.parametrize("launcher, key, words", [
+    ('kind = "submitit-local"\npartion = "gpu"\n', "launcher.partion", "did you mean 'partition'"),
+    ('kind = "slurm"\n', "launcher.partition", "needs the partition"),
+    ('kind = "submitit-local"\ntimeout_min = 0\n', "launcher.timeout_min", "greater than 0"),
+])
+def test_bad_launcher_tables_are_one_line_errors_and_nothing_is_written(in_tmp, launcher, key, words):
+    from typer.testing import CliRunner
+
+    from flops_fit.cli import app
+
+    path = _spec(in_tmp, launcher, sizes=(4, 8, 16), budgets=(1e6,))
+    for command in ("submit", "run", "validate"):
+        res = CliRunner().invoke(app, [command, str(path)])
+        errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+        assert res.exit_code == 1 and len(errors) == 1 and key in errors[0] and words in errors[0], res.stderr
+        assert f"{path.name}:" in errors[0] and "Traceback" not in res.stderr
+    assert not (in_tmp / "runs").exists()
+
+
+def test_a_launcher_without_submitit_says_how_to_install_it(in_tmp, monkeypatch):
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from flops_fit.cli import app
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "submitit" else real(name, *a))
+    path = _spec(in_tmp, 'kind = "submitit-local"\n', sizes=(4, 8, 16), budgets=(1e6,))
+    res = CliRunner().invoke(app, ["submit", str(path)])
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.exit_code == 1 and len(errors) == 1 and "launcher.kind" in errors[0], res.stderr
+    assert "pip install 'flops-fit[slurm]'" in errors[0] and not (in_tmp / "runs").exists()
+
+
+def test_submit_with_the_local_launcher_is_refused(in_tmp):
+    from typer.testing import CliRunner
+
+    from flops_fit.cli import app
+
+    path = write_toy_spec(in_tmp, sizes=(4, 8, 16), budgets=(1e6,))
+    res = CliRunner().invoke(app, ["submit", str(path)])
+    assert res.exit_code == 1 and "launcher.kind" in res.stderr and "flops-fit run" in res.stderr
+    assert not (in_tmp / "runs").exists()
+
+
+def test_no_launcher_key_changes_an_experiment_id(in_tmp):
+    path = write_toy_spec(in_tmp, sizes=(4, 8, 16), budgets=(1e6, 3e6))
+    spec = Spec.load(path)
+    base = [e.id for e in spec.plan().experiments]
+    changes = {"kind": "submitit-local", "partition": "p", "account": "a", "gpus_per_task": 2, "gpus_large": 2,
+               "cpus_per_gpu": 1, "mem_gb": 8.0, "timeout_min": 5.0, "array_parallelism": 2, "max_requeues": 0,
+               "signal_delay_s": 5, "setup": ["true"], "additional": {"qos": "x"}, "heartbeat_s": 1.0}
+    assert set(changes) == set(LauncherSpec.model_fields)
+    for key, value in changes.items():
+        changed = spec.model_copy(update={"launcher": LauncherSpec(**{key: value})})
+        assert [e.id for e in changed.plan().experiments] == base, key
