@@ -9,7 +9,8 @@ link (fails when the name exists) and ``rename``.
   (owner host, pid, token, Slurm job, since, heartbeat, interval).  It is written to a
   unique temporary file and hard-linked to its name: of several processes claiming the same
   generation exactly one succeeds.
-* The current lease is the highest generation present.  Its owner refreshes ``heartbeat``
+* The current lease is the highest generation present; a claimer that finds a higher
+  generation than its own after creating it steps back.  Its owner refreshes ``heartbeat``
   every ``interval_s`` from a thread.  It is **live** while the heartbeat is younger than
   three intervals (``EXPIRY``); a lease of this host whose process is gone is dead at once
   (a killed local ``run`` is resumed immediately, as with a file lock).
@@ -179,7 +180,13 @@ def acquire(folder: Path, interval_s: float = HEARTBEAT_S) -> "Lease | None":
     info = LeaseInfo(host=host_name(), pid=os.getpid(), token=secrets.token_hex(8), since=now, heartbeat=now,
                      interval_s=interval_s, job=_job_id())
     gen = 0 if found is None else found[0] + 1
-    if not _write_new(folder / f"{PREFIX}{gen}", info):
+    path = folder / f"{PREFIX}{gen}"
+    if not _write_new(path, info):
+        return None
+    if max(_generations(folder), default=gen) != gen:  # read a listing from before a newer taker: it won
+        mine = _read(path)
+        if mine is not None and mine.token == info.token:
+            path.unlink(missing_ok=True)
         return None
     for old in _generations(folder):  # the dead owners' files
         if old < gen:

@@ -54,22 +54,28 @@ def test_a_lease_has_one_owner_and_a_dead_one_is_taken_over_once(tmp_path):
     info = first.info.model_copy(update={"host": "node-a", "heartbeat": time.time() - 1.0})  # three beats missed
     first.path.write_text(info.model_dump_json())
     assert holder(folder) is None
-    won = []
-    barrier = threading.Barrier(8)
+    for round_ in range(30):  # eight takers of one dead lease, thirty times: exactly one wins each time
+        won = []
+        barrier = threading.Barrier(8)
 
-    def take() -> None:
-        barrier.wait()
-        lease = acquire(folder, 0.2)
-        if lease is not None:
-            won.append(lease)
-    threads = [threading.Thread(target=take) for _ in range(8)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert len(won) == 1 and won[0].generation == 1  # exactly one of eight takers
-    assert not first.refresh()  # the old owner learns it lost the lease
-    assert not first.path.exists()  # its file was removed by the new owner
-    won[0].release()
-    assert holder(folder) is None and acquire(folder, 0.2) is not None
+        def take() -> None:
+            barrier.wait()
+            lease = acquire(folder, 0.2)
+            if lease is not None:
+                won.append(lease)
+        threads = [threading.Thread(target=take) for _ in range(8)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert len(won) == 1 and won[0].generation == round_ + 1, (round_, [w.generation for w in won])
+        if round_ == 0:
+            assert not first.refresh()  # the old owner learns it lost the lease
+            assert not first.path.exists()  # its file was removed by the new owner
+        dead = won[0].info.model_copy(update={"host": "node-a", "heartbeat": 0.0})
+        won[0].path.write_text(dead.model_dump_json())  # its owner dies too
+    assert holder(folder) is None
+    last = acquire(folder, 0.2)
+    last.release()
+    assert holder(folder) is None and not list(folder.glob("lease.*")) and acquire(folder, 0.2) is not None
 
 
 def test_a_lease_of_this_host_whose_process_is_gone_is_dead_at_once(tmp_path):
