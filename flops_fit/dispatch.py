@@ -62,7 +62,7 @@ class Submission(Frozen):
     """One ``submit``: when, with which executor, which jobs."""
 
     submitted: str
-    kind: str  # "slurm", "submitit-local", or the class name of an executor passed in
+    kind: str  # "slurm" or "submitit-local" (an executor passed in: its kind), else the executor's class name
     folder: str
     jobs: list[JobRecord]
 
@@ -227,7 +227,9 @@ def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executo
         dp = processes > 1
         tasks = [SweepTask(source, plan.run_dir, tuple(e.id for e in g), roots, retry_failed, dp) for g in groups]
         batches.append(("data-parallel" if dp else "one-gpu", executor, tasks))
-        kind = type(executor).__name__
+        name = str(getattr(executor, "cluster", type(executor).__name__)).lower()
+        kind = "slurm" if "slurm" in name else "submitit-local" if "local" in name else type(executor).__name__
+        folder = Path(executor.folder)
     else:
         kind = spec.launcher.kind
         per_task = max(1, spec.launcher.gpus_per_task) * spec.train.workers_per_gpu
@@ -351,7 +353,7 @@ def _job_state(sub: Submission, rec: JobRecord) -> str:
     import submitit
     from submitit.core.utils import JobPaths
 
-    if sub.kind == "slurm" or sub.kind == "SlurmExecutor":
+    if sub.kind == "slurm":
         return submitit.SlurmJob(folder=sub.folder, job_id=rec.job_id).state
     paths = JobPaths(sub.folder, job_id=rec.job_id, task_id=0)
     if paths.result_pickle.exists():

@@ -24,8 +24,9 @@ from tests.conftest import write_toy_spec
 submitit = pytest.importorskip("submitit")
 
 
-def _spec(folder: Path, launcher: str, name: str = "toy", **kw) -> Path:
-    path = write_toy_spec(folder, name=name, **kw)
+def _spec(folder: Path, launcher: str, name: str = "toy", train: str = "", **kw) -> Path:
+    """A toy spec with a [launcher] table, on CPU (jobs and the in-process reference alike)."""
+    path = write_toy_spec(folder, name=name, train='device = "cpu"\n' + train, **kw)
     path.write_text(path.read_text() + "\n[launcher]\n" + launcher)
     return path
 
@@ -104,7 +105,7 @@ def test_the_heartbeat_keeps_a_lease_and_reports_its_loss(tmp_path):
 def test_a_sigkilled_owners_lease_is_taken_over_after_its_expiry(in_tmp):
     """A worker on "node-a" is SIGKILLed mid-experiment: its lease stays until three heartbeats
     pass, then this process takes the experiment over and resumes it from the last checkpoint."""
-    path = _spec(in_tmp, 'heartbeat_s = 0.5\n', model="SlowMLP", sizes=(8, 16), budgets=(1e7,),
+    path = _spec(in_tmp, "heartbeat_s = 0.5\n", model="SlowMLP", sizes=(8, 16), budgets=(3e6,),
                  train="checkpoint_steps = 50\n")
     spec = Spec.load(path)
     plan = spec.plan()
@@ -337,3 +338,35 @@ def test_no_launcher_key_changes_an_experiment_id(in_tmp):
     for key, value in changes.items():
         changed = spec.model_copy(update={"launcher": LauncherSpec(**{key: value})})
         assert [e.id for e in changed.plan().experiments] == base, key
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_data_parallel_tasks_get_torch_distributed_from_submitit(in_tmp):
+    """train.parallel = "data", gpus_large = 2: each task is two processes (gloo on CPU) whose
+    rank, world size and master address come from submitit's TorchDistributedEnvironment."""
+    launcher = 'kind = "submitit-local"\ngpus_per_task = 0\ngpus_large = 2\n'
+    spec = Spec.load(_spec(in_tmp, launcher, sizes=(4, 8), budgets=(1e6,), train='parallel = "data"\n',
+                           analysis='approaches = ["envelope"]'))
+    spec.run(report=False)
+    jobs = json.loads((spec.run_dir / "launcher" / "jobs.json").read_text())["submissions"][0]["jobs"]
+    assert {j["array"] for j in jobs} == {"data-parallel"}
+    store = Store(spec.run_dir)
+    reference = _reference(spec, in_tmp / "ref")
+    for exp_id, loss in reference.items():
+        record = store.read_result(exp_id)
+        assert record.provenance.processes == 2 and record.loss == pytest.approx(loss, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_run_accepts_a_submitit_executor(in_tmp):
+    spec = Spec.load(write_toy_spec(in_tmp, sizes=(4, 8, 16), budgets=(1e6,), train='device = "cpu"\n'))  # launcher: local
+    executor = submitit.LocalExecutor(folder=in_tmp / "jobs" / "%j")
+    executor.update_parameters(timeout_min=5)
+    spec.run(executor=executor, report=False)
+    sub = json.loads((spec.run_dir / "launcher" / "jobs.json").read_text())["submissions"][0]
+    assert sub["kind"] == "submitit-local" and len(sub["jobs"]) == 3
+    assert all(Path(j["stderr"]).is_relative_to(in_tmp / "jobs") for j in sub["jobs"])
+    store = Store(spec.run_dir)
+    for exp_id, loss in _reference(spec, in_tmp / "ref").items():
+        assert store.read_result(exp_id).loss == loss

@@ -52,3 +52,43 @@ def test_gpu_memory_returns_to_baseline_after_each_experiment(in_tmp, compile_):
         assert left == 0, (exp.id, left, _live_cuda_tensors())
     assert peaks[-1] > peaks[0] + 100e6  # the experiments did use the GPU, the largest most
     assert record.provenance.precision == "bf16"
+
+
+def _jobs_spec(folder, launcher: str, **kw):
+    path = write_toy_spec(folder, **kw)
+    path.write_text(path.read_text() + "\n[launcher]\n" + launcher)
+    return Spec.load(path)
+
+
+def _reference_losses(spec, folder) -> dict:
+    from flops_fit.launcher_spec import LauncherSpec
+
+    local = spec.model_copy(update={"launcher": LauncherSpec(), "runs_dir": str(folder)})
+    local.run(report=False)
+    store = Store(local.run_dir)
+    return {e.id: store.read_result(e.id) for e in local.plan().experiments}
+
+
+def test_submitit_jobs_on_gpus_pack_one_gpu_tasks_and_train_data_parallel_over_nccl(in_tmp):
+    """Real submitit jobs on this machine's GPUs: a one-GPU array whose tasks pack two workers on
+    a GPU, and (with two GPUs) a data-parallel array over NCCL from TorchDistributedEnvironment."""
+    pytest.importorskip("submitit")
+    gpus = torch.cuda.device_count()
+    launcher = f'kind = "submitit-local"\ngpus_per_task = 1\ngpus_large = {min(gpus, 2)}\ntimeout_min = 10\n'
+    spec = _jobs_spec(in_tmp, launcher, sizes=(64, 128, 256, 512), budgets=(3e9,), extra_kwargs=", depth = 2",
+                      train="workers_per_gpu = 2\ndata_parallel_min_params = 1e5\n", lr=3e-3)
+    spec.run(report=False)
+    import json
+
+    jobs = json.loads((spec.run_dir / "launcher" / "jobs.json").read_text())["submissions"][0]["jobs"]
+    arrays = {j["array"] for j in jobs}
+    assert arrays == ({"one-gpu", "data-parallel"} if gpus > 1 else {"one-gpu"})
+    store = Store(spec.run_dir)
+    reference = _reference_losses(spec, in_tmp / "ref")
+    for exp_id, ref in reference.items():
+        record = store.read_result(exp_id)
+        assert record.status == "ok" and record.provenance.device_type == "cuda"
+        big = record.num_params >= 1e5 and gpus > 1
+        assert record.provenance.processes == (2 if big else 1)
+        # one process: the same kernels as in-process; two: the gradient is averaged over ranks
+        assert record.loss == pytest.approx(ref.loss, rel=1e-3 if big else 1e-6)
