@@ -92,3 +92,24 @@ def test_submitit_jobs_on_gpus_pack_one_gpu_tasks_and_train_data_parallel_over_n
         assert record.provenance.processes == (2 if big else 1)
         # one process: the same kernels as in-process; two: the gradient is averaged over ranks
         assert record.loss == pytest.approx(ref.loss, rel=1e-3 if big else 1e-6)
+
+
+def test_a_data_parallel_job_past_its_timeout_checkpoints_on_every_rank_and_resumes(in_tmp):
+    """USR2 reaches both ranks at their own step; they agree within 8 steps, write one checkpoint
+    together, the job is requeued and resumes there, ending at the uninterrupted loss."""
+    import re
+
+    pytest.importorskip("submitit")
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    launcher = 'kind = "submitit-local"\ngpus_per_task = 1\ngpus_large = 2\ntimeout_min = 0.75\nsignal_delay_s = 25\nmax_requeues = 6\n'
+    spec = _jobs_spec(in_tmp, launcher, model="SlowMLP", sizes=(8, 16), budgets=(4e7,),
+                      train='parallel = "data"\ncheckpoint_seconds = 600\n')
+    exp = next(e for e in spec.plan().experiments if e.size == 8)
+    spec.run(report=False)
+    logs = "".join(p.read_text() for p in (spec.run_dir / "launcher" / "logs").rglob("*_log.err"))
+    resumed = [int(s) for s in re.findall(rf"resume {exp.id}: checkpoint at step (\d+)/", logs)]
+    assert resumed and all(0 < s < exp.steps for s in resumed), logs[-3000:]
+    record = Store(spec.run_dir).read_result(exp.id)
+    assert record.status == "ok" and record.steps == exp.steps and record.provenance.processes == 2
+    assert record.loss == pytest.approx(_reference_losses(spec, in_tmp / "ref")[exp.id].loss, rel=1e-3)
