@@ -240,10 +240,14 @@ def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executo
             ex.update_parameters(**array_parameters(spec.launcher, array, spec.train.workers_per_gpu, f"flops-fit-{plan.name}"))
             if array == "one-gpu":
                 chunks = [chosen[i:i + per_task] for i in range(0, len(chosen), per_task)]
-                tasks = [SweepTask(source, plan.run_dir, tuple(e.id for g in c for e in g), roots, retry_failed, False,
-                                   spec.train.workers_per_gpu) for c in chunks]
             else:
-                tasks = [SweepTask(source, plan.run_dir, tuple(e.id for e in g), roots, retry_failed, True) for g in chosen]
+                chunks = [[g] for g in chosen]
+            if kind == "submitit-local" and len(chunks) > spec.launcher.array_parallelism:
+                # submitit's local executor starts every job at once: honour array_parallelism with fewer, longer tasks
+                n = spec.launcher.array_parallelism
+                chunks = [[g for c in chunks[i::n] for g in c] for i in range(n)]
+            tasks = [SweepTask(source, plan.run_dir, tuple(e.id for g in c for e in g), roots, retry_failed,
+                               array == "data-parallel", spec.train.workers_per_gpu) for c in chunks]
             batches.append((array, ex, tasks))
     records, submitted = [], []
     for array, ex, tasks in batches:
