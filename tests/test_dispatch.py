@@ -138,6 +138,28 @@ def test_a_sigkilled_owners_lease_is_taken_over_after_its_expiry(in_tmp):
     assert record.loss == pytest.approx(_reference(spec, in_tmp / "ref")[exp.id], rel=1e-6)
 
 
+def test_an_owner_whose_lease_is_taken_over_stops_without_writing(in_tmp):
+    """A newer lease appears mid-training (another node judged this one dead): the loop stops at its
+    next step and nothing of the experiment is written by the old owner."""
+    spec = Spec.load(_spec(in_tmp, "heartbeat_s = 0.2\n", model="SlowMLP", sizes=(8, 16), budgets=(3e6,)))
+    exp = next(e for e in spec.plan().experiments if e.size == 8)
+    store = Store(spec.run_dir)
+    events = []
+
+    def usurp(event) -> None:
+        events.append(event)
+        if event.kind == "log" and event.experiment.id == exp.id and not (store.exp_dir(exp.id) / "lease.9").exists():
+            mine = store.holder(exp.id)
+            other = mine.model_copy(update={"host": "node-b", "pid": 7, "token": "usurper", "heartbeat": time.time() + 60})
+            (store.exp_dir(exp.id) / "lease.9").write_text(other.model_dump_json())
+    spec.run(report=False, on_event=usurp)
+    assert store.read_result(exp.id) is None and store.latest_checkpoint(exp.id) is None
+    skipped = [e.decision.reason for e in events if e.kind == "decision" and e.experiment.id == exp.id]
+    assert any("taken over by node-b:7" in r and "nothing written" in r for r in skipped), skipped
+    other = next(e for e in spec.plan().experiments if e.size == 16)
+    assert store.read_result(other.id).status == "ok"  # the sweep went on
+
+
 # -- jobs ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_sweep_through_submitit_jobs_equals_the_in_process_run(in_tmp):
