@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 
 import difflib
-import importlib.util
 import inspect
 import math
 import traceback

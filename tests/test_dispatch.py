@@ -200,7 +200,7 @@ def test_a_job_past_its_timeout_is_requeued_and_resumes_to_the_same_loss(in_tmp)
 def test_two_job_arrays_on_one_store_never_train_the_same_experiment(in_tmp):
     from flops_fit.dispatch import submit_plan, wait_for
 
-    spec = Spec.load(_spec(in_tmp, LOCAL, model="SlowMLP", sizes=(4, 8, 16), budgets=(1e6,)))
+    spec = Spec.load(_spec(in_tmp, LOCAL, model="SlowMLP", sizes=(4, 8, 16), budgets=(3e6,)))  # 1-4 s each
     plan = spec.check()
     first, jobs_a = submit_plan(spec, plan)
     second, jobs_b = submit_plan(spec, plan)  # submitted before any finished: the same experiments
