@@ -24,7 +24,8 @@ from .validate import check
 if TYPE_CHECKING:  # the training and fitting stacks load on first use, so `validate` starts fast
     from .analysis import Points
     from .confirm import Confirmation
-    from .dispatch import ExperimentState, Submission
+    from .dispatch import Submission
+    from .status import ExperimentState
     from .execute.runner import RunEvent
     from .report import Result
     from .transfer import Transfer
@@ -117,7 +118,7 @@ class Spec(SpecModel):
     def status(self, scheduler: bool = True) -> list[ExperimentState]:
         """Each experiment's state from the store (done, running with its step, pending, failed with
         the reason) and, for submitted ones, its job's state from the scheduler."""
-        from .dispatch import sweep_status
+        from .status import sweep_status
 
         plan = compile_plan(self)
         return sweep_status(plan, Store(Path(plan.run_dir)), scheduler)

@@ -24,17 +24,18 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal
 
 from filelock import FileLock
 
-from .errors import Problem
+from .errors import Problem, RunError
 from .frozen import Frozen
 from .launch import import_roots
 from .launcher_spec import LauncherSpec
@@ -42,8 +43,8 @@ from .plan import Experiment, Plan
 from .spec import SpecModel
 from .store import Store, atomic_write_text, decide
 
-__all__ = ["SweepTask", "JobRecord", "Submission", "JobsFile", "ExperimentState", "JobFailure", "submit_plan",
-           "read_jobs", "wait_for", "sweep_status", "make_executor"]
+__all__ = ["SweepTask", "JobRecord", "Submission", "JobsFile", "JobFailure", "submit_plan", "read_jobs", "wait_for",
+           "make_executor", "array_parameters", "pending_groups"]
 
 Array = Literal["one-gpu", "data-parallel"]
 
@@ -215,6 +216,10 @@ def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executo
 
     ``executor``: a configured submitit executor used as is for every task (one experiment, or a
     trunk with its branches, per task; data-parallel when its tasks have several processes)."""
+    if executor is None and spec.launcher.kind == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
+        raise RunError([Problem("is 'slurm' but sbatch or srun is not on this machine's PATH", key="launcher.kind", value="slurm",
+                                has_value=True, hint="submit from a Slurm login node, or use kind = 'submitit-local' "
+                                                     "to run the jobs on this machine")])
     store = Store(Path(plan.run_dir))
     store.write_plan_json(plan.to_json())
     groups = pending_groups(plan, store, retry_failed)
@@ -250,20 +255,28 @@ def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executo
                                array == "data-parallel", spec.train.workers_per_gpu) for c in chunks]
             batches.append((array, ex, tasks))
     records, submitted = [], []
-    for array, ex, tasks in batches:
-        with ex.batch():
-            jobs = [ex.submit(task) for task in tasks]
-        submitted += jobs
-        records += [JobRecord(job_id=str(j.job_id), array=array, experiments=list(t.experiment_ids),
-                              stdout=str(j.paths.stdout), stderr=str(j.paths.stderr)) for j, t in zip(jobs, tasks)]
-    submission = Submission(submitted=datetime.now(timezone.utc).isoformat(timespec="seconds"), kind=kind,
-                            folder=str(folder), jobs=records)
-    if records:
-        path = store.root / "launcher" / "jobs.json"
-        with FileLock(str(path) + ".lock"):
-            jobs_file = read_jobs(store.root)
-            atomic_write_text(path, jobs_file.model_copy(update={"submissions": [*jobs_file.submissions, submission]})
-                              .model_dump_json(indent=2) + "\n")
+    try:
+        for array, ex, tasks in batches:
+            try:
+                with ex.batch():
+                    jobs = [ex.submit(task) for task in tasks]
+            except Exception as exc:  # sbatch said no (submitit's FailedJobError carries its stderr)
+                lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+                raise RunError([Problem(f"submitting the {array} array failed: {lines[-1] if lines else type(exc).__name__}",
+                                        key="launcher", hint="fix the [launcher] table; arrays already submitted are in "
+                                                             "jobs.json and keep running")]) from None
+            submitted += jobs
+            records += [JobRecord(job_id=str(j.job_id), array=array, experiments=list(t.experiment_ids),
+                                  stdout=str(j.paths.stdout), stderr=str(j.paths.stderr)) for j, t in zip(jobs, tasks)]
+    finally:  # what was submitted is recorded, also when a later array fails
+        submission = Submission(submitted=datetime.now(timezone.utc).isoformat(timespec="seconds"), kind=kind,
+                                folder=str(folder), jobs=records)
+        if records:
+            path = store.root / "launcher" / "jobs.json"
+            with FileLock(str(path) + ".lock"):
+                jobs_file = read_jobs(store.root)
+                atomic_write_text(path, jobs_file.model_copy(update={"submissions": [*jobs_file.submissions, submission]})
+                                  .model_dump_json(indent=2) + "\n")
     return submission, submitted
 
 
@@ -320,92 +333,6 @@ def wait_for(jobs: list, records: list[JobRecord], store: Store, on_progress: Ca
             left = [i for i in rec.experiments if not store.result_path(i).exists()]
             failures.append(JobFailure(job_id=rec.job_id, experiments=left, error=error, log=rec.stderr))
     return failures
-
-
-# -- status -------------------------------------------------------------------------------
-class ExperimentState(Frozen):
-    """One experiment as ``status`` shows it: from the store, and its latest job from the scheduler."""
-
-    id: str
-    budget_flops: float
-    size: Any
-    state: Literal["done", "failed", "diverged", "running", "pending"]
-    detail: str
-    step: Optional[int] = None  # the step reached (running or resumable)
-    steps: int
-    job_id: Optional[str] = None
-    job_state: Optional[str] = None
-
-
-def _step_of(store: Store, exp_id: str) -> Optional[int]:
-    """The last logged step (``metrics.jsonl``), else the latest checkpoint's."""
-    import json
-
-    path = store.exp_dir(exp_id) / "metrics.jsonl"
-    try:
-        lines = path.read_text(encoding="utf-8").strip().splitlines()
-        if lines:
-            return int(json.loads(lines[-1])["step"])
-    except (OSError, ValueError, KeyError):
-        pass
-    ckpt = store.latest_checkpoint(exp_id)
-    return int(ckpt.name.split("-")[1]) if ckpt else None
-
-
-def _job_state(sub: Submission, rec: JobRecord) -> str:
-    """The scheduler's state of a job (sacct on Slurm; the process and result file locally)."""
-    import submitit
-    from submitit.core.utils import JobPaths
-
-    if sub.kind == "slurm":
-        return submitit.SlurmJob(folder=sub.folder, job_id=rec.job_id).state
-    paths = JobPaths(sub.folder, job_id=rec.job_id, task_id=0)
-    if paths.result_pickle.exists():
-        import pickle
-
-        with paths.result_pickle.open("rb") as f:
-            outcome = pickle.load(f)[0]
-        return "COMPLETED" if outcome == "success" else "FAILED"
-    try:
-        os.kill(int(rec.job_id), 0)
-        return "RUNNING"
-    except (ProcessLookupError, ValueError):
-        return "ENDED"
-    except PermissionError:
-        return "RUNNING"
-
-
-def sweep_status(plan: Plan, store: Store, scheduler: bool = True) -> list[ExperimentState]:
-    """Each experiment's state (trunks included): done, failed/diverged with the reason, running
-    with its owner and step, pending (with the step it resumes from); and its latest job's state."""
-    jobs = read_jobs(store.root)
-    out = []
-    for exp in plan.units():
-        record = store.read_result(exp.id, quarantine=False)
-        owner = store.holder(exp.id)
-        step = _step_of(store, exp.id)
-        if record is not None and record.status == "ok":
-            state, detail, step = "done", f"loss {record.loss:.4g}", record.steps
-        elif record is not None:
-            state, detail, step = record.status, record.reason, record.steps
-        elif owner is not None:
-            state, detail = "running", f"on {owner.describe()}"
-        else:
-            state = "pending"
-            detail = f"resumes from step {step}" if step else "not started"
-        job_id = job_state = None
-        found = jobs.latest_job(exp.id)
-        if found is not None:
-            sub, rec = found
-            job_id = rec.job_id
-            if scheduler:
-                try:
-                    job_state = _job_state(sub, rec)
-                except Exception as exc:  # the scheduler could not be asked (sacct missing, ...)
-                    job_state = f"unknown ({type(exc).__name__})"
-        out.append(ExperimentState(id=exp.id, budget_flops=exp.budget_flops, size=exp.size, state=state, detail=detail,
-                                   step=step, steps=exp.steps, job_id=job_id, job_state=job_state))
-    return out
 
 
 def local_launcher_problem() -> Problem:

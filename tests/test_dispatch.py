@@ -393,3 +393,22 @@ def test_run_accepts_a_submitit_executor(in_tmp):
     store = Store(spec.run_dir)
     for exp_id, loss in _reference(spec, in_tmp / "ref").items():
         assert store.read_result(exp_id).loss == loss
+
+
+def test_slurm_refusals_are_one_line_errors(in_tmp, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flops_fit.cli import app
+
+    path = _spec(in_tmp, SLURM, sizes=(4, 8, 16), budgets=(1e6,))
+    monkeypatch.setenv("PATH", str(in_tmp / "nothing"))  # not a login node: no sbatch
+    res = CliRunner().invoke(app, ["submit", str(path)])
+    assert res.exit_code == 1 and "launcher.kind" in res.stderr and "sbatch or srun is not on" in res.stderr, res.stderr
+    assert not (in_tmp / "runs" / "toy" / "launcher").exists()
+    bin_dir = _stand_ins(in_tmp)
+    (bin_dir / "sbatch").write_text('#!/bin/sh\necho "sbatch: error: invalid partition specified: gpu-long" >&2\nexit 1\n')
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.path.dirname(sys.executable)}{os.pathsep}/usr/bin:/bin")
+    res = CliRunner().invoke(app, ["submit", str(path)])
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.exit_code == 1 and len(errors) == 1 and "invalid partition specified: gpu-long" in errors[0], res.stderr
+    assert "Traceback" not in res.stderr and not (in_tmp / "runs" / "toy" / "launcher" / "jobs.json").exists()
