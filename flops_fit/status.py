@@ -41,20 +41,28 @@ def _step_of(store: Store, exp_id: str) -> Optional[int]:
     return int(ckpt.name.split("-")[1]) if ckpt else None
 
 
-def _job_state(sub: Submission, rec: JobRecord) -> str:
-    """The scheduler's state of a job (sacct on Slurm; the process and result file locally)."""
+def _slurm_states(found: list[tuple[Submission, JobRecord]]) -> dict[str, str]:
+    """Every Slurm job's state from one ``sacct`` call (submitit's watcher asks per array)."""
     import submitit
+
+    ids = sorted({rec.job_id for sub, rec in found if sub.kind == "slurm"})
+    if not ids:
+        return {}
+    jobs = [submitit.SlurmJob(folder=sub.folder, job_id=rec.job_id) for sub, rec in found if sub.kind == "slurm"]
+    jobs[0].watcher.update()
+    return {i: jobs[0].watcher.get_state(i, mode="cache") for i in ids}
+
+
+def _local_state(sub: Submission, rec: JobRecord) -> str:
+    """A local job's state: its result file, else whether its process (the job id is its pid) is alive."""
+    import pickle
+
     from submitit.core.utils import JobPaths
 
-    if sub.kind == "slurm":
-        return submitit.SlurmJob(folder=sub.folder, job_id=rec.job_id).state
     paths = JobPaths(sub.folder, job_id=rec.job_id, task_id=0)
     if paths.result_pickle.exists():
-        import pickle
-
         with paths.result_pickle.open("rb") as f:
-            outcome = pickle.load(f)[0]
-        return "COMPLETED" if outcome == "success" else "FAILED"
+            return "COMPLETED" if pickle.load(f)[0] == "success" else "FAILED"
     try:
         os.kill(int(rec.job_id), 0)
         return "RUNNING"
@@ -68,6 +76,13 @@ def sweep_status(plan: Plan, store: Store, scheduler: bool = True) -> list[Exper
     """Each experiment's state (trunks included): done, failed/diverged with the reason, running
     with its owner and step, pending (with the step it resumes from); and its latest job's state."""
     jobs = read_jobs(store.root)
+    latest = {exp.id: jobs.latest_job(exp.id) for exp in plan.units()}
+    slurm: dict[str, str] = {}
+    if scheduler:
+        try:
+            slurm = _slurm_states([f for f in latest.values() if f is not None])
+        except Exception as exc:  # sacct could not be asked (not on PATH, down, ...)
+            slurm = {f[1].job_id: f"unknown ({type(exc).__name__})" for f in latest.values() if f is not None}
     out = []
     for exp in plan.units():
         record = store.read_result(exp.id, quarantine=False)
@@ -83,15 +98,12 @@ def sweep_status(plan: Plan, store: Store, scheduler: bool = True) -> list[Exper
             state = "pending"
             detail = f"resumes from step {step}" if step else "not started"
         job_id = job_state = None
-        found = jobs.latest_job(exp.id)
+        found = latest[exp.id]
         if found is not None:
             sub, rec = found
             job_id = rec.job_id
             if scheduler:
-                try:
-                    job_state = _job_state(sub, rec)
-                except Exception as exc:  # the scheduler could not be asked (sacct missing, ...)
-                    job_state = f"unknown ({type(exc).__name__})"
+                job_state = slurm.get(rec.job_id) if sub.kind == "slurm" else _local_state(sub, rec)
         out.append(ExperimentState(id=exp.id, budget_flops=exp.budget_flops, size=exp.size, state=state, detail=detail,
                                    step=step, steps=exp.steps, job_id=job_id, job_state=job_state))
     return out

@@ -251,15 +251,15 @@ additional = { constraint = "h100", qos = "high" }
 
 def _stand_ins(folder: Path) -> Path:
     """``sbatch`` printing a new job id per call (and keeping nothing else), ``srun``, and ``sacct``
-    answering RUNNING for task 0 of every array and PENDING for the rest."""
+    answering, for each array it is asked about, RUNNING for task 0 and PENDING for the rest."""
     bin_dir = folder / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text('#!/bin/sh\nn=$(cat "$0.count" 2>/dev/null || echo 4241)\nn=$((n+1))\n'
                                     'echo $n > "$0.count"\necho "Submitted batch job $n"\n')
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "sacct").write_text('#!/bin/sh\necho "JobID|State|NodeList"\nfor j in 4242 4243; do\n'
-                                   '  echo "${j}_0|RUNNING|gpu-node-1"\n  for i in 1 2 3 4 5; do echo "${j}_$i|PENDING|None"; done\n'
-                                   'done\n')
+    (bin_dir / "sacct").write_text('#!/bin/sh\necho "JobID|State|NodeList"\nwhile [ $# -gt 0 ]; do\n'  # the -j arrays asked
+                                   '  if [ "$1" = "-j" ]; then j=$2; echo "${j}_0|RUNNING|gpu-node-1"\n'
+                                   '    for i in 1 2 3 4 5; do echo "${j}_$i|PENDING|None"; done; fi\n  shift\ndone\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     return bin_dir
