@@ -108,10 +108,11 @@ class Spec(SpecModel):
     def submit(self, retry_failed: bool = False, executor: Any = None) -> Submission:
         """Submit the pending experiments as job arrays (``[launcher]``, or a submitit ``executor``)
         and return at once; ``<run_dir>/launcher/jobs.json`` records job ids ↔ experiment ids."""
-        from .dispatch import local_launcher_problem, submit_plan
+        from .dispatch import launcher_problem, submit_plan
 
         if executor is None and self.launcher.kind == "local":
-            raise SpecError([local_launcher_problem()])
+            raise SpecError([launcher_problem(self, "`submit` sends experiments to a scheduler", hint=(
+                "set [launcher] kind = 'slurm' (or 'submitit-local'), or use `flops-fit run`"))])
         plan = check(self)
         return submit_plan(self, plan, retry_failed, executor)[0]
 

@@ -55,6 +55,7 @@ def _budgets(values: list[float] | None, option: str) -> list[float] | None:
 SpecArg = typer.Argument(..., help="Path of the spec TOML file.", exists=False)
 JsonOpt = typer.Option(False, "--json", help="Print only the JSON document on stdout.")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show tracebacks of errors.")
+RetryOpt = typer.Option(False, "--retry-failed", help="Train (or submit) again experiments that diverged or failed.")
 
 
 _JSON_OUT: list = [None]  # where --json documents go: the real stdout, while prints are sent to stderr
@@ -116,7 +117,7 @@ def validate(spec: str = SpecArg, verbose: bool = VerboseOpt) -> None:
 
 
 @app.command()
-def estimate(spec: str = SpecArg, as_json: bool = JsonOpt, retry_failed: bool = typer.Option(False, "--retry-failed"),
+def estimate(spec: str = SpecArg, as_json: bool = JsonOpt, retry_failed: bool = RetryOpt,
              verbose: bool = VerboseOpt) -> None:
     """Dry run: experiments, FLOPs, time estimate, and run/skip/resume with the reason."""
     def go() -> None:
@@ -160,7 +161,7 @@ def _no_fit(result) -> bool:
 
 @app.command()
 def run(spec: str = SpecArg, as_json: bool = JsonOpt,
-        retry_failed: bool = typer.Option(False, "--retry-failed", help="Train again experiments that diverged or failed."),
+        retry_failed: bool = RetryOpt,
         verbose: bool = VerboseOpt) -> None:
     """Train what is pending (cached results are reused), fit and report."""
     def go() -> None:
@@ -188,7 +189,7 @@ def run(spec: str = SpecArg, as_json: bool = JsonOpt,
 
 @app.command()
 def submit(spec: str = SpecArg, as_json: bool = JsonOpt,
-           retry_failed: bool = typer.Option(False, "--retry-failed", help="Submit again experiments that diverged or failed."),
+           retry_failed: bool = RetryOpt,
            verbose: bool = VerboseOpt) -> None:
     """Submit the pending experiments as job arrays ([launcher]) and return; prints the job ids."""
     def go() -> None:

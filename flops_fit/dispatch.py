@@ -37,14 +37,14 @@ from filelock import FileLock
 
 from .errors import Problem, RunError
 from .frozen import Frozen
-from .launch import import_roots
+from .launch import data_parallel_selection, import_roots
 from .launcher_spec import LauncherSpec
 from .plan import Experiment, Plan
 from .spec import SpecModel
 from .store import Store, atomic_write_text, decide
 
 __all__ = ["SweepTask", "JobRecord", "Submission", "JobsFile", "JobFailure", "submit_plan", "read_jobs", "wait_for",
-           "make_executor", "array_parameters", "pending_groups"]
+           "make_executor", "array_parameters", "pending_groups", "job_result"]
 
 Array = Literal["one-gpu", "data-parallel"]
 
@@ -85,9 +85,9 @@ class JobsFile(Frozen):
 class SweepTask:
     """What one array task runs, pickled by submitit: small, never results.
 
-    ``workers``: worker processes of the task sharing ``gpus`` GPUs (one-GPU array), each
-    pinned to GPU ``local_rank // (workers / gpus)``; ``data_parallel``: the task's processes
-    are the ranks of one torch.distributed group."""
+    Each of the task's processes runs the worker over ``experiment_ids`` (claimed through their
+    leases).  ``data_parallel``: the processes are the ranks of one torch.distributed group;
+    otherwise they are independent workers, ``per_gpu`` of them pinned to each of the task's GPUs."""
 
     spec_path: str
     run_dir: str
@@ -119,6 +119,8 @@ class SweepTask:
         submitit_handler = signal.getsignal(usr)  # checkpoint() and requeue, installed by submitit
         signal.signal(usr, lambda signum, frame: stopping.preempt(signum))
         stopping.in_job = True
+        print(f"{env.job_id}: {len(self.experiment_ids)} experiment(s) of {self.spec_path or self.run_dir}",
+              file=sys.stderr, flush=True)
         try:
             return worker_main(self.run_dir, Selection(ids=list(self.experiment_ids), retry_failed=self.retry_failed))
         except KeyboardInterrupt:  # the loop checkpointed the step it reached
@@ -198,16 +200,13 @@ def pending_groups(plan: Plan, store: Store, retry_failed: bool) -> list[list[Ex
 
 
 def _split(spec: SpecModel, groups: list[list[Experiment]]) -> dict[Array, list[list[Experiment]]]:
-    """One-GPU and data-parallel groups (``train.parallel``, ``data_parallel_min_params``, ``gpus_large``)."""
+    """One-GPU and data-parallel groups: ``run``'s rule (:func:`~flops_fit.launch.data_parallel_selection`)
+    with ``gpus_large`` processes per data-parallel task."""
     t = spec.train
-    if spec.launcher.gpus_large < 2 or t.parallel == "experiment":
-        large: list[list[Experiment]] = []
-    elif t.parallel == "data":
-        large = groups
-    else:
-        large = [g for g in groups if g[0].num_params >= t.data_parallel_min_params]
-    chosen = {id(g) for g in large}
-    return {"one-gpu": [g for g in groups if id(g) not in chosen], "data-parallel": large}
+    large = data_parallel_selection(t.parallel, t.data_parallel_min_params, spec.launcher.gpus_large)
+    chosen = [large is not None and large.accepts(g[0]) for g in groups]
+    return {"one-gpu": [g for g, c in zip(groups, chosen) if not c],
+            "data-parallel": [g for g, c in zip(groups, chosen) if c]}
 
 
 def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executor: Any = None) -> tuple[Submission, list]:
@@ -217,9 +216,9 @@ def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executo
     ``executor``: a configured submitit executor used as is for every task (one experiment, or a
     trunk with its branches, per task; data-parallel when its tasks have several processes)."""
     if executor is None and spec.launcher.kind == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
-        raise RunError([Problem("is 'slurm' but sbatch or srun is not on this machine's PATH", key="launcher.kind", value="slurm",
-                                has_value=True, hint="submit from a Slurm login node, or use kind = 'submitit-local' "
-                                                     "to run the jobs on this machine")])
+        raise RunError([launcher_problem(spec, "sbatch or srun is not on this machine's PATH",
+                                         hint="submit from a Slurm login node, or use kind = 'submitit-local' to run "
+                                              "the jobs on this machine")])
     store = Store(Path(plan.run_dir))
     store.write_plan_json(plan.to_json())
     groups = pending_groups(plan, store, retry_failed)
@@ -262,9 +261,10 @@ def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executo
                     jobs = [ex.submit(task) for task in tasks]
             except Exception as exc:  # sbatch said no (submitit's FailedJobError carries its stderr)
                 lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-                raise RunError([Problem(f"submitting the {array} array failed: {lines[-1] if lines else type(exc).__name__}",
-                                        key="launcher", hint="fix the [launcher] table; arrays already submitted are in "
-                                                             "jobs.json and keep running")]) from None
+                raise RunError([launcher_problem(
+                    spec, f"submitting the {array} array failed: {lines[-1] if lines else type(exc).__name__}",
+                    key="launcher", hint="fix the [launcher] table; arrays already submitted are in jobs.json and keep "
+                                         "running")]) from None
             submitted += jobs
             records += [JobRecord(job_id=str(j.job_id), array=array, experiments=list(t.experiment_ids),
                                   stdout=str(j.paths.stdout), stderr=str(j.paths.stderr)) for j, t in zip(jobs, tasks)]
@@ -299,15 +299,22 @@ class JobFailure(Frozen):
         return f"job {self.job_id} failed ({what}): {self.error}; log: {self.log}"
 
 
-def _outcome(job: Any) -> str | None:
-    """None when the job succeeded, else what went wrong, in one line."""
+def job_result(result_pickle: Path) -> tuple[str, Any] | None:
+    """submitit's result file of a job: ("success", value) or ("error", traceback); None when absent."""
     import pickle
 
-    path = job.paths.result_pickle
-    if not path.exists():
+    if not result_pickle.exists():
+        return None
+    with result_pickle.open("rb") as f:
+        return pickle.load(f)
+
+
+def _outcome(job: Any) -> str | None:
+    """None when the job succeeded, else what went wrong, in one line."""
+    found = job_result(job.paths.result_pickle)
+    if found is None:
         return f"ended without a result (state {job.state}): killed, out of memory, or the process crashed"
-    with path.open("rb") as f:
-        kind, value = pickle.load(f)
+    kind, value = found
     if kind == "success":
         return None
     lines = [ln.strip() for ln in str(value).splitlines() if ln.strip()]
@@ -335,6 +342,12 @@ def wait_for(jobs: list, records: list[JobRecord], store: Store, on_progress: Ca
     return failures
 
 
-def local_launcher_problem() -> Problem:
-    return Problem("is 'local': `submit` sends experiments to a scheduler", key="launcher.kind", value="local",
-                   has_value=True, hint="set [launcher] kind = 'slurm' (or 'submitit-local'), or use `flops-fit run`")
+def launcher_problem(spec: SpecModel, message: str, key: str = "launcher.kind", hint: str | None = None) -> Problem:
+    """A problem of the spec's ``[launcher]`` table, naming the spec file, the key's line and its value."""
+    from .tomlpos import key_lines
+
+    parts = tuple(key.split("."))
+    lines = key_lines(Path(spec.source).read_text(encoding="utf-8")) if spec.source and Path(spec.source).exists() else {}
+    value = getattr(spec.launcher, parts[1]) if len(parts) > 1 else None
+    return Problem(message, key=key, file=spec.source, line=lines.get(parts) or lines.get(parts[:1]), value=value,
+                   has_value=value is not None, hint=hint)

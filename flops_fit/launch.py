@@ -32,7 +32,7 @@ from .frozen import Frozen
 from .plan import Experiment, Plan
 from .spec import SpecModel
 
-__all__ = ["LaunchPlan", "Selection", "launch_plan", "run_launched", "worker_main", "import_roots", "WORKER_ENV"]
+__all__ = ["LaunchPlan", "Selection", "launch_plan", "data_parallel_selection", "run_launched", "worker_main", "import_roots", "WORKER_ENV"]
 
 WORKER_ENV = "FLOPS_FIT_WORKER"
 
@@ -66,6 +66,15 @@ class Selection(Frozen):
                 and (self.ids is None or exp.id in self.ids))
 
 
+def data_parallel_selection(parallel: str, min_params: float, processes: int) -> Selection | None:
+    """The experiments trained data-parallel over ``processes`` processes (GPUs): every one with
+    ``train.parallel = "data"``, those with N >= ``data_parallel_min_params`` with "auto"; None
+    (no data-parallel phase) with "experiment" or fewer than two processes."""
+    if processes < 2 or parallel == "experiment":
+        return None
+    return Selection(min_params=min_params if parallel == "auto" else None)
+
+
 def launch_plan(spec: SpecModel, gpus: int | None = None) -> LaunchPlan:
     """The process layout for ``spec`` on this machine (``in_process`` inside a worker)."""
     if os.environ.get(WORKER_ENV) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -77,13 +86,11 @@ def launch_plan(spec: SpecModel, gpus: int | None = None) -> LaunchPlan:
         gpus = torch.cuda.device_count()
     if t.device == "cpu":
         gpus = 0
-    workers = max(1, gpus) * t.workers_per_gpu
+    data_parallel = data_parallel_selection(t.parallel, t.data_parallel_min_params, gpus)
     if t.parallel == "data":
-        return LaunchPlan(gpus, 0, gpus > 1, None)
-    if t.parallel == "experiment":
-        return LaunchPlan(gpus, workers, False, None)
-    split = t.data_parallel_min_params if gpus > 1 else None  # one GPU: the workers take everything
-    return LaunchPlan(gpus, workers if workers > 1 else 0, gpus > 1, split)
+        return LaunchPlan(gpus, 0, data_parallel is not None, None)
+    workers = max(1, gpus) * t.workers_per_gpu  # one GPU: the workers take everything
+    return LaunchPlan(gpus, workers, data_parallel is not None, data_parallel.min_params if data_parallel else None)
 
 
 def import_roots(plan: Plan) -> list[str]:

@@ -39,7 +39,7 @@ from pydantic import ValidationError
 
 from .frozen import Frozen
 
-__all__ = ["LeaseInfo", "Lease", "LeaseLost", "acquire", "holder", "host_name", "EXPIRY", "HEARTBEAT_S"]
+__all__ = ["LeaseInfo", "Lease", "LeaseLost", "acquire", "holder", "host_name", "pid_alive", "EXPIRY", "HEARTBEAT_S"]
 
 EXPIRY = 3  # heartbeats a lease may miss before it may be taken over
 HEARTBEAT_S = 30.0
@@ -61,7 +61,7 @@ def _job_id() -> Optional[str]:
     return os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` of this host exists and is not a zombie."""
     try:
         os.kill(pid, 0)
@@ -94,7 +94,7 @@ class LeaseInfo(Frozen):
 
     def live(self, now: float | None = None) -> bool:
         """Younger than ``EXPIRY`` heartbeats and, on this host, its process still there."""
-        if self.host == host_name() and not _alive(self.pid):
+        if self.host == host_name() and not pid_alive(self.pid):
             return False
         return (now if now is not None else time.time()) - self.heartbeat <= EXPIRY * self.interval_s
 

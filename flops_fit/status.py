@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Literal, Optional
 
-from .dispatch import JobRecord, Submission, read_jobs
+from .dispatch import JobRecord, Submission, job_result, read_jobs
 from .frozen import Frozen
+from .lease import pid_alive
 from .plan import Plan
-from .store import Store
+from .store import Store, checkpoint_step
 
 __all__ = ["ExperimentState", "sweep_status"]
 
@@ -38,11 +38,11 @@ def _step_of(store: Store, exp_id: str) -> Optional[int]:
     except (OSError, ValueError, KeyError):
         pass
     ckpt = store.latest_checkpoint(exp_id)
-    return int(ckpt.name.split("-")[1]) if ckpt else None
+    return checkpoint_step(ckpt) if ckpt else None
 
 
 def _slurm_states(found: list[tuple[Submission, JobRecord]]) -> dict[str, str]:
-    """Every Slurm job's state from one ``sacct`` call (submitit's watcher asks per array)."""
+    """Every Slurm job's state from one ``sacct`` call (submitit's watcher asks again for each job it has not seen)."""
     import submitit
 
     ids = sorted({rec.job_id for sub, rec in found if sub.kind == "slurm"})
@@ -55,21 +55,12 @@ def _slurm_states(found: list[tuple[Submission, JobRecord]]) -> dict[str, str]:
 
 def _local_state(sub: Submission, rec: JobRecord) -> str:
     """A local job's state: its result file, else whether its process (the job id is its pid) is alive."""
-    import pickle
-
     from submitit.core.utils import JobPaths
 
-    paths = JobPaths(sub.folder, job_id=rec.job_id, task_id=0)
-    if paths.result_pickle.exists():
-        with paths.result_pickle.open("rb") as f:
-            return "COMPLETED" if pickle.load(f)[0] == "success" else "FAILED"
-    try:
-        os.kill(int(rec.job_id), 0)
-        return "RUNNING"
-    except (ProcessLookupError, ValueError):
-        return "ENDED"
-    except PermissionError:
-        return "RUNNING"
+    found = job_result(JobPaths(sub.folder, job_id=rec.job_id, task_id=0).result_pickle)
+    if found is not None:
+        return "COMPLETED" if found[0] == "success" else "FAILED"
+    return "RUNNING" if rec.job_id.isdigit() and pid_alive(int(rec.job_id)) else "ENDED"
 
 
 def sweep_status(plan: Plan, store: Store, scheduler: bool = True) -> list[ExperimentState]:

@@ -33,7 +33,7 @@ from .frozen import Frozen
 from .lease import HEARTBEAT_S, Lease, LeaseInfo, acquire, holder
 from .plan import Experiment, Job
 
-__all__ = ["Store", "Decision", "decide", "atomic_write_text", "atomic_write_json", "RunRecord", "CurvePoint",
+__all__ = ["Store", "Decision", "decide", "checkpoint_step", "atomic_write_text", "atomic_write_json", "RunRecord", "CurvePoint",
            "Provenance"]
 
 RESULT = "result.json"
@@ -53,6 +53,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step of a checkpoint folder ``step-00000123``."""
+    return int(path.name.split("-")[1])
 
 
 def atomic_write_json(path: Path, value: Any) -> None:
@@ -222,7 +227,7 @@ class Store:
         pinned = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
         freed = []
         for path in pinned[:-1]:
-            step = int(path.name.split("-")[1])
+            step = checkpoint_step(path)
             if step in done and all(done[step]):
                 shutil.rmtree(path, ignore_errors=True)
                 freed.append(step)
@@ -316,7 +321,7 @@ def decide(store: Store, experiment: Experiment, retry_failed: bool = False, hol
         return Decision("skip", f"running on {owner.describe()}")
     checkpoint = store.latest_checkpoint(experiment.id)
     if checkpoint is not None:
-        step = int(checkpoint.name.split("-")[1])
+        step = checkpoint_step(checkpoint)
         return Decision("resume", f"checkpoint at step {step}/{experiment.steps}", str(checkpoint), step)
     point = experiment.job.branch
     if point is not None:
@@ -349,7 +354,7 @@ def _decide_trunk(store: Store, trunk: Experiment, branches: list[Experiment], r
     owner = None if holding_lock else store.holder(trunk.id)
     if owner is not None:
         return Decision("skip", f"running on {owner.describe()}")
-    found = [(int(p.name.split("-")[1]), p) for p in
+    found = [(checkpoint_step(p), p) for p in
              [*store.complete_checkpoints(trunk.id),
               *(p for p in sorted(store.pinned_dir(trunk.id).glob("step-*")) if (p / MARKER).exists())]]
     usable = sorted((s, p) for s, p in found if s <= needed[0])

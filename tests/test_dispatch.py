@@ -257,7 +257,7 @@ def _stand_ins(folder: Path) -> Path:
     (bin_dir / "sbatch").write_text('#!/bin/sh\nn=$(cat "$0.count" 2>/dev/null || echo 4241)\nn=$((n+1))\n'
                                     'echo $n > "$0.count"\necho "Submitted batch job $n"\n')
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "sacct").write_text('#!/bin/sh\necho "JobID|State|NodeList"\nwhile [ $# -gt 0 ]; do\n'  # the -j arrays asked
+    (bin_dir / "sacct").write_text('#!/bin/sh\necho "$@" >> "$0.calls"\necho "JobID|State|NodeList"\nwhile [ $# -gt 0 ]; do\n'  # the -j arrays asked
                                    '  if [ "$1" = "-j" ]; then j=$2; echo "${j}_0|RUNNING|gpu-node-1"\n'
                                    '    for i in 1 2 3 4 5; do echo "${j}_$i|PENDING|None"; done; fi\n  shift\ndone\n')
     for f in bin_dir.iterdir():
@@ -298,10 +298,16 @@ def test_slurm_submission_writes_the_launcher_settings_into_the_sbatch_scripts(i
     assert "#SBATCH --ntasks-per-node=2" in one and "#SBATCH --cpus-per-task=3" in one  # 2 workers share 6 cores
     assert "#SBATCH --gpus-per-node=4" in large and "#SBATCH --ntasks-per-node=4" in large
     assert "#SBATCH --cpus-per-task=6" in large
-    res = CliRunner().invoke(app, ["status", str(path)])  # the scheduler's states come from sacct
+    # the scheduler's states come from sacct, asked by a fresh process (as a user's `status` is), in one call
+    res = subprocess.run([sys.executable, "-m", "flops_fit", "status", str(path), "--json"], capture_output=True,
+                         text=True, env=os.environ.copy(), timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert {r["job_state"] for r in rows} == {"RUNNING", "PENDING"} and {r["state"] for r in rows} == {"pending"}
+    calls = (in_tmp / "bin" / "sacct.calls").read_text().splitlines()
+    assert len(calls) == 1 and "-j 4242" in calls[0] and "-j 4243" in calls[0], calls
+    res = CliRunner().invoke(app, ["status", str(path)])
     assert res.exit_code == 0 and "RUNNING" in res.stdout and "PENDING" in res.stdout, res.stdout
-    rows = Spec.load(path).status()
-    assert {r.job_state for r in rows} == {"RUNNING", "PENDING"} and {r.state for r in rows} == {"pending"}
 
 
 @pytest.mark.parametrize("launcher, key, words", [

@@ -213,6 +213,7 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
 
     # 5. The loop.  No host sync except at log points.
     pins = set(job.pins)
+    agree_every = max(8, job.steps // 2000)  # data-parallel jobs: ranks agree on a signal (a sync) ~2000 times a run
     while run.step < end:
         for k in range(layout.accum):
             inputs, targets = next(batches)
@@ -252,7 +253,7 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
             start = time.perf_counter()
         stop = stopping.signum is not None and run.step < end
         if accelerator.num_processes > 1:  # a job's preemption: every rank stops at the same step, or none does
-            stop = stopping.in_job and run.step % AGREE_EVERY == 0 and run.step < end and _any_rank(
+            stop = stopping.in_job and run.step % agree_every == 0 and run.step < end and _any_rank(
                 stopping.signum is not None, accelerator)
         if stopping.lost is not None and accelerator.num_processes == 1:  # another process took the lease over
             raise LeaseLost(f"{job.experiment_id}: {stopping.lost} at step {run.step}; nothing written")
@@ -273,9 +274,6 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
     if run.curve and run.status == "ok":
         run.curve[-1] = run.curve[-1].model_copy(update={"eval_loss": final})
     return _result(job, run, final, source, notes, accelerator)
-
-
-AGREE_EVERY = 8  # steps between the ranks' agreement on a preemption signal (one tiny all-reduce)
 
 
 def _any_rank(flag: bool, accelerator: Accelerator) -> bool:
