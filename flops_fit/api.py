@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 from typing import TYPE_CHECKING
 
-from .errors import Problem, RunError, SpecError
+from .errors import DataError, Problem, RunError, SpecError
 from .estimate import Estimate, estimate_plan
 from .imports import import_path_of, register
 from .launch import launch_plan, run_launched
@@ -125,18 +125,21 @@ class Spec(SpecModel):
         return sweep_status(plan, Store(Path(plan.run_dir)), scheduler)
 
     def confirm(self, budget_flops: float, sizes: int = 3, approach: str | None = None, retry_failed: bool = False,
-                on_event: Callable[[RunEvent], None] | None = None, predict_only: bool = False) -> Confirmation:
+                on_event: Callable[[RunEvent], None] | None = None, predict_only: bool = False,
+                bracket: bool = False) -> Confirmation:
         """The forward check at ``budget_flops`` (see :mod:`flops_fit.confirm`).
 
         Writes ``<run_dir>/confirm/<C>/prediction.json`` from the current fits before training,
         then trains the ``sizes`` sizes around the predicted N_opt and reports predicted against
         measured in ``confirm.json`` and ``confirm.png``.  ``predict_only`` returns the registered
-        :class:`~flops_fit.confirm.Prediction` without training.
+        :class:`~flops_fit.confirm.Prediction` without training.  A larger ``sizes`` than was registered
+        adds sizes (registered before training); ``bracket`` trains the next size beyond an edge while the
+        best measured size is at the edge.
         """
         from .confirm import confirm
 
         return confirm(self, float(budget_flops), sizes, approach, train=self._trainer(retry_failed, on_event), analyze=analyze_plan,
-                       predict_only=predict_only)
+                       predict_only=predict_only, bracket=bracket)
 
     def analyze(self, report: bool = True) -> Result:
         """Fit and report from whatever the store holds now (nothing is trained)."""
@@ -206,7 +209,8 @@ def analyze_plan(spec: SpecModel, plan: Plan) -> Result:
     if not records:
         raise SpecError([Problem(f"the store {plan.run_dir} holds no finished experiment of this plan",
                                  hint="run `flops-fit run` first")])
-    points = Points.from_records(records, [(s.size, s.num_params) for s in plan.sizes], plan.flop_rule, plan.run_dir)
+    points = Points.from_records(records, [(s.size, s.num_params) for s in plan.sizes], plan.flop_rule, plan.run_dir,
+                                 unique_tokens=spec.data.unique_tokens)
     a = spec.analysis
     fits = fit_points(points, a.approaches, a.bootstrap, a.seed, a.keep_outliers, a.outlier_z, profile=a.profile)
     from .runs_table import cost_of, run_rows
@@ -218,12 +222,17 @@ def analyze_plan(spec: SpecModel, plan: Plan) -> Result:
 
 def fit(points: "Points | str | Path | Iterable[dict]", approaches: Iterable[str] = ("isoflop", "parametric"),
         bootstrap: int = 200, seed: int = 0, predict: Iterable[float] = (), keep_outliers: bool = False,
-        profile: str = "window") -> Result:
-    """Fit measurements made elsewhere: a Points, a CSV path, or dicts with params, tokens, loss[, flops]."""
+        profile: str = "window", evaluate: "str | Path | None" = None) -> Result:
+    """Fit measurements made elsewhere: a Points, a CSV path, or dicts with params, tokens, loss[, flops]
+    (and optionally unique_tokens or epochs).  ``evaluate``: a CSV of (params, tokens[, unique_tokens][, loss])
+    rows whose loss the parametric law predicts (``Result.evaluation``)."""
     import numpy as np
 
     from .analysis import Points, fit_points
+    from .analysis.evaluate import evaluate as evaluate_rows, read_rows
     from .report import Result
+
+    rows = read_rows(evaluate) if evaluate is not None else None  # a bad file fails before the fit
 
     if isinstance(points, (str, Path)):
         pts = Points.from_csv(points)
@@ -233,7 +242,14 @@ def fit(points: "Points | str | Path | Iterable[dict]", approaches: Iterable[str
         pts = Points.from_rows(list(points))
     fits = fit_points(pts, list(approaches), bootstrap, seed, keep_outliers, profile=profile)
     budgets = sorted(set(np.array(pts.budget_flops)[pts.usable_index()].tolist()))
-    return Result(fits=fits, points=pts, budgets=budgets, predict_budgets=list(predict), flop_rule=pts.flop_rule)
+    evaluation = None
+    if rows is not None:
+        if fits.parametric is None:
+            raise DataError([Problem("--evaluate needs the parametric fit (Approach 3), which was not made",
+                                     key="--approach", hint="add --approach parametric, and at least 5 usable points")])
+        evaluation = evaluate_rows(fits.parametric, rows, str(evaluate))
+    return Result(fits=fits, points=pts, budgets=budgets, predict_budgets=list(predict), flop_rule=pts.flop_rule,
+                  evaluation=evaluation)
 
 
 def _path_or_key(obj: Any, key: str, cache_key: str | None, role: str) -> str:

@@ -264,7 +264,8 @@ def analyze(spec: str = SpecArg, as_json: bool = JsonOpt,
 
 
 @app.command("fit")
-def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,tokens,loss[,flops]."), as_json: bool = JsonOpt,
+def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,tokens,loss[,flops][,unique_tokens or "
+                                          "epochs][,budget]."), as_json: bool = JsonOpt,
             predict: Optional[List[float]] = typer.Option(None, "--predict", help="Budgets (FLOPs) to predict.",
                                                           callback=lambda v: _budgets(v, "--predict")),
             approach: Optional[List[Approach]] = typer.Option(None, "--approach", help="isoflop, parametric, envelope (default the first two)."),
@@ -272,6 +273,8 @@ def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,toke
             profile: Profile = typer.Option(Profile.window, "--profile", help="IsoFLOP profile estimator."),
             keep_outliers: bool = typer.Option(False, "--keep-outliers", help="Keep points the outlier rule would exclude."),
             report: Optional[str] = typer.Option(None, help="Folder for fits.json, tables and plots."),
+            evaluate: Optional[str] = typer.Option(None, "--evaluate", help="CSV of params,tokens[,unique_tokens]"
+                                                   "[,loss] rows whose loss the parametric law predicts."),
             verbose: bool = VerboseOpt) -> None:
     """Fit measurements made elsewhere."""
     def go() -> None:
@@ -281,7 +284,8 @@ def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,toke
             raise FlopsFitError([Problem("is a file; the report is a folder of files", key="--report", value=report,
                                          has_value=True, hint="give a new or existing folder")])
         result = fit(points, approaches=[a.value for a in approach] if approach else ("isoflop", "parametric"),
-                     bootstrap=bootstrap, predict=predict or (), keep_outliers=keep_outliers, profile=profile.value)
+                     bootstrap=bootstrap, predict=predict or (), keep_outliers=keep_outliers, profile=profile.value,
+                     evaluate=evaluate)
         _print_result(result, as_json)
         if report:
             result.save(Path(report))
@@ -301,7 +305,7 @@ def compare(a: str = typer.Argument(..., help="Spec of the reference recipe A.")
 
         if approach not in ("parametric", "isoflop"):
             raise typer.BadParameter(f"{approach!r}: choose parametric or isoflop", param_hint="--approach")
-        progress, handle = _progress_handler(err)
+        progress, handle = _progress_handler(err, label="compare")
         try:
             c = run_compare(_load(a), _load(b), approach=approach, on_event=handle)
         finally:
@@ -330,13 +334,16 @@ def confirm(spec: str = SpecArg,
             sizes: int = typer.Option(3, "--sizes", min=1, help="Sizes to train around the predicted N_opt."),
             approach: Optional[str] = typer.Option(None, "--approach", help="parametric (default) or isoflop."),
             predict_only: bool = typer.Option(False, "--predict-only", help="Register the prediction; train nothing."),
+            bracket: bool = typer.Option(False, "--bracket", help="While the best size is at an edge of those "
+                                         "trained, register and train the next size beyond it."),
             as_json: bool = JsonOpt, verbose: bool = VerboseOpt) -> None:
     """Pre-register a prediction at a larger budget, train the sizes around it, report predicted vs measured."""
     def go() -> None:
         s = _load(spec)
-        progress, handle = _progress_handler(err)
+        progress, handle = _progress_handler(err, label="confirm")
         try:
-            c = s.confirm(budget, sizes=sizes, approach=approach, on_event=handle, predict_only=predict_only)
+            c = s.confirm(budget, sizes=sizes, approach=approach, on_event=handle, predict_only=predict_only,
+                          bracket=bracket)
         finally:
             progress.stop()
         if predict_only:
@@ -363,7 +370,7 @@ def transfer(spec: str = SpecArg,
     """Does one learning rate serve every size?  Coordinate check and learning-rate sweep; PASS / WARN / FAIL."""
     def go() -> None:
         s = _load(spec)
-        progress, handle = _progress_handler(err)
+        progress, handle = _progress_handler(err, label="transfer")
         try:
             t = s.transfer(middle=middle, max_steps=max_steps, on_event=handle)
         finally:

@@ -16,8 +16,16 @@
    each measured loss falls inside its predicted interval.
 
 The loss predicted for a size with N parameters trained on D tokens is the parametric law
-L(N, D) = E + A/N^α + B/D^β (Approach 3) at the experiment's planned D, its interval the 2.5
-and 97.5 percentiles over the bootstrap fits.
+(Approach 3) at the experiment's planned D, its interval the 2.5 and 97.5 percentiles over the
+bootstrap fits, whichever approach predicted N_opt.  Where the sweep knows its unique tokens U
+the law is data-constrained (:mod:`flops_fit.analysis.constrained`): a size that repeats the
+data is predicted worse, not flagged after the fact.  A measured loss outside its interval is
+noted, below as well as above.
+
+Sizes beyond the registered ones are *additions* (``additions.json``, each registered with its
+predicted loss before it is trained): ``--sizes k`` larger than the registered count, and
+``--bracket``, which adds the next size of ``model.sizes`` beyond the edge when the best measured
+size is at the edge of what was trained.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 
+from pydantic import Field
+
 from .errors import Problem, SpecError
 from .frozen import Frozen
 from .plan import Experiment, Plan, compile_plan, confirm_experiments, format_number
@@ -39,7 +49,7 @@ __all__ = ["PlannedSize", "Prediction", "MeasuredSize", "Confirmation", "confirm
 
 
 class PlannedSize(Frozen):
-    """One size the check will train, with the loss the fit predicts for it."""
+    """One size the check will train, with the loss the parametric law predicts for it."""
 
     id: str
     size: float | int
@@ -47,6 +57,8 @@ class PlannedSize(Frozen):
     num_tokens: float
     loss: Optional[float]
     loss_ci: Optional[list[float]] = None
+    epochs: Optional[float] = None  # D / U, when the sweep knows its unique tokens
+    created: Optional[str] = None  # additions only: when this size was registered
 
 
 class Prediction(Frozen):
@@ -85,6 +97,7 @@ class Confirmation(Frozen):
     budget_flops: float
     predicted: Prediction
     measured: list[MeasuredSize]
+    added: list[float | int] = Field(default_factory=list)  # sizes registered after the prediction (additions)
     best_size: Optional[float | int]
     predicted_size: float | int
     best_is_predicted: bool
@@ -93,6 +106,7 @@ class Confirmation(Frozen):
     loss_at_predicted_size_error: Optional[float]
     inside: int
     notes: list[str]
+    messages: list[str] = Field(default_factory=list)  # what this call did: additions registered, --sizes ignored
 
     def render(self) -> list:
         """What ``flops-fit confirm`` prints: the prediction, a rich table of predicted against
@@ -103,17 +117,22 @@ class Confirmation(Frozen):
             return f"[{v[0]:.3f}, {v[1]:.3f}]" if v and all(x is not None and math.isfinite(x) for x in v) else ""
 
         p = self.predicted
-        out: list = [f"prediction ({p.approach}, registered {p.created}): N_opt {p.num_params:.3g}, "
-                     f"D_opt {p.num_tokens:.3g}, loss {p.loss:.4g}"
-                     + (f" (95% {p.loss_ci[0]:.4g}–{p.loss_ci[1]:.4g})" if p.loss_ci else "")
-                     if p.loss is not None else
-                     f"prediction ({p.approach}): N_opt {p.num_params:.3g}, D_opt {p.num_tokens:.3g}"]
+        law = "IsoFLOP law (Approach 2)" if p.approach == "isoflop" else "parametric law (Approach 3)"
+        loss_ci = (f" (95% {p.loss_ci[0]:.4g}–{p.loss_ci[1]:.4g})" if p.loss_ci else
+                   " (no interval: the L_opt(C) curve through the budgets' minima is not bootstrapped)")
+        out: list = [f"prediction from the {law}, registered {p.created}: N_opt {p.num_params:.3g}"
+                     + (f" (95% {p.num_params_ci[0]:.3g}–{p.num_params_ci[1]:.3g})" if p.num_params_ci else "")
+                     + f", D_opt {p.num_tokens:.3g}"
+                     + (f", loss {p.loss:.4g}{loss_ci}" if p.loss is not None else ""),
+                     "per-size losses: the parametric law (Approach 3) at each size's planned N and D"
+                     + (f" ({p.fit.get('form')})" if p.fit.get("form") else "")]
         t = Table(title=f"Forward check at C = {self.budget_flops:.3g} FLOPs")
-        for col in ("size", "N", "D", "epochs", "predicted loss", "95% interval", "measured", "inside"):
+        for col in ("size", "N", "D", "epochs", "parametric loss", "95% interval", "measured", "inside"):
             t.add_column(col, justify="right")
         for m in self.measured:
             mark = " ★" if m.size == self.best_size else ""
-            t.add_row(f"{m.size}{' (predicted)' if m.size == self.predicted_size else ''}", f"{m.num_params:,}",
+            tag = " (predicted)" if m.size == self.predicted_size else " (added)" if m.size in self.added else ""
+            t.add_row(f"{m.size}{tag}", f"{m.num_params:,}",
                       f"{m.num_tokens:.3g}", "–" if m.epochs is None else f"{m.epochs:.2f}",
                       "–" if m.predicted_loss is None else f"{m.predicted_loss:.4f}",
                       ci(m.predicted_loss_ci), "–" if m.loss is None else f"{m.loss:.4f}{mark}",
@@ -123,7 +142,7 @@ class Confirmation(Frozen):
             out.append(f"best measured loss vs predicted: {self.loss_error:+.2%}; best size is "
                        + ("the predicted one" if self.best_is_predicted else
                           "adjacent to the predicted one" if self.best_is_adjacent else "not the predicted one"))
-        return out + [f"[yellow]note: {note}[/]" for note in self.notes]
+        return out + [f"[yellow]note: {note}[/]" for note in self.notes] + [f"[cyan]{m}[/]" for m in self.messages]
 
     def summary(self) -> dict:
         """The ``confirm --json`` document."""
@@ -136,11 +155,23 @@ def confirm_dir(spec: SpecModel, budget_flops: float, approach: str | None = Non
     return spec.run_dir / "confirm" / (format_number(budget_flops) + suffix)
 
 
-def _size_loss(fits, num_params: float, num_tokens: float) -> tuple[float | None, list[float] | None]:
-    if not fits.parametric:
-        return None, None
-    loss, lo, hi = fits.parametric.band(num_params, num_tokens)
-    return float(loss), None if lo is None else [float(lo), float(hi)]
+def _planned(fits, experiments: list[Experiment], created: str | None = None) -> list[PlannedSize]:
+    """Each experiment with the parametric law's loss and band at its planned N and D (under the data's
+    repetition where the law is data-constrained), and its epochs D/U where U is known."""
+    out = []
+    for e in experiments:
+        loss = ci = None
+        if fits.parametric:
+            value, lo, hi = fits.parametric.band(e.num_params, e.num_tokens)
+            loss, ci = float(value), None if lo is None else [float(lo), float(hi)]
+        U = fits.unique_tokens
+        out.append(PlannedSize(id=e.id, size=e.size, num_params=e.num_params, num_tokens=e.num_tokens, loss=loss,
+                               loss_ci=ci, epochs=e.num_tokens / U if U else None, created=created))
+    return out
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _check_budget(spec: SpecModel, plan: Plan, budget_flops: float) -> None:
@@ -166,13 +197,11 @@ def preregister(spec: SpecModel, plan: Plan, result, budget_flops: float, k: int
                                  hint="run the sweep first (`flops-fit run SPEC`) and check `flops-fit analyze SPEC`")])
     row = result.predict(budget_flops)[approach]
     experiments = confirm_experiments(spec, plan.sizes, budget_flops, row.num_params, k)
-    sizes = []
-    for e in experiments:
-        loss, ci = _size_loss(fits, e.num_params, e.num_tokens)
-        sizes.append(PlannedSize(id=e.id, size=e.size, num_params=e.num_params, num_tokens=e.num_tokens, loss=loss,
-                                 loss_ci=ci))
+    sizes = _planned(fits, experiments)
     fit_doc = {"approach": approach, "points": fits.num_points, "budgets": sorted(plan.budgets),
-               "flop_rule": plan.flop_rule}
+               "flop_rule": plan.flop_rule, "unique_tokens": fits.unique_tokens}
+    if fits.parametric:
+        fit_doc.update(fits.parametric.model_dump(include={"form", "form_reason", "r_star_d", "r_star_n"}))
     if approach == "parametric":
         fit_doc.update(fits.parametric.model_dump(include={"E", "A", "B", "alpha", "beta", "a", "b"}))
     else:
@@ -181,15 +210,20 @@ def preregister(spec: SpecModel, plan: Plan, result, budget_flops: float, k: int
                       num_tokens=row.num_tokens, loss=row.loss, loss_ci=row.loss_ci,
                       num_params_ci=row.num_params_ci, num_tokens_ci=row.num_tokens_ci,
                       size=row.size, sizes=sizes, fit=fit_doc,
-                      created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                      created=_now())
     return pred, experiments
 
 
-def compare(prediction: Prediction, results: dict[str, RunRecord | None], sweep_epochs: float = 1.0) -> Confirmation:
+def compare(prediction: Prediction, results: dict[str, RunRecord | None], sweep_epochs: float = 1.0,
+            added: list[PlannedSize] = (), beyond: dict[str, float | int | None] | None = None) -> Confirmation:
     """Predicted against measured (``results``: experiment id -> its run record, or None;
-    ``sweep_epochs``: the most passes over the data of any sweep run, for the repetition note)."""
+    ``sweep_epochs``: the most passes over the data of any sweep run, for the repetition note when the
+    law assumed fresh data; ``added``: sizes registered after the prediction; ``beyond``: the next
+    size of ``model.sizes`` below and above the trained ones, for the edge note)."""
     measured, notes = [], []
-    for p in prediction.sizes:
+    fresh_law = prediction.fit.get("form", "chinchilla") != "data-constrained"
+    planned = sorted([*prediction.sizes, *added], key=lambda s: s.num_params)
+    for p in planned:
         r = results.get(p.id)
         loss = r.loss if r and r.status == "ok" else None
         inside = None if loss is None or p.loss_ci is None else bool(p.loss_ci[0] <= loss <= p.loss_ci[1])
@@ -197,23 +231,32 @@ def compare(prediction: Prediction, results: dict[str, RunRecord | None], sweep_
         measured.append(MeasuredSize(id=p.id, size=p.size, num_params=p.num_params, num_tokens=p.num_tokens, loss=loss,
                                      status=r.status if r else "missing", epochs=epochs,
                                      predicted_loss=p.loss, predicted_loss_ci=p.loss_ci, inside=inside))
-        if epochs is not None and epochs > sweep_epochs * 1.25 and epochs > 1:
+        if inside is False:
+            side = "below" if loss < p.loss_ci[0] else "above"
+            notes.append(f"{p.id}: measured {loss:.4f} is {side} its interval [{p.loss_ci[0]:.4f}, {p.loss_ci[1]:.4f}]"
+                         + (" (the law predicts it worse than it is)" if side == "below" else ""))
+        if fresh_law and epochs is not None and epochs > sweep_epochs * 1.25 and epochs > 1:
             notes.append(f"{p.id} repeats its data {epochs:.1f} times (the sweep at most {sweep_epochs:.1f}): "
-                         f"the law assumes fresh data, so its loss is likely above the prediction")
+                         f"the law assumed fresh data (its unique tokens were not known), so its loss is likely above "
+                         f"the prediction")
         if r and r.status != "ok":
             notes.append(f"{p.id}: {r.status} {r.reason}".strip())
     centre = min(prediction.sizes, key=lambda s: abs(math.log(s.num_params) - math.log(prediction.num_params)))
     done = [m for m in measured if m.loss is not None]
     best = min(done, key=lambda m: m.loss) if done else None
-    order = [s.size for s in prediction.sizes]
+    order = [s.size for s in planned]
     adjacent = best is not None and abs(order.index(best.size) - order.index(centre.size)) <= 1
     at_centre = next((m for m in measured if m.size == centre.size), None)
     error = best.loss / prediction.loss - 1 if best is not None and prediction.loss else None
     centre_error = (at_centre.loss / prediction.loss - 1) if at_centre and at_centre.loss and prediction.loss else None
     if best is not None and len(order) >= 3 and best.size in (order[0], order[-1]):
-        notes.append("the best measured size is at the edge of the confirmation sizes: the true optimum may lie beyond them")
+        side = "below" if best.size == order[0] else "above"
+        nxt = (beyond or {}).get(side)
+        notes.append("the best measured size is at the edge of the confirmation sizes: the true optimum may lie beyond "
+                     "them; " + (f"add {nxt} (rerun with --bracket to train it)" if nxt is not None else
+                                 f"model.sizes has no size {side} it: add one"))
     return Confirmation(budget_flops=prediction.budget_flops, predicted=prediction, measured=measured,
-                        best_size=best.size if best else None, predicted_size=centre.size,
+                        added=[a.size for a in added], best_size=best.size if best else None, predicted_size=centre.size,
                         best_is_predicted=best is not None and best.size == centre.size, best_is_adjacent=adjacent,
                         loss_error=error, loss_at_predicted_size_error=centre_error,
                         inside=sum(1 for m in measured if m.inside), notes=notes)
@@ -239,26 +282,83 @@ def _register(path: Path, prediction: Prediction) -> Prediction:
     return prediction
 
 
+class Additions(Frozen):
+    """``additions.json``: sizes registered after the prediction, each before it was trained."""
+
+    sizes: list[PlannedSize] = Field(default_factory=list)
+
+
+def _read_additions(folder: Path) -> list[PlannedSize]:
+    path = folder / "additions.json"
+    return Additions.model_validate_json(path.read_text(encoding="utf-8")).sizes if path.exists() else []
+
+
+def _add(folder: Path, new: list[PlannedSize]) -> list[PlannedSize]:
+    """Append ``new`` sizes to ``additions.json`` (under a file lock: two confirms add once)."""
+    from filelock import FileLock
+
+    with FileLock(str(folder / ".additions.lock")):
+        have = _read_additions(folder)
+        known = {p.id for p in have}
+        sizes = have + [p for p in new if p.id not in known]
+        atomic_write_text(folder / "additions.json", Additions(sizes=sizes).model_dump_json(indent=2) + "\n")
+    return sizes
+
+
+def _beyond(plan: Plan, trained: list[PlannedSize]) -> dict[str, float | int | None]:
+    """The sizes of ``model.sizes`` just below and just above the trained ones (None at an end)."""
+    ordered = sorted(plan.sizes, key=lambda s: s.num_params)
+    lo, hi = min(p.num_params for p in trained), max(p.num_params for p in trained)
+    below = [s.size for s in ordered if s.num_params < lo]
+    above = [s.size for s in ordered if s.num_params > hi]
+    return {"below": below[-1] if below else None, "above": above[0] if above else None}
+
+
+def _extra(spec: SpecModel, plan: Plan, prediction: Prediction, folder: Path, k: int,
+           messages: list[str]) -> list[Experiment]:
+    """``--sizes k`` beyond the registered count: the new sizes around the registered N_opt, as additions."""
+    registered = len(prediction.sizes)
+    if k == registered:
+        return []
+    if k < registered:
+        messages.append(f"the prediction at {budget_text(prediction.budget_flops)} registered {registered} sizes; "
+                        f"--sizes {k} changes nothing (delete {folder} to predict again)")
+        return []
+    wanted = confirm_experiments(spec, plan.sizes, prediction.budget_flops, prediction.num_params, k)
+    have = {p.id for p in prediction.sizes} | {p.id for p in _read_additions(folder)}
+    new = [e for e in wanted if e.id not in have]
+    if new:
+        messages.append(f"registered {len(new)} more size(s) as an addition ({', '.join(str(e.size) for e in new)}): "
+                        f"the prediction itself is unchanged")
+    return new
+
+
+def budget_text(budget_flops: float) -> str:
+    return f"{budget_flops:.3g} FLOPs"
+
+
 def confirm(spec: SpecModel, budget_flops: float, k: int = 3, approach: str | None = None,
             train: Callable[[list[Experiment], Store], None] | None = None, analyze: Callable | None = None,
-            predict_only: bool = False) -> Confirmation | Prediction:
+            predict_only: bool = False, bracket: bool = False) -> Confirmation | Prediction:
     """Pre-register a prediction at ``budget_flops``, train the ``k`` sizes around it, compare.
 
     ``analyze(spec, plan) -> Result`` fits the sweep; ``train(experiments, store)`` trains what
     is pending (both supplied by the facade, which owns the pipeline).  A rerun trains nothing.
     ``predict_only`` registers the prediction and returns it without training.  Several
     processes may confirm the same budget at once: they share the registered prediction and
-    the store's locks give each experiment to one of them.
+    the store's locks give each experiment to one of them.  A rerun with a larger ``k`` registers
+    the extra sizes as additions; ``bracket`` adds (and trains) the next size beyond an edge
+    while the best measured size is at the edge.  ``Confirmation.messages`` says what was done.
     """
     plan = compile_plan(spec)
     folder = confirm_dir(spec, budget_flops, approach)
     path = folder / "prediction.json"
     store = Store(Path(plan.run_dir))
-    result = None
+    result, messages = None, []
+    by_size = {s.size: s for s in plan.sizes}
     if path.exists():
         prediction = Prediction.model_validate_json(path.read_text(encoding="utf-8"))
         _check_budget(spec, plan, budget_flops)
-        by_size = {s.size: s for s in plan.sizes}
         missing = [p.size for p in prediction.sizes if p.size not in by_size]
         if missing:
             raise SpecError([Problem(f"sizes {missing} of the registered prediction are no longer in model.sizes",
@@ -268,20 +368,53 @@ def confirm(spec: SpecModel, budget_flops: float, k: int = 3, approach: str | No
         if [e.id for e in experiments] != [p.id for p in prediction.sizes]:
             raise SpecError([Problem(f"the spec changed since {path} was registered (experiment ids differ)",
                                      file=spec.source, hint=f"restore the spec or delete {folder} to predict again")])
+        extra = _extra(spec, plan, prediction, folder, k, messages)
+        if extra:
+            result = analyze(spec, plan)
+            _add(folder, _planned(result.fits, extra, _now()))
     else:
         result = analyze(spec, plan)
         prediction, experiments = preregister(spec, plan, result, budget_flops, k, approach)
         prediction = _register(path, prediction)  # before any training; the first registration wins
     if predict_only:
         return prediction
-    if train is not None:
-        train(experiments, store)
     sweep_epochs = max([r.epochs or 0.0 for r in store.collect(plan.experiments)] or [0.0])
-    confirmation = compare(prediction, {e.id: store.read_result(e.id) for e in experiments}, sweep_epochs)
+    while True:
+        added = _read_additions(folder)
+        every = experiments + [plan_experiment_for(spec, by_size[p.size], budget_flops) for p in added]
+        if train is not None:
+            train(every, store)
+        beyond = _beyond(plan, [*prediction.sizes, *added])
+        confirmation = compare(prediction, {e.id: store.read_result(e.id) for e in every}, sweep_epochs, added, beyond)
+        edge = _edge_size(confirmation, beyond)
+        if not (bracket and edge is not None and train is not None):
+            break
+        result = result if result is not None else analyze(spec, plan)
+        new = confirm_experiments(spec, [by_size[edge]], budget_flops, by_size[edge].num_params, 1)
+        _add(folder, _planned(result.fits, new, _now()))
+        messages.append(f"--bracket: the best size is at the edge; registered and trained {spec.model.size_param} = {edge}")
+    confirmation = confirmation.model_copy(update={"messages": messages})
     atomic_write_text(folder / "confirm.json", json.dumps(confirmation.summary(), indent=2) + "\n")
     if analyze is not None and confirmation.measured:
         _figure(confirmation, result if result is not None else analyze(spec, plan), folder / "confirm.png")
     return confirmation
+
+
+def _edge_size(confirmation: Confirmation, beyond: dict) -> float | int | None:
+    """The size of ``model.sizes`` beyond the edge where the best measured size sits, if any."""
+    order = [m.size for m in confirmation.measured]
+    if confirmation.best_size is None or len(order) < 3:
+        return None
+    if confirmation.best_size == order[0]:
+        return beyond.get("below")
+    if confirmation.best_size == order[-1]:
+        return beyond.get("above")
+    return None
+
+
+def plan_experiment_for(spec: SpecModel, info, budget_flops: float) -> Experiment:
+    """The confirmation experiment of one size at ``budget_flops`` (ids as :func:`confirm_experiments` makes them)."""
+    return confirm_experiments(spec, [info], budget_flops, info.num_params, 1)[0]
 
 
 def _figure(confirmation: Confirmation, result, path: Path) -> None:

@@ -21,7 +21,8 @@ def format_seconds(s: float | None) -> str:
     return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
-def progress_handler(console: Console, live: bool = True):
+def progress_handler(console: Console, live: bool = True, label: str = "sweep"):
+    """A rich progress display fed by RunEvents, and its handler; ``label`` names the bar (sweep, confirm)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -31,7 +32,7 @@ def progress_handler(console: Console, live: bool = True):
     def handle(event) -> None:
         if state["sweep"] is None:
             progress.start()
-            state["sweep"] = progress.add_task("sweep", total=event.total, info="")
+            state["sweep"] = progress.add_task(label, total=event.total, info="")
         exp = event.experiment
         if event.kind == "decision":
             if event.decision.action == "skip":

@@ -31,7 +31,8 @@ def print_result(result, out: Console) -> None:
     out.print(result.chinchilla_table())
     if f.parametric:
         p = f.parametric
-        out.print(f"parametric: L = {p.E:.4g} + {p.A:.4g}/N^{p.alpha:.4f} + {p.B:.4g}/D^{p.beta:.4f};"
+        primes = ("'", "'") if p.form == "data-constrained" else ("", "")
+        out.print(f"parametric: L = {p.E:.4g} + {p.A:.4g}/N{primes[0]}^{p.alpha:.4f} + {p.B:.4g}/D{primes[1]}^{p.beta:.4f};"
                   f" a = {p.a:.3f} {ci_text(p.ci.get('a'))}, b = {p.b:.3f} {ci_text(p.ci.get('b'))}")
     for name, law in (("isoflop", f.isoflop), ("envelope", f.envelope)):
         if law is not None:
@@ -54,6 +55,9 @@ def print_result(result, out: Console) -> None:
             out.print(f"backtest ({name}, fit without C={bt.held_out_budget:.2g}): predicted loss {loss} vs measured "
                       f"{measured_loss:.4g}; N_opt {p.num_params:.3g} vs {measured_n:.3g}")
     out.print(f"FLOP rule: {RULE_DESCRIPTIONS.get(result.flop_rule, result.flop_rule)}")
+    if result.evaluation is not None:
+        out.print(evaluation_table(result.evaluation))
+        out.print(result.evaluation.line())
     if result.cost is not None:
         c = result.cost
         out.print(f"cost: {format_seconds(c.train_seconds)} of training, {c.gpu_hours:.3g} GPU-hours"
@@ -61,6 +65,17 @@ def print_result(result, out: Console) -> None:
     color = {"trust": "green", "caution": "yellow", "do not trust": "red"}[result.trust().verdict]
     for i, line in enumerate(verdict_lines):
         out.print(f"[{color}]{line}[/]" if i == 0 else line, highlight=False)
+
+
+def evaluation_table(ev) -> Table:
+    """`fit --evaluate`: each row's measured and predicted loss (first 50 rows)."""
+    t = Table(title=f"Parametric law at the rows of {ev.source}")
+    for col in ("params", "tokens", "unique tokens", "loss", "predicted", "95% band"):
+        t.add_column(col, justify="right")
+    for r in ev.rows[:50]:
+        t.add_row(f"{r.params:.4g}", f"{r.tokens:.4g}", "–" if r.unique_tokens is None else f"{r.unique_tokens:.4g}",
+                  "–" if r.loss is None else f"{r.loss:.4f}", f"{r.predicted:.4f}", ci_text(r.predicted_ci))
+    return t
 
 
 def runs_table(rows) -> Table:

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from .analysis.evaluate import Evaluation
 from .analysis.fit import Fits
 from .analysis.laws import Prediction
 from .analysis.points import Points
@@ -52,7 +53,8 @@ class Table(BaseModel):
 
     COLUMNS: ClassVar[tuple] = (("approach", "approach"), ("budget_flops", "C (FLOPs)"), ("num_params", "N_opt"),
                ("num_params_ci", "N 95% CI"), ("num_tokens", "D_opt"), ("num_tokens_ci", "D 95% CI"),
-               ("tokens_per_param", "D/N"), ("loss", "loss"), ("loss_ci", "loss 95% CI"), ("size", "size"))
+               ("tokens_per_param", "D/N"), ("epochs", "epochs"), ("loss", "loss"), ("loss_ci", "loss 95% CI"),
+               ("size", "size"))
 
     def _cells(self, row: Prediction) -> list[str]:
         out = []
@@ -63,7 +65,8 @@ class Table(BaseModel):
             elif isinstance(v, list):
                 out.append(f"{v[0]:.3g}–{v[1]:.3g}")
             elif isinstance(v, float):
-                out.append(f"{v:.4g}" if key in ("loss", "tokens_per_param", "size") else f"{v:.3g}")
+                out.append(f"{v:.4g}" if key in ("loss", "tokens_per_param", "size") else
+                           f"{v:.2f}" if key == "epochs" else f"{v:.3g}")
             else:
                 out.append(str(v))
         return out
@@ -109,6 +112,7 @@ class Result(BaseModel):
     runs: list[RunRow] = Field(default_factory=list)  # every experiment, planned and achieved (points.csv);
     # empty for points made elsewhere: run_rows() builds theirs from the points and fits
     cost: Optional[Cost] = None  # what the sweep's training cost (from the store; None for points made elsewhere)
+    evaluation: Optional[Evaluation] = None  # `fit --evaluate`: the law's loss at another CSV's rows
 
     def to_pandas(self):
         """The runs table as a pandas DataFrame, a row per experiment (columns: :data:`~flops_fit.runs_table.COLUMNS`)."""
@@ -185,13 +189,15 @@ class Result(BaseModel):
         if f.envelope:
             fits["envelope"] = f.envelope.model_dump(mode="json", include={"n_opt", "d_opt"})
         verdict = self.trust()
-        notes = list(f.notes) + [f"trust verdict: {verdict.verdict}"] + \
+        notes = list(f.notes) + (f.data_limit.lines() if f.data_limit else []) + [f"trust verdict: {verdict.verdict}"] + \
             [f"{c.name}: {c.message}" for c in verdict.checks if not c.ok] + verdict.advice
         return {"points": f.num_points, "flop_rule": self.flop_rule, "excluded": [e.model_dump() for e in f.excluded],
                 "notes": notes, "fits": fits, "table": [r.model_dump(mode="json") for r in self.chinchilla_table().rows],
                 "backtest": f.backtest.model_dump(mode="json") if f.backtest else None,
                 "cost": self.cost.model_dump() if self.cost else None,
                 "noise": f.noise.model_dump(mode="json") if f.noise else None,
+                "data_limit": f.data_limit.model_dump(mode="json") if f.data_limit else None,
+                "evaluation": self.evaluation.model_dump(mode="json") if self.evaluation else None,
                 "trust": verdict.model_dump(mode="json")}
 
     def save(self, folder: str | Path) -> Path:

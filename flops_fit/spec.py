@@ -119,6 +119,7 @@ class DataSpec(_Frozen):
     eval_kwargs: Kwargs = Field(default_factory=dict, description="Arguments of eval_target.")
     eval_fraction: float = Field(default=0.05, gt=0, lt=0.5, description="Share of a map-style dataset held out for the eval loss.")
     eval_batches: int = Field(default=8, ge=1, description="Number of fixed held-out batches averaged for the final loss.")
+    unique_tokens: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False, description="Unique data units in the training data (U of the data-constrained law), for loaders that cannot tell (an IterableDataset); map-style data sets give it themselves. Never hashed: it changes the fit, not the training.")
 
     _v_target = field_validator("target", "eval_target")(lambda v: v if v is None else _check_import_path(v))
 

@@ -20,7 +20,7 @@ from .envelope import envelope
 from .isoflop import budget_minima, loss_law, power_law, profile_minimum, profile_residuals
 from .laws import (EnvelopeFit, FlopsPerUnit, IsoflopFit, ParametricFit, Prediction, hull, percentile_interval)
 from .noise import NoiseFloor, cell_means, noise_floor, seed_draw
-from .parametric import fit_parametric, refit_fast
+from .parametric import DataLimit, constrain, data_limit, fit_parametric, refit_constrained
 from .points import Points
 
 __all__ = ["Fits", "Exclusion", "Backtest", "fit_points", "flops_per_unit_law"]
@@ -61,11 +61,23 @@ class Fits(Frozen):
     backtest: Optional[Backtest] = None
     num_points: int = 0  # the values fitted: points, or with seed replicates (budget, N, D) cells
     noise: Optional[NoiseFloor] = None  # with seed replicates: the noise floor and the budgets it leaves unresolved
+    unique_tokens: Optional[float] = None  # U of the data (the points' median); None: not known
+    data_limit: Optional[DataLimit] = None  # where the data run out (data-constrained law only)
 
-    def predict(self, budget_flops: float) -> dict[str, Prediction]:
-        """Each fitted approach's :class:`Prediction` at ``budget_flops``."""
-        fits = {"isoflop": self.isoflop, "parametric": self.parametric, "envelope": self.envelope}
-        return {name: fit.predict(budget_flops) for name, fit in fits.items() if fit is not None}
+    def predict(self, budget_flops: float, unique_tokens: float | None = None) -> dict[str, Prediction]:
+        """Each fitted approach's :class:`Prediction` at ``budget_flops``; with U unique tokens
+        (default the data's) each says its epochs D_opt/U, and the data-constrained law allocates
+        under that repetition (the IsoFLOP and envelope laws cannot: they extrapolate the sweep)."""
+        U = self.unique_tokens if unique_tokens is None else unique_tokens
+        out = {}
+        for name, fit in (("isoflop", self.isoflop), ("parametric", self.parametric), ("envelope", self.envelope)):
+            if fit is None:
+                continue
+            p = fit.predict(budget_flops, U) if name == "parametric" else fit.predict(budget_flops)
+            if U and p.epochs is None and math.isfinite(p.num_tokens):
+                p = p.model_copy(update={"unique_tokens": U, "epochs": p.num_tokens / U})
+            out[name] = p
+        return out
 
 
 def flops_per_unit_law(N: np.ndarray, flops_per_token: np.ndarray) -> FlopsPerUnit:
@@ -184,14 +196,15 @@ def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator, profile: s
     return samples
 
 
-def _boot_parametric(theta, N, D, L, n: int, rng: np.random.Generator, draw=None) -> list[list[float]]:
+def _boot_parametric(fit: ParametricFit, N, D, U, L, n: int, rng: np.random.Generator, draw=None) -> list[list[float]]:
     """Points resampled with replacement (and, with ``draw``, each cell's mean from its resampled seeds)."""
     lnN, lnD, lnL = np.log(N), np.log(D), np.log(L)
+    lnU = np.log(U)
     out = []
     for _ in range(n):
         lnL_b = lnL if draw is None else np.log(draw(rng))
         idx = rng.integers(0, len(L), len(L))
-        out.append(refit_fast(np.asarray(theta), lnN[idx], lnD[idx], lnL_b[idx]).tolist())
+        out.append(refit_constrained(fit, lnN[idx], lnD[idx], lnU[idx], lnL_b[idx]).tolist())
     return out
 
 
@@ -234,10 +247,14 @@ def _fit_points(points: Points, approaches, bootstrap: int, seed: int, keep_outl
     if not len(usable):
         return Fits(excluded=excluded, notes=["no usable points"], num_points=0)
     N, D, L, budgets, F = points.arrays(usable)
+    U = points.unique(usable)
     noise = draw = None
+    if points.grouping:
+        notes.append(points.grouping)
     if _seeded(points, usable):  # trained by flops-fit: replicates are cells
         raw, seeds = L, [points.seed[i] for i in usable]
         (N, D, L, budgets, F), groups = cell_means((N, D, L, budgets, F))
+        U = U[[g[0] for g in groups]]
         noise = noise_floor(raw, groups, (N, D, L, budgets, F), seeds)
         if noise is not None:
             draw = seed_draw(raw, groups, L)
@@ -252,14 +269,17 @@ def _fit_points(points: Points, approaches, bootstrap: int, seed: int, keep_outl
         if why:
             notes.append(why)
     if "parametric" in approaches:
-        par = _parametric(N, D, L, bootstrap, rng, notes, fpu, draw)
+        par = _parametric(N, D, L, U, bootstrap, rng, notes, fpu, draw)
     if "envelope" in approaches:
         env = envelope([(points.num_params[i], points.curve[i]) for i in usable] if points.curve else [])
         if env is None:
             notes.append("envelope: too few logged curve points (Approach 1 needs training curves)")
     bt = _backtest(points, usable, approaches, profile) if backtest else None
+    known = U[np.isfinite(U)]
+    unique = float(np.median(known)) if len(known) else None
+    limit = data_limit(par, sorted(set(budgets.tolist()))) if par is not None else None
     return Fits(isoflop=iso, parametric=par, envelope=env, excluded=excluded, notes=notes, flops_per_unit=fpu,
-                backtest=bt, num_points=len(L), noise=noise)
+                backtest=bt, num_points=len(L), noise=noise, unique_tokens=unique, data_limit=limit)
 
 
 def _seeded(points: Points, index: np.ndarray) -> bool:
@@ -295,16 +315,21 @@ def _with_isoflop_intervals(iso: IsoflopFit, N, D, L, budgets, bootstrap: int, r
     return iso.model_copy(update=update)
 
 
-def _parametric(N, D, L, bootstrap: int, rng, notes: list[str], fpu: FlopsPerUnit, draw=None) -> ParametricFit | None:
+def _parametric(N, D, L, U, bootstrap: int, rng, notes: list[str], fpu: FlopsPerUnit,
+                draw=None) -> ParametricFit | None:
+    """Approach 3, data-constrained where the points know their unique tokens (``form_reason`` says
+    which form and why; it is also a note)."""
     if len(L) < 5:
         notes.append(f"parametric: {len(L)} points (need 5)")
         return None
-    fit = fit_parametric(N, D, L, fpu=fpu)
+    fit = constrain(fit_parametric(N, D, L, fpu=fpu), N, D, U, L)
+    notes.append(f"parametric: {fit.form_reason}")
     if not bootstrap:
         return fit
-    samples = _boot_parametric(fit.theta, N, D, L, bootstrap, rng, draw)
+    samples = _boot_parametric(fit, N, D, U, L, bootstrap, rng, draw)
     boot = [ParametricFit.from_theta(t, fpu) for t in samples]
-    ci = {k: percentile_interval(np.array([getattr(q, k) for q in boot])) for k in ("E", "A", "B", "alpha", "beta", "a", "b")}
+    keys = ["E", "A", "B", "alpha", "beta", "a", "b"] + [f"r_star_{k.lower()}" for k in fit.fitted_r_star]
+    ci = {k: percentile_interval(np.array([getattr(q, k) for q in boot], dtype=float)) for k in keys}
     return fit.model_copy(update={"ci": ci, "samples": samples})
 
 

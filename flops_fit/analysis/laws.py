@@ -13,7 +13,7 @@ bootstrap ``samples`` are kept for intervals at any budget but left out of that 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 from pydantic import Field
@@ -57,6 +57,8 @@ class Prediction(Frozen):
     loss: Optional[float] = None
     loss_ci: Interval = None
     size: Optional[float] = None
+    unique_tokens: Optional[float] = None  # the data the allocation was made under (None: fresh data assumed)
+    epochs: Optional[float] = None  # D_opt / unique_tokens: passes over the data at the optimum
 
     def __getitem__(self, key: str) -> Any:
         if key not in type(self).model_fields:
@@ -68,10 +70,12 @@ class Prediction(Frozen):
         return default if value is None else value
 
 
-def _prediction(approach: str, C: float, n: float, d: float, loss: float | None = None, **cis: Interval) -> Prediction:
+def _prediction(approach: str, C: float, n: float, d: float, loss: float | None = None,
+                unique_tokens: float | None = None, **cis: Interval) -> Prediction:
     ratio = d / n if n > 0 and math.isfinite(d) else math.nan  # a degenerate fit can put N_opt at 0
+    epochs = d / unique_tokens if unique_tokens and math.isfinite(d) else None
     return Prediction(approach=approach, budget_flops=C, num_params=n, num_tokens=d, tokens_per_param=ratio,
-                      loss=loss, **cis)
+                      loss=loss, unique_tokens=unique_tokens, epochs=epochs, **cis)
 
 
 class OLS(Frozen):
@@ -185,10 +189,14 @@ def allocation_exponents(alpha: float, beta: float, fpu: FlopsPerUnit) -> tuple[
 
 
 class ParametricFit(Frozen):
-    """Chinchilla Approach 3: L(N, D) = E + A/N^α + B/D^β.
+    """Chinchilla Approach 3: L(N, D) = E + A/N^α + B/D^β, or with ``form = "data-constrained"``
+    the same law on effective parameters and data when U unique tokens repeat
+    (:mod:`~flops_fit.analysis.constrained`): L(N, D, U) = E + A/N'^α + B/D'^β.
 
-    ``theta`` = (ln A, ln B, ln E, α, β), the fitted vector; ``samples``: bootstrap thetas;
-    ``ci``: 95% percentile intervals of E, A, B, alpha, beta, a, b."""
+    ``theta`` = (ln A, ln B, ln E, α, β[, ln R*_D, ln R*_N]), the fitted vector; ``samples``:
+    bootstrap thetas; ``ci``: 95% percentile intervals of E, A, B, alpha, beta, a, b (and r_star_d,
+    r_star_n where fitted).  ``unique_tokens``: the U predictions assume unless given one;
+    ``form_reason``: why this form, and which R* were fitted or taken from the paper."""
 
     E: float
     A: float
@@ -203,60 +211,111 @@ class ParametricFit(Frozen):
     ci: dict[str, Interval] = Field(default_factory=dict)
     samples: list[list[float]] = Field(default_factory=list)
     flops_per_unit: FlopsPerUnit = Field(default_factory=FlopsPerUnit)
+    form: Literal["chinchilla", "data-constrained"] = "chinchilla"
+    form_reason: str = ""
+    r_star_d: Optional[float] = None
+    r_star_n: Optional[float] = None
+    fitted_r_star: list[Literal["D", "N"]] = Field(default_factory=list)
+    unique_tokens: Optional[float] = None
 
     @classmethod
     def from_theta(cls, theta, fpu: FlopsPerUnit | None = None, **extra: Any) -> "ParametricFit":
         fpu = fpu or FlopsPerUnit()
-        la, lb, le, alpha, beta = (float(v) for v in theta)
+        theta = [float(v) for v in theta]
+        la, lb, le, alpha, beta = theta[:5]
         a, b = allocation_exponents(alpha, beta, fpu)
         with np.errstate(over="ignore"):  # a degenerate bootstrap fit overflows to inf, never raises
             E, A, B = (float(np.exp(v)) for v in (le, la, lb))
-        return cls(E=E, A=A, B=B, alpha=alpha, beta=beta, a=a, b=b,
-                   theta=[la, lb, le, alpha, beta], flops_per_unit=fpu, **extra)
+        if len(theta) == 7:
+            extra = {"form": "data-constrained", "r_star_d": math.exp(theta[5]), "r_star_n": math.exp(theta[6]),
+                     **extra}
+        return cls(E=E, A=A, B=B, alpha=alpha, beta=beta, a=a, b=b, theta=theta, flops_per_unit=fpu, **extra)
 
-    def loss(self, N, D) -> np.ndarray:
-        """L(N, D) = E + A/N^α + B/D^β, elementwise."""
-        return self.E + self.A / np.asarray(N, dtype=float) ** self.alpha + self.B / np.asarray(D, dtype=float) ** self.beta
+    def _with(self, theta) -> "ParametricFit":
+        """The same law with another theta (a bootstrap sample), keeping U and the FLOP rule."""
+        return ParametricFit.from_theta(theta, self.flops_per_unit, unique_tokens=self.unique_tokens)
 
-    def band(self, N, D) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """L(N, D) and its 95% band (2.5/97.5 percentiles over the bootstrap samples; None
+    def _unique(self, unique_tokens) -> Any:
+        return self.unique_tokens if unique_tokens is None else unique_tokens
+
+    def loss(self, N, D, unique_tokens=None) -> np.ndarray:
+        """L(N, D) = E + A/N^α + B/D^β, elementwise; data-constrained: on N', D' of ``unique_tokens``
+        (default the fit's U; an array gives each point its own; NaN: fresh data)."""
+        N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
+        U = self._unique(unique_tokens)
+        if self.form == "chinchilla" or U is None:
+            return self.E + self.A / N ** self.alpha + self.B / D ** self.beta
+        from .constrained import log_pred
+
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lnU = np.log(np.asarray(U, dtype=float))
+        return np.exp(log_pred(self.theta, np.log(N), np.log(D), lnU, self.flops_per_unit.exponent))
+
+    def band(self, N, D, unique_tokens=None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """L(N, D[, U]) and its 95% band (2.5/97.5 percentiles over the bootstrap samples; None
         without 10 of them), elementwise."""
-        loss = self.loss(N, D)
+        loss = self.loss(N, D, unique_tokens)
         if len(self.samples) < 10:
             return loss, None, None
+        U = self._unique(unique_tokens)
         with np.errstate(all="ignore"):
-            boot = np.array([ParametricFit.from_theta(t, self.flops_per_unit).loss(N, D) for t in self.samples])
+            if self.form == "data-constrained" and U is not None:  # every sample at once: (S, points)
+                from .constrained import log_pred
+
+                lnN, lnD, lnU = (np.log(np.asarray(v, dtype=float)) for v in (N, D, U))
+                boot = np.exp(log_pred(np.array(self.samples), lnN.reshape(-1), lnD.reshape(-1), lnU.reshape(-1)
+                                       if lnU.ndim else lnU, self.flops_per_unit.exponent))
+                boot = boot.reshape((len(self.samples),) + np.shape(loss))
+            else:
+                boot = np.array([self._with(t).loss(N, D, U) for t in self.samples])
         return loss, np.nanpercentile(boot, 2.5, axis=0), np.nanpercentile(boot, 97.5, axis=0)
 
-    def allocate(self, budget_flops: float) -> tuple[float, float, float]:
+    def allocate(self, budget_flops: float, unique_tokens: float | None = None) -> tuple[float, float, float]:
         """Minimise L(N, D) subject to C = c·N^p·D (FLOPs per data unit c·N^p; 6N: c = 6, p = 1).
 
         Substituting D = C/(c·N^p) and setting dL/dN = 0 gives the closed form
 
             N_opt = (α·A / (p·β·B·c^β))^(1/(α+pβ)) · C^(β/(α+pβ)),   D_opt = C / (c·N_opt^p),
 
-        which reduces to Chinchilla's G·(C/6)^a with a = β/(α+β) when c = 6, p = 1.
+        which reduces to Chinchilla's G·(C/6)^a with a = β/(α+β) when c = 6, p = 1.  The
+        data-constrained law with U unique tokens is minimised numerically over N
+        (:func:`~flops_fit.analysis.constrained.allocate_capped`).
         """
+        U = self._unique(unique_tokens)
+        c, p = float(self.flops_per_unit.coef), float(self.flops_per_unit.exponent)
+        if self.form == "data-constrained" and U:
+            from .constrained import allocate_capped
+
+            with np.errstate(all="ignore"):
+                return allocate_capped(self.theta, budget_flops, float(U), c, p)
         alpha, beta, A, B = (np.float64(v) for v in (self.alpha, self.beta, self.A, self.B))
-        c, p = np.float64(self.flops_per_unit.coef), np.float64(self.flops_per_unit.exponent)
+        c, p = np.float64(c), np.float64(p)
         with np.errstate(all="ignore"):  # a degenerate bootstrap fit gives inf/NaN, not an exception
             a = beta / (alpha + p * beta)
             N = (alpha * A / (p * beta * B * c**beta)) ** (1 / (alpha + p * beta)) * np.float64(budget_flops) ** a
             D = np.float64(budget_flops) / (c * N**p)
-            loss = float(self.loss(N, D))
+            loss = float(self.E + A / N**alpha + B / D**beta)
         return float(N), float(D), loss
 
-    def predict(self, budget_flops: float) -> Prediction:
-        """The closed-form optimum at C with 95% percentile intervals over the bootstrap fits."""
+    def predict(self, budget_flops: float, unique_tokens: float | None = None) -> Prediction:
+        """The optimum at C (under the data's repetition when the law is data-constrained) with 95%
+        percentile intervals over the bootstrap fits."""
         C = float(budget_flops)
-        n, d, loss = self.allocate(C)
+        U = self._unique(unique_tokens) if self.form == "data-constrained" else None
+        n, d, loss = self.allocate(C, U)
         cis: dict[str, Interval] = {}
         if len(self.samples) >= 10:
             with np.errstate(all="ignore"):
-                boot = np.array([ParametricFit.from_theta(t, self.flops_per_unit).allocate(C) for t in self.samples])
+                if self.form == "data-constrained" and U:
+                    from .constrained import allocate_capped
+
+                    f = self.flops_per_unit
+                    boot = np.stack(allocate_capped(np.array(self.samples), C, float(U), f.coef, f.exponent), axis=1)
+                else:
+                    boot = np.array([self._with(t).allocate(C, U) for t in self.samples])
             cis = dict(num_params_ci=percentile_interval(boot[:, 0]), num_tokens_ci=percentile_interval(boot[:, 1]),
                        loss_ci=percentile_interval(boot[:, 2]))
-        return _prediction("parametric", C, n, d, loss, **cis)
+        return _prediction("parametric", C, n, d, loss, unique_tokens=self._unique(unique_tokens), **cis)
 
 
 class EnvelopePoint(Frozen):

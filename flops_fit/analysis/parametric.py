@@ -16,13 +16,21 @@ are refined and the lowest objective wins.  Compute-optimal allocation under C =
 
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 import numpy as np
 from lmfit import Parameters, minimize
+from pydantic import Field
 from scipy.optimize import least_squares, nnls
 
+from ..frozen import Frozen
+from .constrained import (MIN_POINTS_PER_PARAMETER, MIN_REPEATED_POINTS, R_STAR_BOUNDS, R_STAR_D, R_STAR_N, fit_constrained, log_n_base,
+                          log_pred, repetition_design)
 from .laws import FlopsPerUnit, ParametricFit
 
-__all__ = ["fit_parametric", "huber_objective", "refit_fast", "DELTA"]
+__all__ = ["fit_parametric", "huber_objective", "refit_fast", "DELTA", "constrain", "refit_constrained",
+           "DataLimit", "DataThreshold", "DataEffect", "data_limit"]
 
 DELTA = 1e-3
 _GRID = np.arange(0.05, 1.51, 0.05)
@@ -140,3 +148,147 @@ def fit_parametric(N: np.ndarray, D: np.ndarray, L: np.ndarray, delta: float = D
         theta = refit_fast(theta, lnN, lnD, lnL, delta, max_nfev=200)
     obj = huber_objective(theta, lnN, lnD, lnL, delta)
     return ParametricFit.from_theta(theta, fpu, objective=float(obj), num_points=int(len(L)))
+
+
+# -- repetition: the data-constrained form (see :mod:`.constrained`) ------------------------------
+
+def _fmt_count(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def constrain(fit: ParametricFit, N, D, U, L, delta: float = DELTA) -> ParametricFit:
+    """Approach 3 on the points' unique tokens ``U`` (NaN where not known), from the Chinchilla fit.
+
+    * No point knows U: the Chinchilla law, fresh data assumed (``form_reason`` says so).
+    * Otherwise the data-constrained law with U the points' median (the data set's size).  R*_D is
+      fitted when at least :data:`~.constrained.MIN_REPEATED_POINTS` points train 2+ epochs, R*_N
+      when as many have N ≥ 2·N_base(U); otherwise, or when a fitted value lands on its bound, the
+      published value is used.  Without any repetition the fit is Chinchilla's exactly.
+    """
+    N, D, U, L = (np.asarray(v, dtype=float) for v in (N, D, U, L))
+    known = np.isfinite(U)
+    if not known.any():
+        return fit.model_copy(update={"form_reason": "unique tokens not known: the law assumes every token is fresh "
+                                                     "(give [data] unique_tokens, or a unique_tokens or epochs column)"})
+    lnN, lnD, lnU, lnL = np.log(N), np.log(D), np.log(U), np.log(L)
+    p = fit.flops_per_unit.exponent
+    reps_d, reps_n, max_epochs, max_over = repetition_design(fit.theta, lnN, lnD, lnU, p)
+    free = [reps_d >= MIN_REPEATED_POINTS, reps_n >= MIN_REPEATED_POINTS]
+    need = MIN_POINTS_PER_PARAMETER * (5 + sum(free))
+    few = "" if len(L) >= need else f"; {len(L)} points are too few for {5 + sum(free)} parameters ({need} needed)"
+    free = free if not few else [False, False]
+    theta = np.concatenate([fit.theta[:5], np.log([R_STAR_D, R_STAR_N])])
+    if max_epochs > 1 or max_over > 1:  # else the law is Chinchilla's at every point: nothing to refit
+        theta = fit_constrained(fit.theta[:5], lnN, lnD, lnU, lnL, tuple(free), delta, p)
+    lo, hi = (math.log(v) for v in R_STAR_BOUNDS)
+    names = (("R*_D", R_STAR_D, f"{reps_d} points with 2+ epochs (most {max_epochs:.2f})", "repeated tokens"),
+             ("R*_N", R_STAR_N, f"{reps_n} points with N ≥ 2·N_base(U) (most {max_over:.2f}×)", "excess parameters"))
+    parts = []
+    for j, (name, published, design, what) in enumerate(names):
+        value = math.exp(theta[5 + j])
+        if not free[j]:
+            why = few[2:] if few else f"{MIN_REPEATED_POINTS} needed to fit it"
+            parts.append(f"{name} = {published} published ({design}; {why})")
+        elif theta[5 + j] >= hi - 1e-3:
+            parts.append(f"{name} ≥ {value:.3g} fitted, at its bound: {what} lose no "
+                         f"measurable value ({design})")
+        elif theta[5 + j] <= lo + 1e-3:
+            parts.append(f"{name} ≤ {value:.3g} fitted, at its bound: {what} are worth almost nothing ({design})")
+        else:
+            parts.append(f"{name} = {value:.3g} fitted ({design})")
+    u = float(np.median(U[known]))
+    reason = (f"data-constrained law (U = {_fmt_count(u)} unique tokens): " + "; ".join(parts))
+    r = log_pred(theta, lnN, lnD, np.where(known, lnU, np.nan), p) - lnL
+    a = np.abs(r)
+    objective = float(np.sum(np.where(a <= delta, 0.5 * a**2, delta * (a - 0.5 * delta))))
+    return ParametricFit.from_theta(theta, fit.flops_per_unit, objective=objective, num_points=fit.num_points,
+                                    unique_tokens=u, form_reason=reason,
+                                    fitted_r_star=[k for k, f in zip(("D", "N"), free) if f])
+
+
+def refit_constrained(fit: ParametricFit, lnN, lnD, lnU, lnL, delta: float = DELTA) -> np.ndarray:
+    """One bootstrap refit of ``fit``'s form from its optimum (the R* it fitted free, the rest held)."""
+    if fit.form == "chinchilla":
+        return refit_fast(np.asarray(fit.theta), lnN, lnD, lnL, delta)
+    lo, hi = (math.log(v) + 1e-3 for v in R_STAR_BOUNDS)
+    # an R* fitted to its bound is not pinned by the data: resamples hold it there
+    free = tuple(k in fit.fitted_r_star and lo < fit.theta[5 + j] < hi - 2e-3 for j, k in enumerate("DN"))
+    if not any(free) and np.all(~np.isfinite(lnU) | (lnD <= lnU)):
+        # no repeated epochs in this resample: only N' could differ from Chinchilla's, and only past N_base
+        over = np.isfinite(lnU) & (lnN > log_n_base(fit.theta, np.where(np.isfinite(lnU), lnU, 0.0),
+                                                    fit.flops_per_unit.exponent))
+        if not over.any():
+            return np.concatenate([refit_fast(np.asarray(fit.theta[:5]), lnN, lnD, lnL, delta), fit.theta[5:]])
+    start = (math.exp(fit.theta[5]), math.exp(fit.theta[6]))
+    return fit_constrained(fit.theta[:5], lnN, lnD, lnU, lnL, free, delta, fit.flops_per_unit.exponent, start,
+                           max_nfev=300)
+
+
+class DataThreshold(Frozen):
+    """The budget above which the compute-optimal run repeats the data more than ``epochs`` times."""
+
+    epochs: float
+    budget_flops: Optional[float] = None  # None: not within 1e6 of the fitted budgets' range
+
+
+class DataEffect(Frozen):
+    """At one budget: the optimum under the data's repetition against the fresh-data optimum."""
+
+    budget_flops: float
+    num_params: float
+    num_params_fresh: float
+    epochs: float
+    loss: float
+    loss_fresh: float
+
+
+class DataLimit(Frozen):
+    """Where the data run out, and what that does to N_opt (from the data-constrained law)."""
+
+    unique_tokens: float
+    thresholds: list[DataThreshold] = Field(default_factory=list)
+    effects: list[DataEffect] = Field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = []
+        for t in self.thresholds:
+            if t.budget_flops is not None:
+                out.append(f"beyond C ≈ {t.budget_flops:.3g} FLOPs the optimum repeats the data more than "
+                           f"{t.epochs:g} time{'s' if t.epochs != 1 else ''} (U = {self.unique_tokens:.3g})")
+        for e in self.effects:
+            if e.epochs > 1:
+                out.append(f"at {e.budget_flops:.3g} FLOPs the data repeat {e.epochs:.1f} times: N_opt "
+                           f"{e.num_params:.3g} instead of {e.num_params_fresh:.3g} with fresh data "
+                           f"({e.num_params / e.num_params_fresh:.2f}×), loss {e.loss:.4g} instead of {e.loss_fresh:.4g}")
+        return out
+
+
+def data_limit(fit: ParametricFit, budgets: list[float], epochs=(1.0, 4.0)) -> DataLimit | None:
+    """Budgets where the optimum's D/U crosses each of ``epochs`` (bisection in ln C) and, at each
+    of ``budgets``, N_opt under repetition against fresh data.  None unless the law is data-constrained."""
+    if fit.form != "data-constrained" or not fit.unique_tokens:
+        return None
+    U = fit.unique_tokens
+    fresh = fit.model_copy(update={"form": "chinchilla"})
+
+    def ratio(lnC: float) -> float:
+        return fit.allocate(math.exp(lnC), U)[1] / U
+
+    lo, hi = math.log(min(budgets)) - math.log(1e6), math.log(max(budgets)) + math.log(1e6)
+    thresholds = []
+    for k in epochs:
+        if not (ratio(lo) < k < ratio(hi)):
+            thresholds.append(DataThreshold(epochs=k))
+            continue
+        a, b = lo, hi
+        for _ in range(60):
+            m = 0.5 * (a + b)
+            a, b = (m, b) if ratio(m) < k else (a, m)
+        thresholds.append(DataThreshold(epochs=k, budget_flops=float(f"{math.exp(0.5 * (a + b)):.4g}")))
+    effects = []
+    for C in sorted(set(budgets)):
+        n, d, loss = fit.allocate(C, U)
+        n0, _, loss0 = fresh.allocate(C)
+        effects.append(DataEffect(budget_flops=C, num_params=n, num_params_fresh=n0, epochs=d / U, loss=loss,
+                                  loss_fresh=loss0))
+    return DataLimit(unique_tokens=U, thresholds=thresholds, effects=effects)

@@ -1,7 +1,7 @@
 """Points: the frozen table of measurements the fits consume.
 
 From a store (``Points.from_records``), or from a CSV with columns
-``params,tokens,loss[,flops]`` (``Points.from_csv``).  Without a ``flops`` column each
+``params,tokens,loss[,flops][,unique_tokens | epochs][,budget]`` (``Points.from_csv``).  Without a ``flops`` column each
 point's compute is C = 6·N·D and nearby budgets are grouped (a new group starts where
 sorted log10 C jumps by more than ``group_tolerance`` dex).
 """
@@ -24,7 +24,11 @@ __all__ = ["Point", "Points", "group_budgets"]
 
 
 
-COLUMNS = ("id", "budget_flops", "size", "num_params", "num_tokens", "flops", "loss", "status", "reason", "seed")
+COLUMNS = ("id", "budget_flops", "size", "num_params", "num_tokens", "flops", "loss", "status", "reason", "seed",
+           "unique_tokens")
+#: Columns of a CSV of measurements (the first three required).
+CSV_COLUMNS = ("params", "tokens", "loss", "flops", "unique_tokens", "epochs")
+CSV_HINT = "columns: params,tokens,loss[,flops][,unique_tokens or epochs]"
 
 
 class Point(Frozen):
@@ -38,6 +42,7 @@ class Point(Frozen):
     status: str = "ok"
     reason: str = ""
     seed: Optional[int] = None
+    unique_tokens: Optional[float] = None  # U: the unique data units the run drew from (None: not known)
     curve: list[CurvePoint] = Field(default_factory=list)
 
 
@@ -61,16 +66,21 @@ class Points(Frozen):
     status: list[str] = Field(default_factory=list)
     reason: list[str] = Field(default_factory=list)
     seed: list[Optional[int]] = Field(default_factory=list)  # the training seed (None: not known); replicates share a cell
+    unique_tokens: list[Optional[float]] = Field(default_factory=list)  # U of each point (None: not known)
     curve: list[list[CurvePoint]] = Field(default_factory=list)  # [] when no point logged a curve
     sizes: list[tuple[Any, float]] = Field(default_factory=list)
     source: str = ""
     flop_rule: str = "6N"
+    grouping: str = ""  # how a CSV's rows were grouped into budgets, when it was not one budget per FLOP value
 
     @model_validator(mode="before")
     @classmethod
     def _from_point_list(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "points" not in data and "id" in data and "seed" not in data:
-            return {**data, "seed": [None] * len(data["id"])}  # written before seeds were recorded
+        if isinstance(data, dict) and "points" not in data and "id" in data:
+            for col in ("seed", "unique_tokens"):  # written before seeds (unique tokens) were recorded
+                if col not in data:
+                    data = {**data, col: [None] * len(data["id"])}
+            return data
         if not (isinstance(data, dict) and "points" in data):
             return data
         data = dict(data)
@@ -115,19 +125,29 @@ class Points(Frozen):
         return tuple(np.array(getattr(self, k), dtype=float)[idx]
                      for k in ("num_params", "num_tokens", "loss", "budget_flops", "flops"))
 
+    def unique(self, index: np.ndarray | None = None) -> np.ndarray:
+        """U of the points at ``index`` (default: the usable ones); NaN where not known."""
+        idx = self.usable_index() if index is None else np.asarray(index, dtype=int)
+        return np.array([np.nan if v is None else v for v in self.unique_tokens], dtype=float)[idx] \
+            if self.unique_tokens else np.full(len(idx), np.nan)
+
     @classmethod
     def from_records(cls, records: list[RunRecord], sizes: list[tuple[Any, float]], flop_rule: str,
-                     source: str = "") -> "Points":
-        """Points from the store's run records (an ``ok`` record without a finite loss counts as diverged)."""
+                     source: str = "", unique_tokens: float | None = None) -> "Points":
+        """Points from the store's run records (an ``ok`` record without a finite loss counts as diverged).
+
+        A point's unique tokens U are its tokens over its passes through the data (D / epochs,
+        the data set's training tokens), else ``unique_tokens`` (``[data] unique_tokens``)."""
         pts = []
         for r in records:
+            U = r.num_tokens / r.epochs if r.epochs and math.isfinite(r.epochs) and r.epochs > 0 else unique_tokens
             loss = r.loss if r.loss is not None and math.isfinite(r.loss) else None
             status, reason = r.status, r.reason
             if status == "ok" and loss is None:
                 status, reason = "diverged", f"non-finite loss {r.loss}"
             pts.append(Point(id=r.id, budget_flops=r.budget_flops, size=r.size, num_params=r.num_params,
                              num_tokens=r.num_tokens, flops=r.flops, loss=loss, status=status, reason=reason,
-                             seed=r.seed, curve=r.curve))
+                             seed=r.seed, unique_tokens=U, curve=r.curve))
         return cls(points=pts, sizes=sizes, source=source, flop_rule=flop_rule)
 
     @classmethod
@@ -140,7 +160,7 @@ class Points(Frozen):
             with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's BOM is not a column name
                 reader = csv.reader(f)
                 header = [h.strip() for h in next(reader, [])]
-                wanted = [c for c in ("params", "tokens", "loss", "flops") if c in header]
+                wanted = [c for c in (*CSV_COLUMNS, "budget") if c in header]
                 cells, lines = _read_columns(reader, [header.index(c) for c in wanted])
                 cells = dict(zip(wanted, cells))
         except OSError as exc:
@@ -148,7 +168,7 @@ class Points(Frozen):
         except (UnicodeDecodeError, csv.Error) as exc:
             why = (f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
                    if isinstance(exc, UnicodeDecodeError) else f"not a CSV ({exc})")
-            raise DataError([Problem(why, file=str(path), hint="columns: params,tokens,loss[,flops]")]) from None
+            raise DataError([Problem(why, file=str(path), hint=CSV_HINT)]) from None
         return cls._from_columns(cells, header, str(path), lines, group_tolerance)
 
     @classmethod
@@ -161,7 +181,7 @@ class Points(Frozen):
         """
         rows = list(rows)
         columns = list(columns if columns is not None else (rows[0] if rows else []))
-        cells = {c: [row.get(c) for row in rows] for c in ("params", "tokens", "loss", "flops") if c in columns}
+        cells = {c: [row.get(c) for row in rows] for c in (*CSV_COLUMNS, "budget") if c in columns}
         return cls._from_columns(cells, columns, source, None, group_tolerance)
 
     @classmethod
@@ -170,7 +190,7 @@ class Points(Frozen):
         missing = [c for c in ("params", "tokens", "loss") if c not in columns]
         if missing:
             raise DataError([Problem(f"missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'none'}",
-                                     file=source, line=1 if source else None, hint="columns: params,tokens,loss[,flops]")])
+                                     file=source, line=1 if source else None, hint=CSV_HINT)])
         has_flops = "flops" in columns
         try:  # the fast path: every cell a number
             data = {c: np.array(v, dtype=float) for c, v in cells.items()}
@@ -183,13 +203,30 @@ class Points(Frozen):
         if rows < 5:
             raise DataError([Problem(f"{rows} points are too few to fit a scaling law (need at least 5)", file=source)])
         flops = data["flops"] if has_flops else 6 * data["params"] * data["tokens"]
-        budgets = flops if has_flops else group_budgets(flops, group_tolerance)
+        budgets, grouping = _budgets(data, flops, group_tolerance)
+        U = data["unique_tokens"] if "unique_tokens" in data else data["tokens"] / data["epochs"] if "epochs" in data \
+            else None
         ids = [f"row{n}" for n in lines] if lines is not None else [f"row{i}" for i in range(rows)]
         return cls.model_construct(id=ids, budget_flops=np.asarray(budgets, dtype=float).tolist(), size=[None] * rows,
                                    num_params=data["params"].tolist(), num_tokens=data["tokens"].tolist(),
                                    flops=flops.tolist(), loss=data["loss"].tolist(), status=["ok"] * rows,
-                                   reason=[""] * rows, seed=[None] * rows, curve=[], sizes=[], source=source or "",
-                                   flop_rule="csv flops column" if has_flops else "6N")
+                                   reason=[""] * rows, seed=[None] * rows,
+                                   unique_tokens=U.tolist() if U is not None else [None] * rows, curve=[], sizes=[],
+                                   source=source or "", flop_rule="csv flops column" if has_flops else "6N",
+                                   grouping=grouping)
+
+
+def _budgets(data: dict[str, np.ndarray], flops: np.ndarray, tolerance: float) -> tuple[np.ndarray, str]:
+    """Each row's budget: the ``budget`` column, else its FLOPs grouped within ``tolerance`` dex
+    (measured FLOPs of one nominal budget differ by a few percent); with what was done, said."""
+    if "budget" in data:
+        return data["budget"], f"budgets from the budget column ({len(np.unique(data['budget']))} budgets)"
+    budgets = np.asarray(group_budgets(flops, tolerance))
+    distinct, groups = len(np.unique(flops)), len(np.unique(budgets))
+    if distinct == groups:
+        return budgets, ""
+    return budgets, (f"{distinct} distinct FLOP values grouped into {groups} budgets (values within {tolerance:g} "
+                     f"dex of the next are one budget; a budget column sets them)")
 
 
 def _read_columns(reader, where: list[int], chunk: int = 1 << 16) -> tuple[list, list[int]]:
