@@ -31,7 +31,9 @@ from flops_fit.analysis.laws import hull
 LAWS = {"epoch": {"E": 1.82, "A": 482.0, "B": 2085.4, "alpha": 0.3478, "beta": 0.3658},
         "skewed": {"E": 2.5, "A": 1000.0, "B": 300.0, "alpha": 0.5, "beta": 0.25}}
 TRUTH = dict(LAWS["epoch"])
-DESIGNS = {"centred": (-0.8, 0.8, 9), "wide": (-1.2, 1.2, 11), "asymmetric": (-0.4, 1.2, 9), "narrow": (-0.4, 0.4, 5)}
+DESIGNS = {"centred": (-0.8, 0.8, 9), "wide": (-1.2, 1.2, 11), "asymmetric": (-0.4, 1.2, 9), "narrow": (-0.4, 0.4, 5),
+           "symmetric": (-0.6, 0.6, 9)}
+PROFILES = ("window", "cubic", "parabola", "auto")
 
 
 def n_opt(C: float) -> float:
@@ -72,12 +74,15 @@ class Tally:
     n_hull: int = 0
     n_boot: int = 0
     error: float = 0.0
+    sq_error: float = 0.0
+    widths: list = None
 
     def row(self) -> dict:
         f = max(1, self.fits)
         return {"fits": self.fits, "a (hull)": self.a_hull / f, "a (bootstrap)": self.a_boot / f,
                 "a (t)": self.a_t / f, "N_opt 4x (hull)": self.n_hull / f, "N_opt 4x (bootstrap)": self.n_boot / f,
-                "mean error of a": self.error / f}
+                "mean error of a": self.error / f, "rmse of a": math.sqrt(self.sq_error / f),
+                "median width": float(np.median(self.widths)) if self.widths else math.nan}
 
 
 def _inside(ci, v) -> bool:
@@ -87,7 +92,7 @@ def _inside(ci, v) -> bool:
 def coverage(design: str, budgets: int, profile: str, sweeps: int, bootstrap: int, sigma_w: float = 0.005,
              sigma_b: float = 0.1, seed: int = 0) -> dict:
     """Coverage and bias over ``sweeps`` simulated sweeps (seeds ``seed`` … ``seed + sweeps − 1``)."""
-    t = Tally()
+    t = Tally(widths=[])
     a = true_a()
     for s in range(seed, seed + sweeps):
         pts = sweep(design, budgets, sigma_w, sigma_b, s)
@@ -109,6 +114,9 @@ def coverage(design: str, budgets: int, profile: str, sweeps: int, bootstrap: in
         t.n_hull += _inside(hull(boot_n, n.interval(C4)), truth_n)
         t.n_boot += _inside(boot_n, truth_n)
         t.error += n.exponent - a
+        t.sq_error += (n.exponent - a) ** 2
+        if n.exponent_ci is not None:
+            t.widths.append(n.exponent_ci[1] - n.exponent_ci[0])
     return t.row()
 
 
@@ -118,17 +126,23 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=200)
     parser.add_argument("--out", default=None, help="write the Markdown table here")
     parser.add_argument("--law", choices=sorted(LAWS), default="epoch")
+    parser.add_argument("--designs", nargs="*", default=[d for d in DESIGNS if d != "symmetric"], choices=list(DESIGNS))
+    parser.add_argument("--budgets", nargs="*", type=int, default=[6, 12])
+    parser.add_argument("--profiles", nargs="*", default=list(PROFILES), choices=list(PROFILES))
+    parser.add_argument("--sigma-w", type=float, default=0.005, help="within-budget noise (log-normal sd of the loss)")
+    parser.add_argument("--sigma-b", type=float, default=0.1, help="between-budget shift of a profile in ln N (sd)")
     args = parser.parse_args()
     TRUTH.update(LAWS[args.law])
-    lines = ["| design | budgets | profile | fits | a (hull) | a (bootstrap) | a (t) | N_opt 4× (hull) | "
-             "N_opt 4× (bootstrap) | mean error of a |", "|" + "---|" * 10]
-    for design in DESIGNS:
-        for budgets in (6, 12):
-            for profile in ("window", "cubic", "parabola"):
-                r = coverage(design, budgets, profile, args.sweeps, args.bootstrap)
-                line = (f"| {design} | {budgets} | {profile} | {r['fits']} | {r['a (hull)']:.0%} | {r['a (bootstrap)']:.0%} | "
+    lines = ["| design | budgets | σ_w | σ_b | profile | fits | a (hull) | a (bootstrap) | a (t) | N_opt 4× (hull) | "
+             "N_opt 4× (bootstrap) | mean error of a | RMSE of a | median width of a's interval |", "|" + "---|" * 14]
+    for design in args.designs:
+        for budgets in args.budgets:
+            for profile in args.profiles:
+                r = coverage(design, budgets, profile, args.sweeps, args.bootstrap, args.sigma_w, args.sigma_b)
+                line = (f"| {design} | {budgets} | {args.sigma_w:g} | {args.sigma_b:g} | {profile} | {r['fits']} | "
+                        f"{r['a (hull)']:.0%} | {r['a (bootstrap)']:.0%} | "
                         f"{r['a (t)']:.0%} | {r['N_opt 4x (hull)']:.0%} | {r['N_opt 4x (bootstrap)']:.0%} | "
-                        f"{r['mean error of a']:+.4f} |")
+                        f"{r['mean error of a']:+.4f} | {r['rmse of a']:.4f} | {r['median width']:.3f} |")
                 lines.append(line)
                 print(line, flush=True)
     if args.out:

@@ -121,3 +121,49 @@ def test_compare_scores_the_check_and_notes_data_repetition():
     assert any("e16 repeats its data 6.0 times" in n for n in c.notes)
     assert not any("e32 repeats" in n for n in c.notes)
     assert any("edge of the confirmation sizes" in n for n in c.notes)
+
+
+def test_compare_notes_losses_below_their_interval_and_names_the_size_to_add():
+    from flops_fit.confirm import PlannedSize, Prediction, compare
+    from flops_fit.store import RunRecord
+
+    sizes = [PlannedSize(id=f"e{s}", size=s, num_params=n, num_tokens=1e6, loss=2.0, loss_ci=[1.9, 2.1])
+             for s, n in ((16, 1000), (24, 2000), (32, 4000))]
+    pred = Prediction(budget_flops=1e12, approach="parametric", num_params=2000, num_tokens=1e6, loss=2.0,
+                      loss_ci=[1.9, 2.1], sizes=sizes, fit={"form": "data-constrained"}, created="t")
+
+    def record(i, loss, epochs=6.0):
+        return RunRecord(id=i, hash="h", budget_flops=1e12, status="ok", loss=loss, epochs=epochs, num_params=1,
+                         num_tokens=1e6, flops=1e12)
+    c = compare(pred, {"e16": record("e16", 1.8), "e24": record("e24", 2.0), "e32": record("e32", 2.2)},
+                sweep_epochs=1.0, beyond={"below": 12, "above": 48})
+    assert any("e16: measured 1.8000 is below its interval" in n for n in c.notes)
+    assert any("e32: measured 2.2000 is above its interval" in n for n in c.notes)
+    assert any("add 12 (rerun with --bracket" in n for n in c.notes)
+    # the law already modelled the repetition: no after-the-fact repetition note
+    assert not any("repeats its data" in n for n in c.notes)
+    # an added size enters the table, in order, marked as added
+    extra = PlannedSize(id="e12", size=12, num_params=500, num_tokens=1e6, loss=2.1, loss_ci=[2.0, 2.2], created="t2")
+    c2 = compare(pred, {"e12": record("e12", 1.95), "e16": record("e16", 1.8)}, added=[extra],
+                 beyond={"below": 8, "above": 48})
+    assert [m.size for m in c2.measured] == [12, 16, 24, 32] and c2.added == [12] and c2.best_size == 16
+
+
+def test_confirm_more_sizes_are_an_addition_fewer_change_nothing(swept):
+    spec = Spec.load(swept)
+    first = spec.confirm(8e6, sizes=3)
+    folder = spec.run_dir / "confirm" / "8e6"
+    registered = (folder / "prediction.json").read_text()
+    fewer = spec.confirm(8e6, sizes=2)
+    assert any("registered 3 sizes; --sizes 2 changes nothing" in m for m in fewer.messages)
+    assert [m.size for m in fewer.measured] == [m.size for m in first.measured]
+    trained = []
+    more = spec.confirm(8e6, sizes=5, on_event=trained.append)
+    assert (folder / "prediction.json").read_text() == registered  # the prediction is never rewritten
+    added = json.loads((folder / "additions.json").read_text())["sizes"]
+    assert len(added) == 2 and all(a["created"] and a["loss"] is not None for a in added)
+    assert any("registered 2 more size(s) as an addition" in m for m in more.messages)
+    assert len(more.measured) == 5 and sorted(more.added) == sorted(a["size"] for a in added)
+    assert len([e for e in trained if e.kind == "result"]) == 2  # only the additions trained
+    again = spec.confirm(8e6, sizes=5)
+    assert not any("more size" in m for m in again.messages) and len(again.measured) == 5

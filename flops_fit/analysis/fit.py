@@ -148,7 +148,7 @@ def _fit_isoflop(N, D, L, budgets, profile: str = "window") -> tuple[IsoflopFit 
 
 
 def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator, profile: str = "window",
-                  use: set | None = None, draw=None) -> list[list[float]]:
+                  use: set | None = None, draw=None, chosen: dict | None = None) -> list[list[float]]:
     """Two-stage bootstrap of the IsoFLOP law; (ln k, a, ln k', b) per resample.
 
     Between budgets: the budgets (those in ``use``, which bracket a minimum) are resampled with
@@ -157,8 +157,11 @@ def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator, profile: s
     parabola) plus resampled residuals (inflated for the fitted parameters) and its profile
     minimum is found again.  Then OLS of ln N* (and ln D*) on ln C.  ``draw(rng)``: each
     resample's cell means with their seeds resampled (seed replicates), smoothed afresh.
+    ``chosen``: budget -> the profile the fit used there (``auto``: kept for every resample).
     """
     lnN, lnD = np.log(N), np.log(D)
+
+    chosen = chosen or {}
 
     def smooth(L: np.ndarray) -> list:
         groups = []
@@ -171,7 +174,7 @@ def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator, profile: s
             fitted = np.polyval(np.polyfit(x, L[g], degree), x)
             resid = (L[g] - fitted) * math.sqrt(len(g) / max(1, len(g) - degree - 1))
             s, c = np.polyfit(x, lnD[g], 1)
-            groups.append((float(C), x, fitted, resid, s, c))
+            groups.append((float(C), x, fitted, resid, s, c, chosen.get(float(C), profile)))
         return groups
 
     groups = smooth(L)
@@ -184,8 +187,8 @@ def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator, profile: s
         pick = rng.integers(0, len(groups), len(groups))
         Cs, xs, ds = [], [], []
         for j in pick:
-            C, x, fitted, resid, s, c = groups[j]
-            xstar, _, _, _ = profile_minimum(x, fitted + rng.choice(resid, size=len(x)), profile)
+            C, x, fitted, resid, s, c, used = groups[j]
+            xstar, _, _, _ = profile_minimum(x, fitted + rng.choice(resid, size=len(x)), used)
             if xstar is not None:
                 Cs.append(C), xs.append(xstar), ds.append(c + s * xstar)
         if len(set(Cs)) >= 2:
@@ -304,7 +307,8 @@ def degenerate_notes(N: np.ndarray, D: np.ndarray, L: np.ndarray) -> list[str]:
 def _with_isoflop_intervals(iso: IsoflopFit, N, D, L, budgets, bootstrap: int, rng, profile: str, draw=None) -> IsoflopFit:
     """The two-stage bootstrap's samples, and each exponent's interval widened to the hull of
     its OLS t-interval and the bootstrap percentile interval."""
-    samples = _boot_isoflop(N, D, L, budgets, bootstrap, rng, profile, {m.budget_flops for m in iso.minima}, draw)
+    samples = _boot_isoflop(N, D, L, budgets, bootstrap, rng, profile, {m.budget_flops for m in iso.minima}, draw,
+                            {m.budget_flops: m.profile for m in iso.minima})
     update: dict = {"samples": samples}
     if len(samples) >= 10:
         s = np.array(samples)

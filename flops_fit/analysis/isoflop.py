@@ -42,10 +42,40 @@ def _window(x: np.ndarray, y: np.ndarray, k: int | None = None) -> np.ndarray:
 
 
 def _profile_points(x: np.ndarray, y: np.ndarray, profile: str) -> tuple[np.ndarray, int]:
-    """Which points (indices into x sorted ascending) a profile fits, and the polynomial degree."""
-    if profile == "window":
+    """Which points (indices into x sorted ascending) a profile fits, and the polynomial degree
+    (``auto`` judges points as the window does)."""
+    if profile in ("window", "auto"):
         return _window(x, y), 2
     return np.arange(len(x)), 3 if profile == "cubic" and len(x) >= 5 else 2
+
+
+def _rss(x: np.ndarray, y: np.ndarray, degree: int) -> float:
+    X = np.vander(x - x.mean(), degree + 1)
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    return float(np.sum((y - X @ coef) ** 2))
+
+
+def _lacks_fit(x: np.ndarray, y: np.ndarray, degree: int, level: float = 0.05) -> bool:
+    """Whether a polynomial of ``degree`` misses a shape the next degree finds: the extra-sum-of-
+    squares F test, F = (RSS_d − RSS_{d+1}) / (RSS_{d+1} / (n − d − 2)) on (1, n − d − 2) df."""
+    dof = len(x) - degree - 2
+    if dof < 2:
+        return False
+    lo, hi = _rss(x, y, degree), _rss(x, y, degree + 1)
+    if hi <= 0:
+        return lo > 0
+    return bool(stats.f.sf((lo - hi) / (hi / dof), 1, dof) < level)
+
+
+def choose_profile(x: np.ndarray, y: np.ndarray) -> str:
+    """The ``auto`` profile's choice for one budget (x = ln N sorted ascending): the parabola over
+    every point (the sharpest minimum: every measurement counts) unless an F test finds a cubic
+    term in the profile (a lopsided profile, where a parabola's minimum is biased); then the cubic
+    over every point, unless a quartic term is found too (far edges that no low polynomial
+    follows), where the window's parabola through the central points is left."""
+    if not _lacks_fit(x, y, 2):
+        return "parabola"
+    return "window" if _lacks_fit(x, y, 3) else "cubic"
 
 
 def profile_minimum(x: np.ndarray, y: np.ndarray, profile: str = "window") -> tuple[float | None, float | None, list, str]:
@@ -60,12 +90,17 @@ def profile_minimum(x: np.ndarray, y: np.ndarray, profile: str = "window") -> tu
     * ``"cubic"``: a cubic in x over every point (≥ 5; a parabola below that), minimum where the
       derivative vanishes with positive curvature.
 
+    * ``"auto"``: per budget, the parabola unless the profile lacks fit, then the cubic or the
+      window (:func:`choose_profile`).
+
     The minimum must lie inside the fitted range, else (None, None, [], reason).
     """
     order = np.argsort(x)
     x, y = x[order], y[order]
     if len(np.unique(x)) < 3:
         return None, None, [], f"{len(np.unique(x))} sizes (< 3) for a profile"
+    if profile == "auto":
+        profile = choose_profile(x, y)
     x_lo, x_hi = x.min(), x.max()
     idx, degree = _profile_points(x, y, profile)
     x, y = x[idx], y[idx]
@@ -97,7 +132,9 @@ def budget_minima(lnN: np.ndarray, lnD: np.ndarray, L: np.ndarray, budgets: np.n
     for C in np.unique(budgets):
         m = budgets == C
         x, y, xd = lnN[m], L[m], lnD[m]
-        xs, loss, coef, reason = profile_minimum(x, y, profile)
+        order = np.argsort(x)
+        used = choose_profile(x[order], y[order]) if profile == "auto" and len(np.unique(x)) >= 3 else profile
+        xs, loss, coef, reason = profile_minimum(x, y, used)
         if xs is None:
             dropped.append(DroppedBudget(budget_flops=float(C), reason=reason))
             continue
@@ -111,7 +148,8 @@ def budget_minima(lnN: np.ndarray, lnD: np.ndarray, L: np.ndarray, budgets: np.n
         slope, icpt = np.polyfit(x, xd, 1)
         minima.append(BudgetMinimum(budget_flops=float(C), n_opt=math.exp(xs), d_opt=math.exp(icpt + slope * xs),
                                     loss=loss, n_opt_ci=[math.exp(xs - 1.96 * se), math.exp(xs + 1.96 * se)]
-                                    if math.isfinite(se) else None, coef=coef, num_points=int(m.sum())))
+                                    if math.isfinite(se) else None, coef=coef, num_points=int(m.sum()),
+                                    profile=used))
     return minima, dropped
 
 

@@ -139,6 +139,7 @@ class BudgetMinimum(Frozen):
     n_opt_ci: Interval = None
     coef: list[float] = Field(default_factory=list)
     num_points: int = 0
+    profile: str = ""  # the profile that found it (with profile "auto", each budget's choice)
 
 
 class DroppedBudget(Frozen):
