@@ -33,7 +33,7 @@ LAWS = {"epoch": {"E": 1.82, "A": 482.0, "B": 2085.4, "alpha": 0.3478, "beta": 0
 TRUTH = dict(LAWS["epoch"])
 DESIGNS = {"centred": (-0.8, 0.8, 9), "wide": (-1.2, 1.2, 11), "asymmetric": (-0.4, 1.2, 9), "narrow": (-0.4, 0.4, 5),
            "symmetric": (-0.6, 0.6, 9)}
-PROFILES = ("window", "cubic", "parabola", "auto")
+PROFILES = ("window", "cubic", "parabola", "auto", "shape")
 
 
 def n_opt(C: float) -> float:

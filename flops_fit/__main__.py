@@ -1,5 +1,5 @@
 """``python -m flops_fit`` (and ``accelerate launch -m flops_fit run SPEC``)."""
 
-from .cli import main
+from .entry import main
 
 main()

@@ -142,7 +142,10 @@ class Confirmation(Frozen):
             out.append(f"best measured loss vs predicted: {self.loss_error:+.2%}; best size is "
                        + ("the predicted one" if self.best_is_predicted else
                           "adjacent to the predicted one" if self.best_is_adjacent else "not the predicted one"))
-        return out + [f"[yellow]note: {note}[/]" for note in self.notes] + [f"[cyan]{m}[/]" for m in self.messages]
+        from rich.markup import escape
+
+        return (out + [f"[yellow]note: {escape(note)}[/]" for note in self.notes]
+                + [f"[cyan]{escape(m)}[/]" for m in self.messages])
 
     def summary(self) -> dict:
         """The ``confirm --json`` document."""

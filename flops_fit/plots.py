@@ -45,10 +45,9 @@ def _isoflop(result: Result, plt):
         mine = sorted((p.num_params, p.loss) for p in pts if p.budget_flops == C)
         ax.scatter([m[0] for m in mine], [m[1] for m in mine], color=color, label=f"C = {C:.2g}", zorder=3)
         if C in minima:
-            coef = minima[C].coef
-            poly, (lo, hi) = coef[:-2], coef[-2:]  # the fitted profile and the ln N range it covers
+            lo, hi = minima[C].coef[-2:]  # the ln N range the fitted profile covers
             x = np.linspace(lo, hi, 100)
-            ax.plot(np.exp(x), np.polyval(poly, x), color=color, lw=1)
+            ax.plot(np.exp(x), minima[C].curve(x), color=color, lw=1)
             ax.scatter([minima[C].n_opt], [minima[C].loss], marker="*", s=160, color=color, edgecolor="k", zorder=4)
     excluded = {e.id for e in result.fits.excluded}
     bad = [p for p in result.points.points if p.id in excluded and p.loss is not None]
@@ -163,10 +162,29 @@ def make_figures(result: Result, path: str | Path | None = None, format: str | t
         if path is not None:
             folder = Path(path)
             folder.mkdir(parents=True, exist_ok=True)
-            for name, fig in figures.items():
-                for fmt in formats:
-                    fig.savefig(folder / f"{name}.{fmt}", dpi=110 if fmt == "png" else None)
+            try:
+                for name, fig in figures.items():
+                    for fmt in formats:
+                        _save(fig, folder / f"{name}.{fmt}", dpi=110 if fmt == "png" else None)
+            except BaseException:
+                for fig in figures.values():
+                    plt.close(fig)
+                raise
     return figures
+
+
+def _save(fig, target: Path, **kw) -> None:
+    """``fig.savefig(target)``; any failure (a full disk surfaces from matplotlib's PDF writer as an
+    AttributeError raised while it handles ENOSPC) becomes an OSError naming the file, whose
+    partial content is removed."""
+    try:
+        fig.savefig(target, **kw)
+    except Exception as exc:
+        Path(target).unlink(missing_ok=True)
+        cause = exc if isinstance(exc, OSError) else exc.__context__ if isinstance(exc.__context__, OSError) else None
+        why = (cause.strerror or str(cause)) if cause is not None else f"{type(exc).__name__}: {exc}"
+        raise OSError(getattr(cause, "errno", None) or 5, f"cannot write the figure ({why}); the results are "
+                      f"kept: `flops-fit analyze SPEC` writes the report again", str(target)) from exc
 
 
 def _backtest(result: Result, plt):

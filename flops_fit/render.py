@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .progress import format_seconds
@@ -44,7 +45,7 @@ def print_result(result, out: Console) -> None:
     verdict_lines = result.trust().lines()
     for note in result.summary()["notes"]:
         if not note.startswith("trust verdict") and not any(note in line for line in verdict_lines):
-            out.print(f"[yellow]note: {note}[/]")
+            out.print(f"[yellow]note: {escape(note)}[/]")
     bt = f.backtest
     if bt:
         m = bt.measured

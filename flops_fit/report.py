@@ -230,7 +230,7 @@ def write_report(result: Result, folder: Path) -> Path:
     atomic_write_text(folder / "points.csv", rows_csv(result._columns()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        figures = result.plot(folder, format=("png", "pdf"))
+        figures = result.plot(folder, format=("png", "pdf"))  # closes its figures itself when a save fails
     for fig in figures.values():
         plt.close(fig)
     return folder

@@ -25,6 +25,10 @@ from .points import Points
 
 __all__ = ["Fits", "Exclusion", "Backtest", "fit_points", "flops_per_unit_law"]
 
+#: What an optimiser raises on data no law describes (losses of 1e308, overflowing exponents):
+#: the approach is left out with a note, never a traceback.
+NUMERICAL = (ValueError, OverflowError, FloatingPointError, ZeroDivisionError, np.linalg.LinAlgError)
+
 
 class Exclusion(Frozen):
     """A point left out of the fits, and why."""
@@ -148,7 +152,8 @@ def _fit_isoflop(N, D, L, budgets, profile: str = "window") -> tuple[IsoflopFit 
 
 
 def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator, profile: str = "window",
-                  use: set | None = None, draw=None, chosen: dict | None = None) -> list[list[float]]:
+                  use: set | None = None, draw=None, chosen: dict | None = None,
+                  shape: tuple[float, float] | None = None) -> list[list[float]]:
     """Two-stage bootstrap of the IsoFLOP law; (ln k, a, ln k', b) per resample.
 
     Between budgets: the budgets (those in ``use``, which bracket a minimum) are resampled with
@@ -157,7 +162,8 @@ def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator, profile: s
     parabola) plus resampled residuals (inflated for the fitted parameters) and its profile
     minimum is found again.  Then OLS of ln N* (and ln D*) on ln C.  ``draw(rng)``: each
     resample's cell means with their seeds resampled (seed replicates), smoothed afresh.
-    ``chosen``: budget -> the profile the fit used there (``auto``: kept for every resample).
+    ``chosen``: budget -> the profile the fit used there (``auto``: kept for every resample);
+    ``shape``: the ``shape`` profile's (u, v), held for every resample.
     """
     lnN, lnD = np.log(N), np.log(D)
 
@@ -188,7 +194,7 @@ def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator, profile: s
         Cs, xs, ds = [], [], []
         for j in pick:
             C, x, fitted, resid, s, c, used = groups[j]
-            xstar, _, _, _ = profile_minimum(x, fitted + rng.choice(resid, size=len(x)), used)
+            xstar, _, _, _ = profile_minimum(x, fitted + rng.choice(resid, size=len(x)), used, shape)
             if xstar is not None:
                 Cs.append(C), xs.append(xstar), ds.append(c + s * xstar)
         if len(set(Cs)) >= 2:
@@ -266,18 +272,29 @@ def _fit_points(points: Points, approaches, bootstrap: int, seed: int, keep_outl
     fpu = flops_per_unit_law(N, F / D)
     iso = par = env = None
     if "isoflop" in approaches:
-        iso, why = _fit_isoflop(N, D, L, budgets, profile)
-        if iso is not None and bootstrap:
-            iso = _with_isoflop_intervals(iso, N, D, L, budgets, bootstrap, rng, profile, draw)
+        try:
+            iso, why = _fit_isoflop(N, D, L, budgets, profile)
+            if iso is not None and bootstrap:
+                iso = _with_isoflop_intervals(iso, N, D, L, budgets, bootstrap, rng, profile, draw)
+        except NUMERICAL as exc:
+            iso, why = None, f"isoflop: the data cannot be fitted ({type(exc).__name__}: {str(exc)[:120]})"
         if why:
             notes.append(why)
     if "parametric" in approaches:
-        par = _parametric(N, D, L, U, bootstrap, rng, notes, fpu, draw)
+        try:
+            par = _parametric(N, D, L, U, bootstrap, rng, notes, fpu, draw)
+        except NUMERICAL as exc:
+            par = None
+            notes.append(f"parametric: the data cannot be fitted ({type(exc).__name__}: {str(exc)[:120]})")
     if "envelope" in approaches:
         env = envelope([(points.num_params[i], points.curve[i]) for i in usable] if points.curve else [])
         if env is None:
             notes.append("envelope: too few logged curve points (Approach 1 needs training curves)")
-    bt = _backtest(points, usable, approaches, profile) if backtest else None
+    try:
+        bt = _backtest(points, usable, approaches, profile) if backtest else None
+    except NUMERICAL as exc:
+        bt = None
+        notes.append(f"backtest: the held-out budget cannot be fitted ({type(exc).__name__}: {str(exc)[:120]})")
     known = U[np.isfinite(U)]
     unique = float(np.median(known)) if len(known) else None
     limit = data_limit(par, sorted(set(budgets.tolist()))) if par is not None else None
@@ -307,8 +324,9 @@ def degenerate_notes(N: np.ndarray, D: np.ndarray, L: np.ndarray) -> list[str]:
 def _with_isoflop_intervals(iso: IsoflopFit, N, D, L, budgets, bootstrap: int, rng, profile: str, draw=None) -> IsoflopFit:
     """The two-stage bootstrap's samples, and each exponent's interval widened to the hull of
     its OLS t-interval and the bootstrap percentile interval."""
+    shape = next((tuple(m.coef[:2]) for m in iso.minima if m.profile == "shape"), None)
     samples = _boot_isoflop(N, D, L, budgets, bootstrap, rng, profile, {m.budget_flops for m in iso.minima}, draw,
-                            {m.budget_flops: m.profile for m in iso.minima})
+                            {m.budget_flops: m.profile for m in iso.minima}, shape)
     update: dict = {"samples": samples}
     if len(samples) >= 10:
         s = np.array(samples)

@@ -18,6 +18,7 @@ from lmfit.models import LinearModel, QuadraticModel
 from scipy import stats
 
 from .laws import OLS, BudgetMinimum, DroppedBudget, LossLaw, PowerLaw
+from .shape import fit_shape, shape_minimum
 
 __all__ = ["budget_minima", "power_law", "loss_law", "profile_residuals", "profile_minimum", "WINDOW_POINTS"]
 
@@ -44,7 +45,7 @@ def _window(x: np.ndarray, y: np.ndarray, k: int | None = None) -> np.ndarray:
 def _profile_points(x: np.ndarray, y: np.ndarray, profile: str) -> tuple[np.ndarray, int]:
     """Which points (indices into x sorted ascending) a profile fits, and the polynomial degree
     (``auto`` judges points as the window does)."""
-    if profile in ("window", "auto"):
+    if profile in ("window", "auto", "shape"):
         return _window(x, y), 2
     return np.arange(len(x)), 3 if profile == "cubic" and len(x) >= 5 else 2
 
@@ -78,7 +79,8 @@ def choose_profile(x: np.ndarray, y: np.ndarray) -> str:
     return "window" if _lacks_fit(x, y, 3) else "cubic"
 
 
-def profile_minimum(x: np.ndarray, y: np.ndarray, profile: str = "window") -> tuple[float | None, float | None, list, str]:
+def profile_minimum(x: np.ndarray, y: np.ndarray, profile: str = "window",
+                    shape: tuple[float, float] | None = None) -> tuple[float | None, float | None, list, str]:
     """The minimum (x*, L*) of one IsoFLOP profile, the fitted curve's coefficients and range, or a reason.
 
     ``x`` = ln N sorted ascending.  Profiles:
@@ -91,7 +93,10 @@ def profile_minimum(x: np.ndarray, y: np.ndarray, profile: str = "window") -> tu
       derivative vanishes with positive curvature.
 
     * ``"auto"``: per budget, the parabola unless the profile lacks fit, then the cubic or the
-      window (:func:`choose_profile`).
+      window (:func:`choose_profile`);
+    * ``"shape"``: the shape g(d) = e^(−u·d)/u + e^(v·d)/v of the Chinchilla law's profiles with
+      ``shape`` = (u, v) shared by every budget (:mod:`.shape`), level and scale per budget;
+      ``coef`` is then [u, v, c, K, x*, x_lo, x_hi].
 
     The minimum must lie inside the fitted range, else (None, None, [], reason).
     """
@@ -102,6 +107,14 @@ def profile_minimum(x: np.ndarray, y: np.ndarray, profile: str = "window") -> tu
     if profile == "auto":
         profile = choose_profile(x, y)
     x_lo, x_hi = x.min(), x.max()
+    if profile == "shape":
+        u, v = shape
+        xs, loss, c, K = shape_minimum(x, y, u, v)
+        if K <= 0:
+            return None, None, [], "no positive curvature (loss not U-shaped in ln N)"
+        if not (x_lo <= xs <= x_hi):
+            return None, None, [], f"minimum outside the sampled sizes (beyond the {'smallest' if xs < x_lo else 'largest'})"
+        return float(xs), float(loss), [u, v, c, K, float(xs), float(x_lo), float(x_hi)], ""
     idx, degree = _profile_points(x, y, profile)
     x, y = x[idx], y[idx]
     coef = np.polyfit(x, y, degree)
@@ -125,16 +138,21 @@ def profile_minimum(x: np.ndarray, y: np.ndarray, profile: str = "window") -> tu
     return float(xs), float(np.polyval(coef, xs)), [float(c) for c in coef] + [float(x.min()), float(x.max())], ""
 
 
-def budget_minima(lnN: np.ndarray, lnD: np.ndarray, L: np.ndarray, budgets: np.ndarray,
-                  profile: str = "window") -> tuple[list[BudgetMinimum], list[DroppedBudget]]:
-    """Per-budget profile minima and the budgets without one (with the reason)."""
+def budget_minima(lnN: np.ndarray, lnD: np.ndarray, L: np.ndarray, budgets: np.ndarray, profile: str = "window",
+                  shape: tuple[float, float] | None = None) -> tuple[list[BudgetMinimum], list[DroppedBudget]]:
+    """Per-budget profile minima and the budgets without one (with the reason).  ``shape``: the
+    (u, v) of the ``shape`` profile (default: fitted here over the budgets with 3+ sizes)."""
     minima, dropped = [], []
+    if profile == "shape" and shape is None:
+        groups = [(lnN[budgets == C], L[budgets == C]) for C in np.unique(budgets)]
+        groups = [g for g in groups if len(np.unique(g[0])) >= 3]
+        shape = fit_shape(groups) if groups else (0.3, 0.3)
     for C in np.unique(budgets):
         m = budgets == C
         x, y, xd = lnN[m], L[m], lnD[m]
         order = np.argsort(x)
         used = choose_profile(x[order], y[order]) if profile == "auto" and len(np.unique(x)) >= 3 else profile
-        xs, loss, coef, reason = profile_minimum(x, y, used)
+        xs, loss, coef, reason = profile_minimum(x, y, used, shape)
         if xs is None:
             dropped.append(DroppedBudget(budget_flops=float(C), reason=reason))
             continue

@@ -141,6 +141,14 @@ class BudgetMinimum(Frozen):
     num_points: int = 0
     profile: str = ""  # the profile that found it (with profile "auto", each budget's choice)
 
+    def curve(self, x) -> np.ndarray:
+        """The fitted profile's loss at x = ln N (polynomial, or the ``shape`` profile's c + K·g(x − x*))."""
+        if self.profile == "shape":
+            from .shape import shape_curve
+
+            return shape_curve(self.coef[:5], np.asarray(x, dtype=float))
+        return np.polyval(self.coef[:-2], np.asarray(x, dtype=float))
+
 
 class DroppedBudget(Frozen):
     budget_flops: float

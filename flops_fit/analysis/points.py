@@ -202,8 +202,16 @@ class Points(Frozen):
         rows = len(cells["params"])
         if rows < 5:
             raise DataError([Problem(f"{rows} points are too few to fit a scaling law (need at least 5)", file=source)])
-        flops = data["flops"] if has_flops else 6 * data["params"] * data["tokens"]
+        with np.errstate(over="ignore"):
+            flops = data["flops"] if has_flops else 6 * data["params"] * data["tokens"]
+        if not np.all(np.isfinite(flops)):
+            rows_at = np.flatnonzero(~np.isfinite(flops))
+            raise DataError([Problem("6 · params · tokens overflows a float (values this large are not measurements)",
+                                     key="params × tokens", file=source, line=lines[i] if lines else None,
+                                     value=f"{data['params'][i]:g} × {data['tokens'][i]:g}", has_value=True)
+                             for i in rows_at])
         budgets, grouping = _budgets(data, flops, group_tolerance)
+        grouping = grouping if has_flops else ""  # 6·N·D of one budget differ only by rounding: nothing to say
         U = data["unique_tokens"] if "unique_tokens" in data else data["tokens"] / data["epochs"] if "epochs" in data \
             else None
         ids = [f"row{n}" for n in lines] if lines is not None else [f"row{i}" for i in range(rows)]
