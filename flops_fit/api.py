@@ -101,7 +101,7 @@ class Spec(SpecModel):
             failures = wait_for(jobs, submission.jobs, Store(Path(plan.run_dir)), on_progress)
             if failures:
                 raise RunError([Problem(f.line()) for f in failures])
-        elif not train_plan(self, plan, retry_failed, on_event):
+        elif not train_plan(self, plan, retry_failed, on_event, on_progress):
             return None
         return _report(self, plan, report, track=True)
 
@@ -176,9 +176,11 @@ def _warn_transfer(spec: SpecModel, plan: Plan) -> None:
 
 
 def train_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False,
-               on_event: Callable[[RunEvent], None] | None = None) -> bool:
-    """Train the plan's pending experiments here or in worker processes (:func:`launch_plan`).
-    False in the non-main processes of a distributed launch."""
+               on_event: Callable[[RunEvent], None] | None = None,
+               on_progress: Callable[[int, int], None] | None = None) -> bool:
+    """Train the plan's pending experiments here or in worker processes (:func:`launch_plan`;
+    ``on_progress(finished, total)`` while they train).  False in the non-main processes of a
+    distributed launch."""
     store = Store(Path(plan.run_dir))
     layout = launch_plan(spec)
     registered = sorted({t for e in plan.experiments for t in e.job.targets if t.startswith("@")})
@@ -188,7 +190,7 @@ def train_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False,
                       f"importable by module path to use them", stacklevel=3)
     if not layout.in_process and not registered:
         store.write_plan_json(plan.to_json())
-        codes = run_launched(layout, plan, retry_failed)
+        codes = run_launched(layout, plan, retry_failed, on_progress)
         if any(codes):
             raise RunError(f"{sum(1 for c in codes if c)} worker process(es) failed (exit codes {codes})")
         return True

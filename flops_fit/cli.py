@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -23,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import FlopsFitError, Problem
+from .progress import VERBOSE_ENV
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Plan, train and fit compute-optimal scaling laws for your model and data.")
@@ -54,7 +56,8 @@ def _budgets(values: list[float] | None, option: str) -> list[float] | None:
 
 SpecArg = typer.Argument(..., help="Path of the spec TOML file.", exists=False)
 JsonOpt = typer.Option(False, "--json", help="Print only the JSON document on stdout.")
-VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show tracebacks of errors.")
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show tracebacks of errors and log every decision "
+                                                         "(each skipped experiment, each start).")
 RetryOpt = typer.Option(False, "--retry-failed", help="Train (or submit) again experiments that diverged or failed.")
 
 
@@ -70,6 +73,8 @@ def _guard(fn: Callable[[], None], verbose: bool, as_json: bool = False) -> None
     ``as_json`` anything printed while it runs (a user module printing at import) goes to stderr:
     stdout carries the JSON document only."""
     _JSON_OUT[0] = sys.stdout
+    if verbose:  # every decision in the log, also in worker processes (they inherit the environment)
+        os.environ[VERBOSE_ENV] = "1"
     try:
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
             fn()
@@ -167,7 +172,7 @@ def run(spec: str = SpecArg, as_json: bool = JsonOpt,
     def go() -> None:
         s = _load(spec)
         progress, handle = _progress_handler(err)
-        jobs = _jobs_progress(err) if s.launcher.kind != "local" else None
+        jobs = _jobs_progress(err, "jobs" if s.launcher.kind != "local" else "sweep")
         try:
             result = s.run(retry_failed=retry_failed, on_event=handle, on_progress=jobs)
         finally:

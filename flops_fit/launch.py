@@ -119,9 +119,26 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-def run_launched(layout: LaunchPlan, plan: Plan, retry_failed: bool) -> list[int]:
+def _wait(procs: list, plan: Plan, on_progress) -> list[int]:
+    """The processes' exit codes; meanwhile ``on_progress(finished, total)`` every second from the store."""
+    if on_progress is None:
+        return [p.wait() for p in procs]
+    import time
+
+    from .store import Store
+
+    store, units = Store(Path(plan.run_dir)), plan.experiments
+    while any(p.poll() is None for p in procs):
+        on_progress(len(store.collect(units)), len(units))
+        time.sleep(1.0)
+    on_progress(len(store.collect(units)), len(units))
+    return [p.wait() for p in procs]
+
+
+def run_launched(layout: LaunchPlan, plan: Plan, retry_failed: bool, on_progress=None) -> list[int]:
     """Run the phases of ``layout`` over ``plan`` (its ``plan.json`` must be in the store);
-    returns the exit codes of the processes.  Ctrl-C stops the workers too."""
+    returns the exit codes of the processes.  Ctrl-C stops the workers too.  ``on_progress``:
+    called with (finished, total) experiments while the workers train."""
     codes = []
     env = {**os.environ, WORKER_ENV: "1",
            "PYTHONPATH": os.pathsep.join([*import_roots(plan), *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -138,12 +155,12 @@ def run_launched(layout: LaunchPlan, plan: Plan, retry_failed: bool) -> list[int
                 elif "OMP_NUM_THREADS" not in os.environ:  # CPU workers share the cores
                     child["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // layout.workers))
                 procs.append(subprocess.Popen([sys.executable, *entry, selection], env=child, preexec_fn=preexec))
-            codes += [p.wait() for p in procs]
+            codes += _wait(procs, plan, on_progress)
         if layout.data_parallel:
             selection = Selection(min_params=layout.threshold, retry_failed=retry_failed).model_dump_json()
             torchrun = [shutil.which("torchrun") or "torchrun", "--standalone", f"--nproc_per_node={layout.gpus}"]
             procs = [subprocess.Popen(torchrun + entry + [selection], env=env, preexec_fn=preexec)]
-            codes.append(procs[0].wait())
+            codes += _wait(procs, plan, on_progress)
     finally:
         for p in procs:  # interrupted: take the workers down with us (they checkpoint on SIGTERM)
             if p.poll() is None:
@@ -156,15 +173,27 @@ def run_launched(layout: LaunchPlan, plan: Plan, retry_failed: bool) -> list[int
     return codes
 
 
-def _print_event(event) -> None:
-    """A worker's progress on stderr (stdout stays the parent's, for --json): a line per decision and result."""
-    exp = event.experiment
-    if event.kind == "decision":
-        print(f"{event.decision.action} {exp.id}: {event.decision.reason}", file=sys.stderr, flush=True)
-    elif event.kind == "result":
-        r = event.result
-        loss = f"{r.loss:.4f}" if r.loss is not None else "–"
-        print(f"{r.status} {exp.id}: loss {loss} ({r.train_seconds:.0f} s) {r.reason}".rstrip(), file=sys.stderr, flush=True)
+def _event_printer():
+    """A worker's log on stderr (stdout stays the parent's, for --json), as quiet as the parent's
+    (:class:`~flops_fit.progress.EventLog`; ``--verbose`` reaches it through the environment),
+    and the printer of its skip summary."""
+    from rich.console import Console
+
+    from .progress import EventLog
+
+    log = EventLog()
+    console = Console(stderr=True, highlight=False, width=220, soft_wrap=True)
+
+    def on_event(event) -> None:
+        line = log.line(event)
+        if line:
+            console.print(line)
+
+    def finish() -> None:
+        summary = log.summary()
+        if summary:
+            console.print(f"worker {os.getpid()}: " + summary)
+    return on_event, finish
 
 
 def worker_main(run_dir: str, selection: Selection) -> int:
@@ -176,8 +205,10 @@ def worker_main(run_dir: str, selection: Selection) -> int:
     plan = Plan.from_json((store.root / "plan.json").read_text(encoding="utf-8"))
     accelerator = make_accelerator(plan.runtime, str(store.root / "tracking"))
     experiments = [e for e in plan.units() if selection.accepts(e)]
-    run_experiments(experiments, store, accelerator, selection.retry_failed, _print_event, compile=plan.runtime.compile,
-                           heartbeat_s=plan.runtime.heartbeat_s)
+    on_event, finish = _event_printer()
+    run_experiments(experiments, store, accelerator, selection.retry_failed, on_event, compile=plan.runtime.compile,
+                    heartbeat_s=plan.runtime.heartbeat_s)
+    finish()
     return 0
 
 

@@ -103,3 +103,28 @@ def test_a_failing_figure_of_any_type_is_one_line_and_analyze_rewrites_it(in_tmp
     res = runner.invoke(app, ["analyze", str(spec_path)])
     assert res.exit_code == 0, res.output
     assert (report / "contours.pdf").read_bytes()[:4] == b"%PDF"
+
+
+@pytest.mark.multiprocess
+def test_the_log_is_one_line_per_experiment_and_a_skip_summary(tmp_path):
+    """Three CPU workers share a sweep: each experiment's result once, no line per experiment another
+    worker holds (a summary instead); --verbose lists every decision, in the workers too."""
+    spec = write_toy_spec(tmp_path, sizes=(4, 8, 16), budgets=(1e6,), train="workers_per_gpu = 3\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("FLOPS_FIT_VERBOSE", None)
+    run = [sys.executable, "-m", "flops_fit", "run", str(spec)]
+    res = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    from flops_fit import Spec
+
+    ids = [e.id for e in Spec.load(spec).plan().experiments]
+    for i in ids:
+        assert sum(line.startswith(f"ok {i}:") for line in lines) == 1, res.stderr
+    assert not any(line.startswith(("skip ", "run ")) for line in lines), res.stderr
+    assert any("skipped" in line and "(--verbose lists them)" in line for line in lines), res.stderr
+    assert len(lines) <= len(ids) + 3 + 6, res.stderr  # results, one summary per worker, the bar, the report line
+    again = subprocess.run(run + ["--verbose"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    for i in ids:
+        assert f"skip {i}: done" in again.stderr, again.stderr
