@@ -80,7 +80,8 @@ class Spec(SpecModel):
 
     def run(self, retry_failed: bool = False, on_event: Callable[[RunEvent], None] | None = None,
             report: bool = True, executor: Any = None,
-            on_progress: Callable[[int, int], None] | None = None) -> Result | None:
+            on_progress: Callable[[int, int], None] | None = None,
+            on_plan: Callable[[Plan], None] | None = None) -> Result | None:
         """Train every pending experiment (cached ones are reused), fit and report.
 
         Several GPUs or ``train.workers_per_gpu > 1`` spread the sweep over worker processes

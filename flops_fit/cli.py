@@ -118,7 +118,13 @@ def validate(spec: str = SpecArg, verbose: bool = VerboseOpt) -> None:
                   f"{len(plan.dropped)} dropped, FLOP rule {plan.flop_rule} ({time.perf_counter() - t0:.2f} s)")
         for why in fit_problems(plan):
             err.print(f"[yellow]warning: this plan cannot give a fit: {why}; add budgets or sizes[/]")
+        _print_plan_notes(plan)
     _guard(go, verbose)
+
+
+def _print_plan_notes(plan) -> None:
+    for note in plan.notes:
+        err.print(f"[yellow]note: {escape(note)}[/]", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -140,6 +146,8 @@ def estimate(spec: str = SpecArg, as_json: bool = JsonOpt, retry_failed: bool = 
         err.print(t)
         for d in est.dropped:
             err.print(f"[dim]dropped C={d.budget_flops:.2g} size={d.size}: {d.reason}[/]")
+        for note in est.notes:
+            err.print(f"[yellow]note: {escape(note)}[/]", highlight=False, soft_wrap=True)
         err.print(f"total {est.total_flops:.3g} FLOPs, {est.remaining_flops:.3g} to train; "
                   f"~{_fmt_seconds(est.est_seconds)} on {est.device}; "
                   f"~{_fmt_seconds(est.gpu_est_seconds)} on one {est.gpu} at {est.gpu_mfu:.0%} MFU "
@@ -174,7 +182,7 @@ def run(spec: str = SpecArg, as_json: bool = JsonOpt,
         progress, handle = _progress_handler(err)
         jobs = _jobs_progress(err, "jobs" if s.launcher.kind != "local" else "sweep")
         try:
-            result = s.run(retry_failed=retry_failed, on_event=handle, on_progress=jobs)
+            result = s.run(retry_failed=retry_failed, on_event=handle, on_progress=jobs, on_plan=_print_plan_notes)
         finally:
             progress.stop()
             if jobs is not None:

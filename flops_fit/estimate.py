@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from pydantic import Field
+
 from .frozen import Frozen
 from .flops import PEAK_FLOPS, RULE_DESCRIPTIONS
 from .plan import Dropped, Experiment, Plan
@@ -66,6 +68,7 @@ class Estimate(Frozen):
     gpu_hours: float = 0.0  # gpu_est_seconds / 3600: the remaining work in GPU-hours on the [estimate] GPU
     usd: Optional[float] = None  # gpu_hours × [estimate] usd_per_gpu_hour
     reuse: str = "none"
+    notes: list[str] = Field(default_factory=list)  # the plan's: cells of a branched sweep that train standalone
     standalone_flops: float = 0.0  # the same sweep with reuse = "none": every experiment from scratch
     saved_flops: float = 0.0  # standalone_flops − total_flops
     saved_seconds: Optional[float] = None  # the same, in estimated wall-clock here (whole sweep, from scratch)
@@ -255,7 +258,7 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calib
             return makespan(each, workers, _waits(items, calib, {})) if workers > 1 else sum(each)
         saved_seconds = sweep_seconds(plan.experiments, lambda e: e.steps) - sweep_seconds(units, _own_steps)
     return Estimate(flop_rule=plan.flop_rule, flop_rule_description=RULE_DESCRIPTIONS[plan.flop_rule], experiments=rows,
-                    reuse=plan.reuse, standalone_flops=standalone, saved_flops=standalone - total, saved_seconds=saved_seconds,
+                    reuse=plan.reuse, notes=list(plan.notes), standalone_flops=standalone, saved_flops=standalone - total, saved_seconds=saved_seconds,
                     dropped=list(plan.dropped), total_flops=total,
                     remaining_flops=remaining_flops, est_seconds=total_seconds if calib else None,
                     device=calib.get("device", "not calibrated"), calibration=calib, gpu=spec.cost.gpu,

@@ -86,6 +86,7 @@ class Plan(Frozen):
     runtime: Runtime
     reuse: str = "none"
     trunks: list[Trunk] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)  # reuse = "branch": the cells that train standalone, and why
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -225,14 +226,16 @@ def compile_plan(spec: SpecModel, sizes: list[SizeInfo] | None = None) -> Plan:
                                     value=budget, has_value=True,
                                     hint="raise the budget, add smaller sizes, or lower train.batch_size / sweep.min_steps"))
     trunks: list[Trunk] = []
+    notes: list[str] = []
     if spec.sweep.reuse == "branch" and not problems:
-        experiments, trunks, problems = branched(spec, experiments)
+        experiments, trunks, problems, notes = branched(spec, experiments, sizes)
     if problems:
         raise SpecError(problems)
     return Plan(name=spec.name, run_dir=str(spec.run_dir), flop_rule=spec.flops.rule, size_param=spec.model.size_param,
                 tokens_per_sample=spec.data.tokens_per_sample, budgets=list(spec.sweep.budgets), sizes=sizes,
                 experiments=experiments, dropped=dropped, approaches=list(spec.analysis.approaches),
-                predict=list(spec.analysis.predict), runtime=runtime(spec), reuse=spec.sweep.reuse, trunks=trunks)
+                predict=list(spec.analysis.predict), runtime=runtime(spec), reuse=spec.sweep.reuse, trunks=trunks,
+                notes=notes)
 
 
 def replicates(spec: SpecModel, budget: float, chosen: list[tuple[SizeInfo, int]]) -> list[Experiment]:
@@ -264,42 +267,53 @@ def branch_step(steps: int, decay_fraction: float) -> int:
     return steps - max(1, int(round(decay_fraction * steps)))
 
 
-def branched(spec: SpecModel, experiments: list[Experiment]) -> tuple[list[Experiment], list[Trunk], list[Problem]]:
-    """``reuse = "branch"``: one trunk per size and, in place of each experiment, a branch of it.
+def branched(spec: SpecModel, experiments: list[Experiment],
+             sizes: list[SizeInfo]) -> tuple[list[Experiment], list[Trunk], list[Problem], list[str]]:
+    """``reuse = "branch"``: one trunk per size and, in place of each experiment that can branch, a
+    branch of it; the rest train standalone (the same wsd schedule, the identity of a ``reuse =
+    "none"`` experiment), each with a note.
 
-    A branch keeps its (budget, size) prefix; its hash is (trunk hash, S_C, T_C, cooldown).
-    Problems: a schedule that is not wsd, a warmup that does not end before a branch step,
-    a cooldown shorter than ``sweep.min_cooldown_steps``."""
+    A branch keeps its (budget, size) prefix; its hash is (trunk hash, S_C, T_C, cooldown).  A cell
+    cannot branch when its warmup does not end before its branch step or its cooldown is shorter
+    than ``sweep.min_cooldown_steps``.  Problems (nothing is planned): a schedule that is not wsd, a
+    warmup given as a fraction of the run, or no cell of the sweep that can branch."""
     t = spec.train
     if t.schedule != "wsd":
         return experiments, [], [Problem("sweep.reuse = 'branch' needs the warmup-stable-decay schedule (branches are "
                                          "its cooldowns)", key="train.schedule", file=spec.source, value=t.schedule,
-                                         has_value=True, hint='set train.schedule = "wsd", or sweep.reuse = "none"')]
+                                         has_value=True, hint='set train.schedule = "wsd"')], []
     if t.warmup_fraction is not None:
         return experiments, [], [Problem("sweep.reuse = 'branch' shares one warmup between every length of a size; a "
                                          "warmup as a fraction of the run cannot be shared", key="train.warmup_fraction",
                                          file=spec.source, value=t.warmup_fraction, has_value=True,
-                                         hint="remove it and set train.warmup_tokens")]
-    problems, trunks, out = [], [], {}
+                                         hint="remove it and set train.warmup_tokens")], []
+    standalone = spec.model_copy(update={"sweep": spec.sweep.model_copy(update={"reuse": "none"})})
+    by_size = {info.size: info for info in sizes}
+    trunks, out, notes, why_not = [], {}, [], []
     for size in dict.fromkeys(e.size for e in experiments):
         own = [e for e in experiments if e.size == size]
         points = {e.id: branch_step(e.steps, t.decay_fraction) for e in own}
-        first = own[0]
+        can = []
         for e in own:
             cool, warm = e.steps - points[e.id], e.job.warmup_steps
-            if cool < spec.sweep.min_cooldown_steps:
-                problems.append(Problem(f"{e.id}: its cooldown is {cool} steps (decay_fraction {t.decay_fraction:g} of "
-                                        f"{e.steps}), fewer than sweep.min_cooldown_steps = {spec.sweep.min_cooldown_steps}",
-                                        key="train.decay_fraction", file=spec.source, value=t.decay_fraction, has_value=True,
-                                        hint="raise train.decay_fraction or the budgets, or lower sweep.min_cooldown_steps"))
-            if warm >= points[e.id]:
-                problems.append(Problem(f"{e.id}: the warmup ({warm} steps) does not end before its branch step "
-                                        f"{points[e.id]}", key="train.warmup_tokens", file=spec.source,
-                                        value=t.warmup_tokens, has_value=True,
-                                        hint="lower train.warmup_tokens, or drop the smallest budget for this size"))
-        pins = sorted(set(points.values()))
+            reason = (f"its cooldown would be {cool} steps (decay_fraction {t.decay_fraction:g} of {e.steps}), fewer "
+                      f"than sweep.min_cooldown_steps = {spec.sweep.min_cooldown_steps}"
+                      if cool < spec.sweep.min_cooldown_steps else
+                      f"the size's shared warmup ({warm} steps) does not end before its branch step {points[e.id]}"
+                      if warm >= points[e.id] else None)
+            if reason is None:
+                can.append(e)
+                continue
+            alone = plan_experiment(standalone, e.budget_flops, by_size[size], e.steps)
+            out[e.id] = alone
+            notes.append(f"{alone.id} trains standalone (wsd, no trunk): {reason}")
+            why_not.append(reason)
+        if not can:
+            continue
+        pins = sorted({points[e.id] for e in can})
+        first = can[0]
         job = first.job.model_copy(update={"role": "trunk", "steps": pins[-1], "pins": pins, "experiment_id": "",
-                                           "budget_flops": max(e.budget_flops for e in own),
+                                           "budget_flops": max(e.budget_flops for e in can),
                                            "schedule": first.job.schedule.model_copy(update={"kind": "constant"})})
         digest = content_hash(job.identity())
         trunk_id = f"trunk-{spec.model.size_param[:1]}{_fmt_number(size) if isinstance(size, float) else size}-{digest}"
@@ -308,12 +322,19 @@ def branched(spec: SpecModel, experiments: list[Experiment]) -> tuple[list[Exper
         trunks.append(Trunk(id=trunk_id, hash=digest, budget_flops=job.budget_flops, size=size, num_params=first.num_params,
                             num_tokens=samples * spec.data.tokens_per_sample, num_samples=samples, steps=pins[-1],
                             flops=samples * first.job.flops_per_sample, job=job, branch_steps=pins))
-        for e in own:
+        for e in can:
             bjob = e.job.model_copy(update={"branch": BranchPoint(trunk_id=trunk_id, trunk_hash=digest, step=points[e.id])})
             h = content_hash(bjob.identity())
             eid = experiment_id(e.budget_flops, spec.model.size_param, size, h)
             out[e.id] = e.model_copy(update={"id": eid, "hash": h, "job": bjob.model_copy(update={"hash": h, "experiment_id": eid})})
-    return [out[e.id] for e in experiments], trunks, problems
+    if not trunks:
+        return experiments, [], [Problem(f"sweep.reuse = 'branch': no cell of the sweep can branch ({why_not[0]}; "
+                                         f"and {len(why_not) - 1} more)" if len(why_not) > 1 else
+                                         f"sweep.reuse = 'branch': no cell of the sweep can branch ({why_not[0]})",
+                                         key="sweep.reuse", file=spec.source, value="branch", has_value=True,
+                                         hint="lower train.warmup_tokens or sweep.min_cooldown_steps, raise "
+                                              "train.decay_fraction or the budgets, or set reuse = \"none\"")], []
+    return [out[e.id] for e in experiments], trunks, [], notes
 
 
 def runtime(spec: SpecModel) -> Runtime:

@@ -141,13 +141,31 @@ def test_sigkill_of_the_trunk_resumes_to_the_same_branch_losses(in_tmp):
 @pytest.mark.parametrize("train, sweep, key", [
     ('schedule = "cosine"\n', "", "train.schedule"),
     ('schedule = "wsd"\nwarmup_fraction = 0.1\n', "", "train.warmup_fraction"),
-    ('schedule = "wsd"\nwarmup_tokens = 1e6\n', "", "train.warmup_tokens"),
-    ('schedule = "wsd"\ndecay_fraction = 0.01\n', "", "train.decay_fraction"),
+    ('schedule = "wsd"\nwarmup_tokens = 1e6\n', "", "sweep.reuse: sweep.reuse = 'branch': no cell of the sweep "
+     "can branch (the size's shared warmup"),
+    ('schedule = "wsd"\ndecay_fraction = 0.005\n', "", "sweep.reuse: sweep.reuse = 'branch': no cell of the sweep "
+     "can branch (its cooldown would be"),
 ])
 def test_bad_branch_specs_name_the_key(in_tmp, train, sweep, key):
     with pytest.raises(SpecError) as info:
         Spec.load(_spec(in_tmp, "branch", train=train, sweep=sweep)).plan()
     assert key in str(info.value), str(info.value)
+
+
+def test_cells_that_cannot_branch_train_standalone_with_a_note(in_tmp):
+    """A warmup that outlasts the smallest budget's branch steps: those cells train standalone (the
+    reuse = "none" experiment, same id), the rest branch; estimate shows what is still saved."""
+    spec = Spec.load(_spec(in_tmp, "branch", train='schedule = "wsd"\nwarmup_tokens = 5e3\n'))
+    plan = spec.plan()
+    alone = [e for e in plan.experiments if e.job.branch is None]
+    branches = [e for e in plan.experiments if e.job.branch is not None]
+    assert alone and branches and plan.trunks
+    assert len(plan.notes) == len(alone) and all("trains standalone (wsd, no trunk)" in n for n in plan.notes)
+    none = spec.model_copy(update={"sweep": spec.sweep.model_copy(update={"reuse": "none"})}).plan()
+    assert {e.id for e in alone} <= {e.id for e in none.experiments}  # the identity of a reuse = "none" run
+    assert all(e.job.schedule.kind == "wsd" for e in alone)
+    est = spec.estimate()
+    assert est.notes == plan.notes and 0 < est.saved_flops < est.standalone_flops
 
 
 def test_trunk_identity_leaves_out_its_length_and_branches_hash_their_point(in_tmp):
