@@ -225,7 +225,7 @@ def analyze_plan(spec: SpecModel, plan: Plan) -> Result:
 
 def fit(points: "Points | str | Path | Iterable[dict]", approaches: Iterable[str] = ("isoflop", "parametric"),
         bootstrap: int = 200, seed: int = 0, predict: Iterable[float] = (), keep_outliers: bool = False,
-        profile: str = "window", evaluate: "str | Path | None" = None) -> Result:
+        profile: str = "shape", evaluate: "str | Path | None" = None) -> Result:
     """Fit measurements made elsewhere: a Points, a CSV path, or dicts with params, tokens, loss[, flops]
     (and optionally unique_tokens or epochs).  ``evaluate``: a CSV of (params, tokens[, unique_tokens][, loss])
     rows whose loss the parametric law predicts (``Result.evaluation``)."""

@@ -283,7 +283,7 @@ def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,toke
                                                           callback=lambda v: _budgets(v, "--predict")),
             approach: Optional[List[Approach]] = typer.Option(None, "--approach", help="isoflop, parametric, envelope (default the first two)."),
             bootstrap: int = typer.Option(200, min=0, help="Bootstrap resamples (0: no intervals)."),
-            profile: Profile = typer.Option(Profile.window, "--profile", help="IsoFLOP profile estimator."),
+            profile: Profile = typer.Option(Profile.shape, "--profile", help="IsoFLOP profile estimator."),
             keep_outliers: bool = typer.Option(False, "--keep-outliers", help="Keep points the outlier rule would exclude."),
             report: Optional[str] = typer.Option(None, help="Folder for fits.json, tables and plots."),
             evaluate: Optional[str] = typer.Option(None, "--evaluate", help="CSV of params,tokens[,unique_tokens]"

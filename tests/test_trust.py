@@ -21,11 +21,15 @@ def skewed_law(monkeypatch):
 
 
 def test_default_profile_intervals_cover_and_parabola_does_not_on_wide_lopsided_sweeps(skewed_law):
-    """Nominal 95%: ≥ 90% coverage of a and of N_opt 4x beyond the data (fixed seeds)."""
+    """Nominal 95%: ≥ 90% coverage of a and of N_opt 4x beyond the data (fixed seeds), for the
+    default (shape) and the window; the shared shape is the sharper of the two."""
+    shape = ic.coverage("wide", 6, "shape", sweeps=20, bootstrap=60, seed=500)
     window = ic.coverage("wide", 6, "window", sweeps=20, bootstrap=60, seed=500)
-    assert window["fits"] == 20
-    assert window["a (hull)"] >= 0.9 and window["N_opt 4x (hull)"] >= 0.9
-    assert abs(window["mean error of a"]) < 0.02
+    for r in (shape, window):
+        assert r["fits"] == 20
+        assert r["a (hull)"] >= 0.9 and r["N_opt 4x (hull)"] >= 0.9
+        assert abs(r["mean error of a"]) < 0.02
+    assert shape["median width"] < window["median width"] and shape["rmse of a"] < 1.1 * window["rmse of a"]
     parabola = ic.coverage("wide", 6, "parabola", sweeps=20, bootstrap=60, seed=500)
     assert parabola["N_opt 4x (hull)"] <= 0.75  # the whole-sweep parabola is biased here: why it is not the default
 
@@ -50,13 +54,18 @@ def test_far_edges_of_a_wide_sweep_are_not_outliers(skewed_law):
     assert "|z| = " in excluded[0].reason and "above the curve" in excluded[0].reason
 
 
-def test_epoch_isoflop_with_the_default_profile_keeps_every_budget():
+def test_epoch_isoflop_with_the_default_profile_covers_chinchillas_exponent():
     from tests.test_analysis import isoflop_subset
 
     iso = fit_points(isoflop_subset(), ["isoflop"], bootstrap=100, backtest=False)
-    assert len(iso.isoflop.minima) == 9 and iso.excluded == []
+    assert iso.isoflop.profile == "shape" and iso.excluded == []
+    # 8 of 9 budgets: at 1e20 the shared shape puts the minimum below the smallest size measured
+    assert len(iso.isoflop.minima) == 8 and [d.budget_flops for d in iso.isoflop.dropped_budgets] == [1e20]
+    assert iso.isoflop.n_opt.exponent == pytest.approx(0.49, abs=0.02)
     lo, hi = iso.isoflop.n_opt.exponent_ci
     assert lo < 0.49 < hi  # Chinchilla's Approach 2
+    window = fit_points(isoflop_subset(), ["isoflop"], bootstrap=0, backtest=False, profile="window")
+    assert len(window.isoflop.minima) == 9 and window.excluded == []  # the window keeps every budget
 
 
 def _result(points: Points, predict=(), **kw) -> Result:
@@ -121,7 +130,7 @@ def test_fit_cli_flags_stdout_and_usage_errors(tmp_path):
     bad = runner.invoke(app, ["fit", str(csv), "--approach", "isoflp"])
     assert bad.exit_code == 2 and "isoflp" in bad.output
     doc = json.loads(runner.invoke(app, ["fit", str(csv), "--json", "--bootstrap", "20"]).stdout)
-    assert doc["trust"]["verdict"] in ("trust", "caution") and doc["fits"]["isoflop"]["profile"] == "window"
+    assert doc["trust"]["verdict"] in ("trust", "caution") and doc["fits"]["isoflop"]["profile"] == "shape"
 
 
 def test_optimiser_warnings_do_not_leak_to_stderr(capfd):

@@ -18,6 +18,7 @@ from pydantic import Field
 from ..frozen import Frozen
 from .envelope import envelope
 from .isoflop import budget_minima, loss_law, power_law, profile_minimum, profile_residuals
+from .shape import fit_shape
 from .laws import (EnvelopeFit, FlopsPerUnit, IsoflopFit, ParametricFit, Prediction, hull, percentile_interval)
 from .noise import NoiseFloor, cell_means, noise_floor, seed_draw
 from .parametric import DataLimit, constrain, data_limit, fit_parametric, refit_constrained
@@ -138,7 +139,7 @@ def _exclusions(points: Points, keep_outliers: bool, outlier_z: float, profile: 
     return keep, excluded
 
 
-def _fit_isoflop(N, D, L, budgets, profile: str = "window") -> tuple[IsoflopFit | None, str | None]:
+def _fit_isoflop(N, D, L, budgets, profile: str = "shape") -> tuple[IsoflopFit | None, str | None]:
     minima, dropped = budget_minima(np.log(N), np.log(D), L, budgets, profile)
     if len(minima) < 2:
         return None, f"isoflop: {len(minima)} budget(s) with a bracketed minimum (need 2): " + \
@@ -151,7 +152,7 @@ def _fit_isoflop(N, D, L, budgets, profile: str = "window") -> tuple[IsoflopFit 
     return fit, None
 
 
-def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator, profile: str = "window",
+def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator, profile: str = "shape",
                   use: set | None = None, draw=None, chosen: dict | None = None,
                   shape: tuple[float, float] | None = None) -> list[list[float]]:
     """Two-stage bootstrap of the IsoFLOP law; (ln k, a, ln k', b) per resample.
@@ -163,7 +164,7 @@ def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator, profile: s
     minimum is found again.  Then OLS of ln N* (and ln D*) on ln C.  ``draw(rng)``: each
     resample's cell means with their seeds resampled (seed replicates), smoothed afresh.
     ``chosen``: budget -> the profile the fit used there (``auto``: kept for every resample);
-    ``shape``: the ``shape`` profile's (u, v), held for every resample.
+    ``shape``: the ``shape`` profile's (u, v), the start of its refit on every resample.
     """
     lnN, lnD = np.log(N), np.log(D)
 
@@ -191,10 +192,16 @@ def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator, profile: s
         if draw is not None:
             groups = smooth(draw(rng))
         pick = rng.integers(0, len(groups), len(groups))
+        drawn = [(groups[j], groups[j][2] + rng.choice(groups[j][3], size=len(groups[j][1]))) for j in pick]
+        # the shape profile is refitted on every resample (its uncertainty is in the interval), and
+        # its joint fit gives each drawn budget's minimum
+        joint = fit_shape([(g[1], y) for g, y in drawn], start=shape)[2] if shape is not None else None
         Cs, xs, ds = [], [], []
-        for j in pick:
-            C, x, fitted, resid, s, c, used = groups[j]
-            xstar, _, _, _ = profile_minimum(x, fitted + rng.choice(resid, size=len(x)), used, shape)
+        for k, ((C, x, fitted, resid, s, c, used), y) in enumerate(drawn):
+            if joint is not None:
+                xstar = joint[k] if x.min() <= joint[k] <= x.max() else None
+            else:
+                xstar, _, _, _ = profile_minimum(x, y, used)
             if xstar is not None:
                 Cs.append(C), xs.append(xstar), ds.append(c + s * xstar)
         if len(set(Cs)) >= 2:
@@ -206,20 +213,30 @@ def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator, profile: s
 
 
 def _boot_parametric(fit: ParametricFit, N, D, U, L, n: int, rng: np.random.Generator, draw=None) -> list[list[float]]:
-    """Points resampled with replacement (and, with ``draw``, each cell's mean from its resampled seeds)."""
+    """Points resampled with replacement (and, with ``draw``, each cell's mean from its resampled seeds).
+
+    Past :data:`~flops_fit.analysis.parametric.SUBSAMPLE` points each resample draws only that many
+    (m out of n) and its deviation from the full fit is shrunk by sqrt(m/n), the √n scaling of a
+    smooth estimator: a million-row fit's 200 resamples cost what 5000-point ones do."""
+    from .parametric import SUBSAMPLE
+
     lnN, lnD, lnL = np.log(N), np.log(D), np.log(L)
     lnU = np.log(U)
+    m = min(len(L), SUBSAMPLE)
+    shrink = math.sqrt(m / len(L))
+    theta = np.asarray(fit.theta)
     out = []
     for _ in range(n):
         lnL_b = lnL if draw is None else np.log(draw(rng))
-        idx = rng.integers(0, len(L), len(L))
-        out.append(refit_constrained(fit, lnN[idx], lnD[idx], lnU[idx], lnL_b[idx]).tolist())
+        idx = rng.integers(0, len(L), m)
+        refit = refit_constrained(fit, lnN[idx], lnD[idx], lnU[idx], lnL_b[idx])
+        out.append((theta + (refit - theta) * shrink).tolist() if m < len(L) else refit.tolist())
     return out
 
 
 def fit_points(points: Points, approaches: list[str] = ("isoflop", "parametric"), bootstrap: int = 200, seed: int = 0,
                keep_outliers: bool = False, outlier_z: float = 3.5, backtest: bool = True,
-               profile: str = "window") -> Fits:
+               profile: str = "shape") -> Fits:
     """Fit the requested approaches; pure function of its inputs (see :func:`_fit_points`).
 
     Numerical warnings of the optimisers (overflow in a degenerate resample, a singular
@@ -291,7 +308,8 @@ def _fit_points(points: Points, approaches, bootstrap: int, seed: int, keep_outl
         if env is None:
             notes.append("envelope: too few logged curve points (Approach 1 needs training curves)")
     try:
-        bt = _backtest(points, usable, approaches, profile) if backtest else None
+        shape = next((tuple(m.coef[:2]) for m in iso.minima if m.profile == "shape"), None) if iso else None
+        bt = _backtest(points, usable, approaches, profile, shape) if backtest else None
     except NUMERICAL as exc:
         bt = None
         notes.append(f"backtest: the held-out budget cannot be fitted ({type(exc).__name__}: {str(exc)[:120]})")
@@ -355,8 +373,10 @@ def _parametric(N, D, L, U, bootstrap: int, rng, notes: list[str], fpu: FlopsPer
     return fit.model_copy(update={"ci": ci, "samples": samples})
 
 
-def _backtest(points: Points, usable: np.ndarray, approaches, profile: str = "window") -> Backtest | None:
-    """Refit without the largest budget; compare the prediction there with the measurement."""
+def _backtest(points: Points, usable: np.ndarray, approaches, profile: str = "shape",
+              shape: tuple[float, float] | None = None) -> Backtest | None:
+    """Refit without the largest budget; compare the prediction there with the measurement (its
+    profile minimum; with the shape profile, under the shape of the whole sweep, ``shape``)."""
     B = np.array(points.budget_flops, dtype=float)[usable]
     budgets = sorted(set(B.tolist()))
     if len(budgets) < 3:
@@ -369,7 +389,7 @@ def _backtest(points: Points, usable: np.ndarray, approaches, profile: str = "wi
     if _seeded(points, test):
         arrays, _ = cell_means(arrays)
     N, D, L, B, _ = arrays
-    minima, _ = budget_minima(np.log(N), np.log(D), L, B, profile)
+    minima, _ = budget_minima(np.log(N), np.log(D), L, B, profile, shape)
     measured = BacktestMeasured(loss_min=float(L.min()), num_params_at_min=float(N[np.argmin(L)]),
                                 loss=minima[0].loss if minima else None, num_params=minima[0].n_opt if minima else None)
     predicted = {k: v for k, v in sub.predict(held).items() if k != "envelope"}

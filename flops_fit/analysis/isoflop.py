@@ -146,7 +146,7 @@ def budget_minima(lnN: np.ndarray, lnD: np.ndarray, L: np.ndarray, budgets: np.n
     if profile == "shape" and shape is None:
         groups = [(lnN[budgets == C], L[budgets == C]) for C in np.unique(budgets)]
         groups = [g for g in groups if len(np.unique(g[0])) >= 3]
-        shape = fit_shape(groups) if groups else (0.3, 0.3)
+        shape = fit_shape(groups)[:2] if groups else (0.3, 0.3)
     for C in np.unique(budgets):
         m = budgets == C
         x, y, xd = lnN[m], L[m], lnD[m]

@@ -97,6 +97,9 @@ def _subsample(n: int) -> np.ndarray:
 #: ill-posed one (α or β near 0: A and B trade off along a flat valley) would otherwise take
 #: thousands per start for no change in its (meaningless) optimum.
 MAX_NFEV = 500
+#: Evaluations of the polish on every point of a large fit (from the subsample's optimum, a
+#: well-posed fit converges in a few; an ill-posed one would crawl for nothing, a million points a step).
+POLISH_NFEV = 30
 
 
 def _to_params(theta: np.ndarray) -> Parameters:
@@ -145,7 +148,7 @@ def fit_parametric(N: np.ndarray, D: np.ndarray, L: np.ndarray, delta: float = D
             best = (obj, theta)
     theta = best[1]
     if len(sub) < len(L):  # polish the best on every point: the same objective, from a start at its optimum's door
-        theta = refit_fast(theta, lnN, lnD, lnL, delta, max_nfev=200)
+        theta = refit_fast(theta, lnN, lnD, lnL, delta, max_nfev=POLISH_NFEV)
     obj = huber_objective(theta, lnN, lnD, lnL, delta)
     return ParametricFit.from_theta(theta, fpu, objective=float(obj), num_points=int(len(L)))
 
