@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import FlopsFitError, Problem
-from .progress import VERBOSE_ENV
+from .eventlog import VERBOSE_ENV
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Plan, train and fit compute-optimal scaling laws for your model and data.")

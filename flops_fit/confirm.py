@@ -34,122 +34,16 @@ import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 
-from pydantic import Field
-
+from .confirmation import Additions, Confirmation, MeasuredSize, PlannedSize, Prediction
 from .errors import Problem, SpecError
-from .frozen import Frozen
 from .plan import Experiment, Plan, compile_plan, confirm_experiments, format_number
 from .spec import SpecModel
 from .store import RunRecord, Store, atomic_write_text
 
 __all__ = ["PlannedSize", "Prediction", "MeasuredSize", "Confirmation", "confirm", "preregister", "confirm_dir"]
-
-
-class PlannedSize(Frozen):
-    """One size the check will train, with the loss the parametric law predicts for it."""
-
-    id: str
-    size: float | int
-    num_params: int
-    num_tokens: float
-    loss: Optional[float]
-    loss_ci: Optional[list[float]] = None
-    epochs: Optional[float] = None  # D / U, when the sweep knows its unique tokens
-    created: Optional[str] = None  # additions only: when this size was registered
-
-
-class Prediction(Frozen):
-    """``prediction.json``: written before any confirmation run is trained."""
-
-    budget_flops: float
-    approach: str
-    num_params: float
-    num_tokens: float
-    loss: Optional[float]
-    loss_ci: Optional[list[float]] = None
-    num_params_ci: Optional[list[float]] = None
-    num_tokens_ci: Optional[list[float]] = None
-    size: Optional[float] = None
-    sizes: list[PlannedSize]
-    fit: dict
-    created: str
-
-
-class MeasuredSize(Frozen):
-    id: str
-    size: float | int
-    num_params: int
-    num_tokens: float
-    loss: Optional[float]
-    status: str
-    epochs: Optional[float] = None
-    predicted_loss: Optional[float]
-    predicted_loss_ci: Optional[list[float]] = None
-    inside: Optional[bool] = None
-
-
-class Confirmation(Frozen):
-    """``confirm.json``: the pre-registered prediction against what was measured."""
-
-    budget_flops: float
-    predicted: Prediction
-    measured: list[MeasuredSize]
-    added: list[float | int] = Field(default_factory=list)  # sizes registered after the prediction (additions)
-    best_size: Optional[float | int]
-    predicted_size: float | int
-    best_is_predicted: bool
-    best_is_adjacent: bool
-    loss_error: Optional[float]
-    loss_at_predicted_size_error: Optional[float]
-    inside: int
-    notes: list[str]
-    messages: list[str] = Field(default_factory=list)  # what this call did: additions registered, --sizes ignored
-
-    def render(self) -> list:
-        """What ``flops-fit confirm`` prints: the prediction, a rich table of predicted against
-        measured loss per size (★ the best measured), the error of the best, the notes."""
-        from rich.table import Table
-
-        def ci(v) -> str:
-            return f"[{v[0]:.3f}, {v[1]:.3f}]" if v and all(x is not None and math.isfinite(x) for x in v) else ""
-
-        p = self.predicted
-        law = "IsoFLOP law (Approach 2)" if p.approach == "isoflop" else "parametric law (Approach 3)"
-        loss_ci = (f" (95% {p.loss_ci[0]:.4g}–{p.loss_ci[1]:.4g})" if p.loss_ci else
-                   " (no interval: the L_opt(C) curve through the budgets' minima is not bootstrapped)")
-        out: list = [f"prediction from the {law}, registered {p.created}: N_opt {p.num_params:.3g}"
-                     + (f" (95% {p.num_params_ci[0]:.3g}–{p.num_params_ci[1]:.3g})" if p.num_params_ci else "")
-                     + f", D_opt {p.num_tokens:.3g}"
-                     + (f", loss {p.loss:.4g}{loss_ci}" if p.loss is not None else ""),
-                     "per-size losses: the parametric law (Approach 3) at each size's planned N and D"
-                     + (f" ({p.fit.get('form')})" if p.fit.get("form") else "")]
-        t = Table(title=f"Forward check at C = {self.budget_flops:.3g} FLOPs")
-        for col in ("size", "N", "D", "epochs", "parametric loss", "95% interval", "measured", "inside"):
-            t.add_column(col, justify="right")
-        for m in self.measured:
-            mark = " ★" if m.size == self.best_size else ""
-            tag = " (predicted)" if m.size == self.predicted_size else " (added)" if m.size in self.added else ""
-            t.add_row(f"{m.size}{tag}", f"{m.num_params:,}",
-                      f"{m.num_tokens:.3g}", "–" if m.epochs is None else f"{m.epochs:.2f}",
-                      "–" if m.predicted_loss is None else f"{m.predicted_loss:.4f}",
-                      ci(m.predicted_loss_ci), "–" if m.loss is None else f"{m.loss:.4f}{mark}",
-                      "–" if m.inside is None else ("yes" if m.inside else "no"))
-        out.append(t)
-        if self.loss_error is not None:
-            out.append(f"best measured loss vs predicted: {self.loss_error:+.2%}; best size is "
-                       + ("the predicted one" if self.best_is_predicted else
-                          "adjacent to the predicted one" if self.best_is_adjacent else "not the predicted one"))
-        from rich.markup import escape
-
-        return (out + [f"[yellow]note: {escape(note)}[/]" for note in self.notes]
-                + [f"[cyan]{escape(m)}[/]" for m in self.messages])
-
-    def summary(self) -> dict:
-        """The ``confirm --json`` document."""
-        return self.model_dump(mode="json")
 
 
 def confirm_dir(spec: SpecModel, budget_flops: float, approach: str | None = None) -> Path:
@@ -285,12 +179,6 @@ def _register(path: Path, prediction: Prediction) -> Prediction:
     return prediction
 
 
-class Additions(Frozen):
-    """``additions.json``: sizes registered after the prediction, each before it was trained."""
-
-    sizes: list[PlannedSize] = Field(default_factory=list)
-
-
 def _read_additions(folder: Path) -> list[PlannedSize]:
     path = folder / "additions.json"
     return Additions.model_validate_json(path.read_text(encoding="utf-8")).sizes if path.exists() else []
@@ -324,7 +212,7 @@ def _extra(spec: SpecModel, plan: Plan, prediction: Prediction, folder: Path, k:
     if k == registered:
         return []
     if k < registered:
-        messages.append(f"the prediction at {budget_text(prediction.budget_flops)} registered {registered} sizes; "
+        messages.append(f"the prediction at {prediction.budget_flops:.3g} FLOPs registered {registered} sizes; "
                         f"--sizes {k} changes nothing (delete {folder} to predict again)")
         return []
     wanted = confirm_experiments(spec, plan.sizes, prediction.budget_flops, prediction.num_params, k)
@@ -334,10 +222,6 @@ def _extra(spec: SpecModel, plan: Plan, prediction: Prediction, folder: Path, k:
         messages.append(f"registered {len(new)} more size(s) as an addition ({', '.join(str(e.size) for e in new)}): "
                         f"the prediction itself is unchanged")
     return new
-
-
-def budget_text(budget_flops: float) -> str:
-    return f"{budget_flops:.3g} FLOPs"
 
 
 def confirm(spec: SpecModel, budget_flops: float, k: int = 3, approach: str | None = None,

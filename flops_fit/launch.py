@@ -179,7 +179,7 @@ def _event_printer():
     and the printer of its skip summary."""
     from rich.console import Console
 
-    from .progress import EventLog
+    from .eventlog import EventLog
 
     log = EventLog()
     console = Console(stderr=True, highlight=False, width=220, soft_wrap=True)

@@ -34,9 +34,19 @@ def _design(U: float, budgets, spread: float = 0.6, per: int = 9):
 
 def _points(N, D, U, L) -> Points:
     n = len(N)
-    return Points(id=[f"p{i}" for i in range(n)], budget_flops=list(6 * N * D), size=[None] * n, num_params=list(N),
-                  num_tokens=list(D), flops=list(6 * N * D), loss=list(L), status=["ok"] * n, reason=[""] * n,
-                  seed=[None] * n, unique_tokens=[None if not math.isfinite(u) else float(u) for u in U])
+    return Points(
+        id=[f"p{i}" for i in range(n)],
+        budget_flops=list(6 * N * D),
+        size=[None] * n,
+        num_params=list(N),
+        num_tokens=list(D),
+        flops=list(6 * N * D),
+        loss=list(L),
+        status=["ok"] * n,
+        reason=[""] * n,
+        seed=[None] * n,
+        unique_tokens=[None if not math.isfinite(u) else float(u) for u in U],
+    )
 
 
 def _law(N, D, U, noise: float, seed: int = 0) -> np.ndarray:
@@ -57,8 +67,12 @@ def test_recovers_a_known_repetition_constant():
     assert "R*_D = " in p.form_reason and "fitted" in p.form_reason
     assert any(n.startswith("parametric: data-constrained law") for n in fits.notes)
     # the fresh-data law, fitted to the same points, misses the repeated ones the constrained law predicts
-    fresh = fit_points(_points(N, D, np.full(len(N), np.nan), _law(N, D, U, 0.002)), ["parametric"], bootstrap=0,
-                       backtest=False).parametric
+    fresh = fit_points(
+        _points(N, D, np.full(len(N), np.nan), _law(N, D, U, 0.002)),
+        ["parametric"],
+        bootstrap=0,
+        backtest=False,
+    ).parametric
     assert fresh.form == "chinchilla" and "not known" in fresh.form_reason
     rep = D / U > 8
     truth = np.exp(log_pred(TRUE, np.log(N[rep]), np.log(D[rep]), np.log(U[rep])))
@@ -78,8 +92,12 @@ def test_too_little_repetition_uses_the_published_constants_and_says_so():
     assert p.r_star_d == pytest.approx(R_STAR_D)
     assert f"R*_D = {R_STAR_D} published (0 points with 2+ epochs" in p.form_reason
     # no repetition at all, and too few points: both constants are the paper's
-    small = fit_points(_points(N[:12], D[:12], np.full(12, 1e13), _law(N[:12], D[:12], np.full(12, 1e13), 0.003)),
-                       ["parametric"], bootstrap=0, backtest=False).parametric
+    small = fit_points(
+        _points(N[:12], D[:12], np.full(12, 1e13), _law(N[:12], D[:12], np.full(12, 1e13), 0.003)),
+        ["parametric"],
+        bootstrap=0,
+        backtest=False,
+    ).parametric
     assert small.fitted_r_star == [] and small.r_star_n == pytest.approx(R_STAR_N)
     assert f"R*_N = {R_STAR_N} published" in small.form_reason
     # where the data run out, and what it does to N_opt
@@ -124,20 +142,28 @@ def _write(path, header, rows):
 def test_csv_unique_tokens_epochs_budget_column_and_measured_flops(tmp_path):
     N, D, U = _design(1e13, np.logspace(17, 20, 6))  # fresh data: every budget U-shaped
     L = _law(N, D, U, 0.002)
-    a = Points.from_csv(_write(tmp_path / "u.csv", ["params", "tokens", "loss", "unique_tokens"],
-                               zip(N, D, L, U)))
-    b = Points.from_csv(_write(tmp_path / "e.csv", ["params", "tokens", "loss", "epochs"], zip(N, D, L, D / U)))
+    a = Points.from_csv(
+        _write(tmp_path / "u.csv", ["params", "tokens", "loss", "unique_tokens"], zip(N, D, L, U))
+    )
+    b = Points.from_csv(
+        _write(tmp_path / "e.csv", ["params", "tokens", "loss", "epochs"], zip(N, D, L, D / U))
+    )
     assert np.allclose(a.unique(), U) and np.allclose(b.unique(), U)
     # measured FLOPs scatter a few percent around six nominal budgets: grouped, and said
     rng = np.random.default_rng(1)
     flops = 6 * N * D * rng.uniform(0.97, 1.03, len(N))
-    m = Points.from_csv(_write(tmp_path / "f.csv", ["params", "tokens", "loss", "flops"], zip(N, D, L, flops)))
+    m = Points.from_csv(
+        _write(tmp_path / "f.csv", ["params", "tokens", "loss", "flops"], zip(N, D, L, flops))
+    )
     assert len(set(m.budget_flops)) == 6 and "grouped into 6 budgets" in m.grouping
     fits = fit_points(m, ["isoflop"], bootstrap=0, backtest=False)
     assert len(fits.isoflop.minima) == 6 and any("grouped into 6 budgets" in n for n in fits.notes)
     nominal = np.repeat(np.logspace(17, 20, 6), 9)
-    c = Points.from_csv(_write(tmp_path / "b.csv", ["params", "tokens", "loss", "flops", "budget"],
-                               zip(N, D, L, flops, nominal)))
+    c = Points.from_csv(
+        _write(
+            tmp_path / "b.csv", ["params", "tokens", "loss", "flops", "budget"], zip(N, D, L, flops, nominal)
+        )
+    )
     assert sorted(set(c.budget_flops)) == pytest.approx(list(np.logspace(17, 20, 6)))
 
 
@@ -148,7 +174,9 @@ def test_fit_evaluate_on_a_synthetic_split(tmp_path):
     M, E, V = _design(5e8, [3e20], spread=1.0, per=5)  # a budget the fit never saw
     truth = _law(M, E, V, 0.0)
     other = _write(tmp_path / "other.csv", ["params", "tokens", "unique_tokens", "loss"], zip(M, E, V, truth))
-    res = CliRunner().invoke(app, ["fit", str(fit_csv), "--evaluate", str(other), "--bootstrap", "20", "--json"])
+    res = CliRunner().invoke(
+        app, ["fit", str(fit_csv), "--evaluate", str(other), "--bootstrap", "20", "--json"]
+    )
     assert res.exit_code == 0, res.output
     ev = json.loads(res.stdout)["evaluation"]
     assert len(ev["rows"]) == 5 and ev["mape"] < 0.01 and ev["r2"] > 0.9

@@ -23,9 +23,21 @@ def test_ctrl_c_while_importing_is_one_line_and_exit_130(tmp_path):
     spec = write_toy_spec(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     outcomes = []
-    for delay in (0.12, 0.2, 0.3, 0.45, 0.7):  # after the interpreter started (site imported), before the CLI is up
-        proc = subprocess.Popen([sys.executable, "-m", "flops_fit", "validate", str(spec)], cwd=tmp_path, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for delay in (
+        0.12,
+        0.2,
+        0.3,
+        0.45,
+        0.7,
+    ):  # after the interpreter started (site imported), before the CLI is up
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flops_fit", "validate", str(spec)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
@@ -54,16 +66,22 @@ def _isoflop_csv(path, edit=None):
 def test_a_row_whose_compute_overflows_is_a_line_naming_it(tmp_path, column):
     def edit(rows):
         rows[3][column] = 1e308
+
     res = CliRunner().invoke(app, ["fit", str(_isoflop_csv(tmp_path / "x.csv", edit)), "--bootstrap", "0"])
     assert res.exit_code == 1 and res.exception is None or isinstance(res.exception, SystemExit)
-    assert res.stderr.count("error:") == 1 and "x.csv:5" in res.stderr and "overflows" in res.stderr, res.stderr
+    assert (
+        res.stderr.count("error:") == 1 and "x.csv:5" in res.stderr and "overflows" in res.stderr
+    ), res.stderr
 
 
 def test_losses_of_1e308_are_notes_not_tracebacks(tmp_path):
     def edit(rows):
         for r in rows:
             r[2] = 1e308
-    res = CliRunner().invoke(app, ["fit", str(_isoflop_csv(tmp_path / "x.csv", edit)), "--bootstrap", "10", "--json"])
+
+    res = CliRunner().invoke(
+        app, ["fit", str(_isoflop_csv(tmp_path / "x.csv", edit)), "--bootstrap", "10", "--json"]
+    )
     assert res.exception is None or isinstance(res.exception, SystemExit), res.stderr
     assert "Traceback" not in res.stderr
     notes = json.loads(res.stdout)["notes"]
@@ -123,8 +141,12 @@ def test_the_log_is_one_line_per_experiment_and_a_skip_summary(tmp_path):
         assert sum(line.startswith(f"ok {i}:") for line in lines) == 1, res.stderr
     assert not any(line.startswith(("skip ", "run ")) for line in lines), res.stderr
     assert any("skipped" in line and "(--verbose lists them)" in line for line in lines), res.stderr
-    assert len(lines) <= len(ids) + 3 + 6, res.stderr  # results, one summary per worker, the bar, the report line
-    again = subprocess.run(run + ["--verbose"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert (
+        len(lines) <= len(ids) + 3 + 6
+    ), res.stderr  # results, one summary per worker, the bar, the report line
+    again = subprocess.run(
+        run + ["--verbose"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stderr
     for i in ids:
         assert f"skip {i}: done" in again.stderr, again.stderr

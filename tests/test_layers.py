@@ -7,7 +7,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "flops_fit"
 ORDER = ["_version", "frozen", "errors", "hashing", "imports", "tomlpos", "flops", "components", "launcher_spec", "spec", "schema", "job", "plan",
-         "validate", "lease", "store", "execute", "launch", "dispatch", "status", "estimate", "analysis", "runs_table", "plots", "verdict", "report", "compare", "confirm", "transfer", "progress", "render", "api", "cli", "__main__"]
+         "validate", "lease", "store", "execute", "eventlog", "launch", "dispatch", "status", "estimate", "analysis", "runs_table", "plots", "verdict", "report", "compare", "confirmation", "confirm", "transfer", "progress", "render", "api", "cli", "entry", "__main__"]
 
 
 def _layer(module: str) -> int:

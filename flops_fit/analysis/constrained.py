@@ -31,8 +31,17 @@ import math
 import numpy as np
 from scipy.optimize import least_squares
 
-__all__ = ["R_STAR_D", "R_STAR_N", "MIN_REPEATED_POINTS", "log_effective", "log_n_base", "log_pred",
-           "allocate_capped", "fit_constrained", "repetition_design"]
+__all__ = [
+    "R_STAR_D",
+    "R_STAR_N",
+    "MIN_REPEATED_POINTS",
+    "log_effective",
+    "log_n_base",
+    "log_pred",
+    "allocate_capped",
+    "fit_constrained",
+    "repetition_design",
+]
 
 #: Muennighoff et al. (2023), "Scaling Data-Constrained Language Models", their fitted values.
 R_STAR_D = 15.4
@@ -50,14 +59,15 @@ def _columns(theta) -> list[np.ndarray]:
     """theta's entries as arrays: a (7,) vector gives scalars, an (S, 7) stack gives (S, 1) columns
     that broadcast against (S, M) points."""
     t = np.asarray(theta, dtype=float)
-    return [t[..., j] if t.ndim == 1 else t[:, j:j + 1] for j in range(t.shape[-1])]
+    return [t[..., j] if t.ndim == 1 else t[:, j : j + 1] for j in range(t.shape[-1])]
 
 
 def log_effective(ln_count, ln_unique, ln_r_star) -> np.ndarray:
     """ln of the effective count U·(1 + R*·(1 − exp(−R/R*))), R = max(count/U − 1, 0); the count
     itself where U is not known (NaN) or not exceeded."""
-    ln_count, ln_unique, ln_r_star = np.broadcast_arrays(*(np.asarray(v, float) for v in (ln_count, ln_unique,
-                                                                                          ln_r_star)))
+    ln_count, ln_unique, ln_r_star = np.broadcast_arrays(
+        *(np.asarray(v, float) for v in (ln_count, ln_unique, ln_r_star))
+    )
     known = np.isfinite(ln_unique)
     with np.errstate(over="ignore", invalid="ignore"):
         R = np.where(known, np.expm1(np.maximum(ln_count - np.where(known, ln_unique, 0.0), 0.0)), 0.0)
@@ -70,7 +80,9 @@ def log_n_base(theta, ln_unique, p: float = 1.0) -> np.ndarray:
     """ln N_base(U) = (ln(αA) + β·ln U − ln(pβB)) / α: the size whose optimal data is U."""
     a, b, _, alpha, beta = _columns(theta)[:5]
     with np.errstate(divide="ignore", invalid="ignore"):
-        return (np.log(alpha) + a + beta * np.asarray(ln_unique, float) - math.log(p) - np.log(beta) - b) / alpha
+        return (
+            np.log(alpha) + a + beta * np.asarray(ln_unique, float) - math.log(p) - np.log(beta) - b
+        ) / alpha
 
 
 def log_pred(theta, lnN, lnD, lnU, p: float = 1.0) -> np.ndarray:
@@ -87,8 +99,9 @@ def log_pred(theta, lnN, lnD, lnU, p: float = 1.0) -> np.ndarray:
         return m + np.log(np.exp(t1 - m) + np.exp(t2 - m) + np.exp(e - m))
 
 
-def allocate_capped(theta, budget_flops: float, unique_tokens: float, c: float = 6.0, p: float = 1.0,
-                    span: float = 6.0) -> tuple:
+def allocate_capped(
+    theta, budget_flops: float, unique_tokens: float, c: float = 6.0, p: float = 1.0, span: float = 6.0
+) -> tuple:
     """(N_opt, D_opt, L_opt) minimising L(N, C/(c·N^p), U) over N: a grid of 481 points over
     ±``span`` in ln N around the unconstrained optimum, then golden-section refinement between the
     best cell's neighbours.  Without repetition this is the closed form's optimum.  ``theta``: a
@@ -97,7 +110,9 @@ def allocate_capped(theta, budget_flops: float, unique_tokens: float, c: float =
     a, b, _, alpha, beta = (col[:, 0] for col in _columns(t)[:5])
     C, lnU = float(budget_flops), math.log(unique_tokens)
     with np.errstate(all="ignore"):
-        x0 = (np.log(alpha * np.exp(a) / (p * beta * np.exp(b) * c**beta)) + beta * math.log(C)) / (alpha + p * beta)
+        x0 = (np.log(alpha * np.exp(a) / (p * beta * np.exp(b) * c**beta)) + beta * math.log(C)) / (
+            alpha + p * beta
+        )
     ok = np.isfinite(x0)
     x0 = np.where(ok, x0, 0.0)
 
@@ -136,8 +151,18 @@ def repetition_design(theta5, lnN, lnD, lnU, p: float = 1.0) -> tuple[int, int, 
     return int(np.sum(epochs >= 2)), int(np.sum(over >= 2)), float(epochs.max()), float(over.max())
 
 
-def fit_constrained(theta5, lnN, lnD, lnU, lnL, free: tuple[bool, bool], delta: float, p: float = 1.0,
-                    start=(R_STAR_D, R_STAR_N), max_nfev: int = 2000) -> np.ndarray:
+def fit_constrained(
+    theta5,
+    lnN,
+    lnD,
+    lnU,
+    lnL,
+    free: tuple[bool, bool],
+    delta: float,
+    p: float = 1.0,
+    start=(R_STAR_D, R_STAR_N),
+    max_nfev: int = 2000,
+) -> np.ndarray:
     """The 7-vector minimising Σ Huber_δ(ln L̂ − ln L) from Chinchilla's ``theta5`` (and ``start``
     R*s); ``free``: whether R*_D and R*_N are fitted (else held at ``start``)."""
     lo_r, hi_r = (math.log(v) for v in R_STAR_BOUNDS)
@@ -154,8 +179,19 @@ def fit_constrained(theta5, lnN, lnD, lnU, lnL, free: tuple[bool, bool], delta: 
     lower = np.array([*(full[:3] - 20), 0.0, 0.0] + [lo_r] * int(sum(free)))
     upper = np.array([*(full[:3] + 20), 5.0, 5.0] + [hi_r] * int(sum(free)))
     x0 = np.clip(x0, lower + 1e-9, upper - 1e-9)
-    res = least_squares(resid, x0, loss="huber", f_scale=delta, method="trf", x_scale="jac", bounds=(lower, upper),
-                        xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=max_nfev)
+    res = least_squares(
+        resid,
+        x0,
+        loss="huber",
+        f_scale=delta,
+        method="trf",
+        x_scale="jac",
+        bounds=(lower, upper),
+        xtol=1e-12,
+        ftol=1e-12,
+        gtol=1e-12,
+        max_nfev=max_nfev,
+    )
     out = full.copy()
     out[mask] = res.x
     return out

@@ -47,8 +47,11 @@ class Evaluation(Frozen):
     rows: list[EvaluatedRow] = Field(default_factory=list)
 
     def line(self) -> str:
-        score = (f": R² {self.r2:.4f}, MAPE {self.mape:.2%}" if self.r2 is not None and self.mape is not None
-                 else " (no loss column: nothing to score)")
+        score = (
+            f": R² {self.r2:.4f}, MAPE {self.mape:.2%}"
+            if self.r2 is not None and self.mape is not None
+            else " (no loss column: nothing to score)"
+        )
         return f"evaluated {len(self.rows)} rows of {self.source or 'the given rows'} with the parametric law{score}"
 
 
@@ -62,13 +65,25 @@ def read_rows(path: str | Path) -> dict[str, np.ndarray]:
             wanted = [c for c in COLUMNS if c in header]
             cells, lines = _read_columns(reader, [header.index(c) for c in wanted])
     except OSError as exc:
-        raise DataError([Problem(f"cannot read CSV: {exc.strerror}", file=str(path), key="--evaluate")]) from None
+        raise DataError(
+            [Problem(f"cannot read CSV: {exc.strerror}", file=str(path), key="--evaluate")]
+        ) from None
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise DataError([Problem(f"not a CSV of UTF-8 text ({type(exc).__name__})", file=str(path), hint=HINT)]) from None
+        raise DataError(
+            [Problem(f"not a CSV of UTF-8 text ({type(exc).__name__})", file=str(path), hint=HINT)]
+        ) from None
     missing = [c for c in ("params", "tokens") if c not in header]
     if missing:
-        raise DataError([Problem(f"missing column(s) {', '.join(missing)}; found {', '.join(header) or 'none'}",
-                                 file=str(path), line=1, hint=HINT)])
+        raise DataError(
+            [
+                Problem(
+                    f"missing column(s) {', '.join(missing)}; found {', '.join(header) or 'none'}",
+                    file=str(path),
+                    line=1,
+                    hint=HINT,
+                )
+            ]
+        )
     cells = dict(zip(wanted, cells))
     try:
         data = {c: np.array(v, dtype=float) for c, v in cells.items()}
@@ -91,9 +106,17 @@ def evaluate(fit: ParametricFit, data: dict[str, np.ndarray], source: str = "") 
         U_eval = np.full(len(N), fit.unique_tokens if fit.unique_tokens else np.nan)
     pred, lo, hi = fit.band(N, D, U_eval)
     loss = data.get("loss")
-    rows = [EvaluatedRow(params=float(N[i]), tokens=float(D[i]), unique_tokens=None if U is None else float(U[i]),
-                         loss=None if loss is None else float(loss[i]), predicted=float(pred[i]),
-                         predicted_ci=None if lo is None else [float(lo[i]), float(hi[i])]) for i in range(len(N))]
+    rows = [
+        EvaluatedRow(
+            params=float(N[i]),
+            tokens=float(D[i]),
+            unique_tokens=None if U is None else float(U[i]),
+            loss=None if loss is None else float(loss[i]),
+            predicted=float(pred[i]),
+            predicted_ci=None if lo is None else [float(lo[i]), float(hi[i])],
+        )
+        for i in range(len(N))
+    ]
     r2 = mape = None
     if loss is not None and len(loss) >= 2:
         ss_tot = float(np.sum((loss - loss.mean()) ** 2))

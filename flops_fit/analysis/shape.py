@@ -77,8 +77,9 @@ def shape_curve(params: list[float], x: np.ndarray) -> np.ndarray:
     return c + K * shape_basis(x, xs, u, v)
 
 
-def fit_shape(groups: list[tuple[np.ndarray, np.ndarray]],
-              start: tuple[float, float] | None = None) -> tuple[float, float, np.ndarray]:
+def fit_shape(
+    groups: list[tuple[np.ndarray, np.ndarray]], start: tuple[float, float] | None = None
+) -> tuple[float, float, np.ndarray]:
     """The shared (u, v) over budgets ``groups`` = [(x, y), ...] (each with 3+ sizes): least squares
     over (u, v, x*_1 … x*_B), (c, K) of each budget solved linearly inside.  Starts from a
     near-parabola and from Chinchilla-like exponents (the lower residual wins), or from ``start``
@@ -98,7 +99,7 @@ def fit_shape(groups: list[tuple[np.ndarray, np.ndarray]],
     Y = np.zeros((len(groups), M))
     W = np.zeros((len(groups), M))
     for i, (x, y) in enumerate(groups):
-        X[i, :len(x)], Y[i, :len(y)], W[i, :len(x)] = x, (y - y.min()) / max(float(np.ptp(y)), 1e-12), 1.0
+        X[i, : len(x)], Y[i, : len(y)], W[i, : len(x)] = x, (y - y.min()) / max(float(np.ptp(y)), 1e-12), 1.0
     count = W.sum(axis=1, keepdims=True)
     keep = W > 0
     Yc = (Y - (W * Y).sum(axis=1, keepdims=True) / count) * W
@@ -115,7 +116,9 @@ def fit_shape(groups: list[tuple[np.ndarray, np.ndarray]],
     best = None
     for uv in starts:
         theta0 = np.clip(np.concatenate([np.log(uv), x0s]), np.array(lo) + 1e-9, np.array(hi) - 1e-9)
-        res = least_squares(resid, theta0, bounds=(lo, hi), x_scale="jac", max_nfev=400 if start is None else 60)
+        res = least_squares(
+            resid, theta0, bounds=(lo, hi), x_scale="jac", max_nfev=400 if start is None else 60
+        )
         if best is None or res.cost < best.cost:
             best = res
     u, v = np.exp(best.x[:2])
