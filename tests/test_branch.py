@@ -143,7 +143,7 @@ def test_sigkill_of_the_trunk_resumes_to_the_same_branch_losses(in_tmp):
     ('schedule = "wsd"\nwarmup_fraction = 0.1\n', "", "train.warmup_fraction"),
     ('schedule = "wsd"\nwarmup_tokens = 1e6\n', "", "sweep.reuse: sweep.reuse = 'branch': no cell of the sweep "
      "can branch (the size's shared warmup"),
-    ('schedule = "wsd"\ndecay_fraction = 0.005\n', "", "sweep.reuse: sweep.reuse = 'branch': no cell of the sweep "
+    ('schedule = "wsd"\ndecay_fraction = 0.001\n', "", "sweep.reuse: sweep.reuse = 'branch': no cell of the sweep "
      "can branch (its cooldown would be"),
 ])
 def test_bad_branch_specs_name_the_key(in_tmp, train, sweep, key):

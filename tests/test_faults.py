@@ -79,14 +79,15 @@ def test_losses_of_1e308_are_notes_not_tracebacks(tmp_path):
         for r in rows:
             r[2] = 1e308
 
-    res = CliRunner().invoke(
-        app, ["fit", str(_isoflop_csv(tmp_path / "x.csv", edit)), "--bootstrap", "10", "--json"]
-    )
-    assert res.exception is None or isinstance(res.exception, SystemExit), res.stderr
-    assert "Traceback" not in res.stderr
-    notes = json.loads(res.stdout)["notes"]
-    assert any("the loss is 1e+308 at every point" in n for n in notes)
-    assert any("cannot be fitted" in n for n in notes), notes
+    path = _isoflop_csv(tmp_path / "x.csv", edit)
+    for profile in ("shape", "window"):  # the window's parabola fit raises inside lmfit: a note too
+        res = CliRunner().invoke(app, ["fit", str(path), "--bootstrap", "10", "--profile", profile, "--json"])
+        assert res.exception is None or isinstance(res.exception, SystemExit), res.stderr
+        assert "Traceback" not in res.stderr
+        notes = json.loads(res.stdout)["notes"]
+        assert any("the loss is 1e+308 at every point" in n for n in notes)
+        if profile == "window":
+            assert any("cannot be fitted" in n for n in notes), notes
 
 
 def test_a_failing_figure_of_any_type_is_one_line_and_analyze_rewrites_it(in_tmp, monkeypatch):
@@ -132,7 +133,7 @@ def test_the_log_is_one_line_per_experiment_and_a_skip_summary(tmp_path):
     env.pop("FLOPS_FIT_VERBOSE", None)
     run = [sys.executable, "-m", "flops_fit", "run", str(spec)]
     res = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
+    assert res.returncode in (0, 1) and "Traceback" not in res.stderr, res.stderr  # one budget: no fit
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     from flops_fit import Spec
 
@@ -141,12 +142,11 @@ def test_the_log_is_one_line_per_experiment_and_a_skip_summary(tmp_path):
         assert sum(line.startswith(f"ok {i}:") for line in lines) == 1, res.stderr
     assert not any(line.startswith(("skip ", "run ")) for line in lines), res.stderr
     assert any("skipped" in line and "(--verbose lists them)" in line for line in lines), res.stderr
-    assert (
-        len(lines) <= len(ids) + 3 + 6
-    ), res.stderr  # results, one summary per worker, the bar, the report line
+    # results, one summary per worker, the bar, the report line, the no-fit line
+    assert len(lines) <= len(ids) + 3 + 6, res.stderr
     again = subprocess.run(
         run + ["--verbose"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
-    assert again.returncode == 0, again.stderr
+    assert again.returncode in (0, 1) and "Traceback" not in again.stderr, again.stderr
     for i in ids:
         assert f"skip {i}: done" in again.stderr, again.stderr
