@@ -144,7 +144,7 @@ def budget_minima(lnN: np.ndarray, lnD: np.ndarray, L: np.ndarray, budgets: np.n
     (u, v) of the ``shape`` profile (default: fitted here over the budgets with 3+ sizes)."""
     minima, dropped = [], []
     if profile == "shape" and shape is None:
-        groups = [(lnN[budgets == C], L[budgets == C]) for C in np.unique(budgets)]
+        groups = [_compress(lnN[budgets == C], L[budgets == C]) for C in np.unique(budgets)]
         groups = [g for g in groups if len(np.unique(g[0])) >= 3]
         shape = fit_shape(groups)[:2] if groups else (0.3, 0.3)
     for C in np.unique(budgets):
@@ -152,7 +152,7 @@ def budget_minima(lnN: np.ndarray, lnD: np.ndarray, L: np.ndarray, budgets: np.n
         x, y, xd = lnN[m], L[m], lnD[m]
         order = np.argsort(x)
         used = choose_profile(x[order], y[order]) if profile == "auto" and len(np.unique(x)) >= 3 else profile
-        xs, loss, coef, reason = profile_minimum(x, y, used, shape)
+        xs, loss, coef, reason = profile_minimum(*(_compress(x, y) if used == "shape" else (x, y)), used, shape)
         if xs is None:
             dropped.append(DroppedBudget(budget_flops=float(C), reason=reason))
             continue
@@ -169,6 +169,19 @@ def budget_minima(lnN: np.ndarray, lnD: np.ndarray, L: np.ndarray, budgets: np.n
                                     if math.isfinite(se) else None, coef=coef, num_points=int(m.sum()),
                                     profile=used))
     return minima, dropped
+
+
+#: Past this many points a budget's shape profile is fitted to the mean loss of each size (its
+#: vectorised search holds grid × points values: five million rows would need tens of GB).
+COMPRESS_ABOVE = 2000
+
+
+def _compress(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y), or past :data:`COMPRESS_ABOVE` points each distinct x with its mean y."""
+    if len(x) <= COMPRESS_ABOVE:
+        return x, y
+    ux, inverse = np.unique(x, return_inverse=True)
+    return ux, np.bincount(inverse, weights=y) / np.bincount(inverse)
 
 
 def _minimum_se(fit, p1: float, p2: float) -> float:
