@@ -1,25 +1,62 @@
 """The ``flops-fit`` console script and ``python -m flops_fit``.
 
-Ctrl-C while the command line is still importing (typer, rich, the spec's pydantic models: the
-first half-second) ends like any other interrupt: one ``interrupted`` line on stderr and exit
-130, no traceback.  Until the command line's own handler is in place, SIGINT raises SystemExit.
+Ctrl-C at any moment ends like any other interrupt: one ``interrupted`` line on stderr and exit
+130, no traceback.  A SIGINT that lands while a module is being imported is held back until the
+import is over: raised inside an import, a KeyboardInterrupt can cross a C++ extension's
+initialisation (torch's, through pybind11) and abort the interpreter (SIGABRT, or death by SIGINT
+with no message).  The held-back signal is delivered again every 50 ms until it lands outside
+an import, where it is the ordinary KeyboardInterrupt every command handles.  One still held back
+when the command has finished is dropped (the command's own exit code stands): the interpreter's
+shutdown is not interrupted either.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
+
+_IMPORTING = ("<frozen importlib._bootstrap", "<frozen importlib._bootstrap_external")
+_pending: list[threading.Timer] = []
 
 
-def _early_interrupt(signum, frame) -> None:
-    sys.stderr.write("interrupted: nothing was started\n")
-    sys.stderr.flush()
-    raise SystemExit(130)
+def _in_import(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(_IMPORTING):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _redeliver() -> None:
+    _pending.clear()
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def interrupt(signum, frame) -> None:
+    """SIGINT handler: KeyboardInterrupt, unless an import is running (then the signal comes again)."""
+    if _in_import(frame):
+        if not _pending:
+            timer = threading.Timer(0.05, _redeliver)
+            timer.daemon = True
+            _pending.append(timer)
+            timer.start()
+        return
+    raise KeyboardInterrupt
 
 
 def main() -> None:
-    previous = signal.signal(signal.SIGINT, _early_interrupt)
-    from .cli import main as cli_main
-
-    signal.signal(signal.SIGINT, previous)  # from here KeyboardInterrupt, which every command handles
-    cli_main()
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        from .cli import main as cli_main
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: nothing was started\n")
+        sys.stderr.flush()
+        raise SystemExit(130)
+    try:
+        cli_main()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for timer in _pending:
+            timer.cancel()
