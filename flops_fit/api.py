@@ -154,7 +154,7 @@ def _report(spec: SpecModel, plan: Plan, report: bool, track: bool) -> Result:
     with Store(run_dir).report_lock():
         result = analyze_plan(spec, plan)
         if report:
-            result.save(run_dir / "report")
+            result.save(run_dir / "report", spec.analysis.figures)
     if report and track and plan.runtime.log_with:
         from .execute.runner import make_accelerator
         from .execute.tracking import log_summary

@@ -200,9 +200,10 @@ class Result(BaseModel):
                 "evaluation": self.evaluation.model_dump(mode="json") if self.evaluation else None,
                 "trust": verdict.model_dump(mode="json")}
 
-    def save(self, folder: str | Path) -> Path:
-        """Write the report: fits.json, result.json, chinchilla_table.md/.csv and the plots (see :func:`write_report`)."""
-        return write_report(self, Path(folder))
+    def save(self, folder: str | Path, figures: tuple = ("png", "pdf")) -> Path:
+        """Write the report: fits.json, result.json, chinchilla_table.md/.csv and the plots in the
+        ``figures`` formats (see :func:`write_report`)."""
+        return write_report(self, Path(folder), tuple(figures))
 
     def plot(self, path: str | None = None, format: str | tuple = "png") -> dict:
         """Matplotlib figures (isoflop, scaling, contours, envelope, backtest, lr_schedule, as the fits
@@ -213,13 +214,11 @@ class Result(BaseModel):
 
 
 
-def write_report(result: Result, folder: Path) -> Path:
+def write_report(result: Result, folder: Path, figures: tuple = ("png", "pdf")) -> Path:
     """fits.json (the ``--json`` document), result.json (the Result), chinchilla_table.md/.csv,
-    points.csv (every experiment, planned and achieved) and the plots (PNG and PDF) under ``folder``; each
-    file written atomically."""
+    points.csv (every experiment, planned and achieved) and the plots (in the ``figures`` formats,
+    none for ``()``) under ``folder``; each file written atomically."""
     import warnings
-
-    import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "fits.json", json.dumps(result.summary(), indent=2, default=float) + "\n")
@@ -228,9 +227,13 @@ def write_report(result: Result, folder: Path) -> Path:
     atomic_write_text(folder / "chinchilla_table.md", table.to_markdown())
     atomic_write_text(folder / "chinchilla_table.csv", table.to_csv())
     atomic_write_text(folder / "points.csv", rows_csv(result._columns()))
+    if not figures:
+        return folder
+    import matplotlib.pyplot as plt
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        figures = result.plot(folder, format=("png", "pdf"))  # closes its figures itself when a save fails
-    for fig in figures.values():
+        made = result.plot(folder, format=figures)  # closes its figures itself when a save fails
+    for fig in made.values():
         plt.close(fig)
     return folder

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread a worker (and for what it starts): no oversubscription
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -35,15 +39,20 @@ learning_rate = {lr}
 {train}
 [analysis]
 bootstrap = 20
+figures = {figures}
 {analysis}
 '''
 
 
 def write_toy_spec(folder: Path, name: str = "toy", model: str = "MLP", sizes=(4, 8, 16, 32), budgets=(1e6, 3e6),
-                   train: str = "", analysis: str = "", extra_kwargs: str = "", lr: float = 1e-2) -> Path:
+                   train: str = "", analysis: str = "", extra_kwargs: str = "", lr: float = 1e-2,
+                   figures: tuple = ()) -> Path:
+    """A toy spec; ``figures``: the report's figure formats (none by default: rendering them is
+    most of a toy report's time, and only the tests of the figures look at them)."""
     path = folder / f"{name}.toml"
     path.write_text(TOY_SPEC.format(name=name, model=model, sizes=list(sizes), budgets=list(budgets), train=train,
-                                    analysis=analysis, extra_kwargs=extra_kwargs, lr=lr))
+                                    analysis=analysis, extra_kwargs=extra_kwargs, lr=lr,
+                                    figures=json.dumps(list(figures))))
     return path
 
 
@@ -53,3 +62,11 @@ def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return tmp_path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that start several processes (torchrun's default port, gloo groups) run one at a time,
+    on one xdist worker (``--dist loadgroup``)."""
+    for item in items:
+        if item.get_closest_marker("multiprocess"):
+            item.add_marker(pytest.mark.xdist_group("multiprocess"))

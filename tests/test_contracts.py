@@ -240,3 +240,21 @@ def test_lr_scaling_sets_each_sizes_rate_and_its_id(in_tmp):
     same = Spec.load(write_toy_spec(in_tmp, name="g0", sizes=(8, 16, 32), budgets=(1e6,), lr=1e-2,
                                     train="lr_scaling = { ref_params = 500, exponent = 0.0 }\n")).plan()
     assert [e.id for e in same.experiments] == [e.id for e in plain.experiments]  # g = 0: the same rate, the same id
+
+
+def test_nothing_of_an_experiment_outlives_it_on_the_cpu(in_tmp):
+    """The Accelerator lets go of the model it prepared (no full collection is run on the CPU: the
+    cycle left behind is an ordinary one, gone at the next collection)."""
+    import gc
+    import weakref
+
+    from flops_fit.execute.runner import make_accelerator
+    from flops_fit.execute.worker import train_experiment
+
+    spec, exp = _one(in_tmp, sizes=(4, 8), budgets=(1e6,))
+    accelerator = make_accelerator(spec.plan().runtime, str(in_tmp))
+    built = []
+    train_experiment(exp.job, Store(in_tmp), accelerator, inspect=lambda m: built.append(weakref.ref(m)))
+    assert accelerator._models == [] and accelerator._optimizers == [] and accelerator.step == 0
+    gc.collect()
+    assert built and built[0]() is None

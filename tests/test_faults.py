@@ -90,7 +90,7 @@ def test_a_failing_figure_of_any_type_is_one_line_and_analyze_rewrites_it(in_tmp
     """matplotlib's PDF writer, out of space, raises AttributeError while it handles ENOSPC."""
     from flops_fit import Spec
 
-    spec_path = write_toy_spec(in_tmp)
+    spec_path = write_toy_spec(in_tmp, figures=("pdf",))
     runner = CliRunner()
     from matplotlib.figure import Figure
 

@@ -29,7 +29,7 @@ def _events(spec: Spec, **kw):
 
 
 def test_end_to_end_and_second_run_launches_nothing(in_tmp):
-    spec = Spec.load(write_toy_spec(in_tmp))
+    spec = Spec.load(write_toy_spec(in_tmp, figures=("png",)))
     result, events = _events(spec)
     plan = spec.plan()
     trained = [e for e in events if e.kind == "result"]
@@ -39,6 +39,7 @@ def test_end_to_end_and_second_run_launches_nothing(in_tmp):
     report = in_tmp / "runs/toy/report"
     for name in ("fits.json", "chinchilla_table.md", "chinchilla_table.csv", "isoflop.png", "scaling.png"):
         assert (report / name).exists(), name
+    assert not list(report.glob("*.pdf"))  # [analysis] figures = ["png"]
     assert result.summary()["points"] + len(result.fits.excluded) == len(plan.experiments)
 
     _, again = _events(Spec.load(in_tmp / "toy.toml"))

@@ -15,7 +15,7 @@ from tests.conftest import write_toy_spec
 
 
 def test_points_csv_dataframe_and_pending_rows(in_tmp):
-    path = write_toy_spec(in_tmp, sizes=(4, 8, 16), budgets=(1e6, 2e6, 4e6))
+    path = write_toy_spec(in_tmp, sizes=(4, 8, 16), budgets=(1e6, 2e6, 4e6), figures=("png", "pdf"))
     spec = Spec.load(path)
     result = spec.run()
     plan = spec.plan()

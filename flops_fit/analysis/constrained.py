@@ -65,15 +65,14 @@ def _columns(theta) -> list[np.ndarray]:
 def log_effective(ln_count, ln_unique, ln_r_star) -> np.ndarray:
     """ln of the effective count U·(1 + R*·(1 − exp(−R/R*))), R = max(count/U − 1, 0); the count
     itself where U is not known (NaN) or not exceeded."""
-    ln_count, ln_unique, ln_r_star = np.broadcast_arrays(
-        *(np.asarray(v, float) for v in (ln_count, ln_unique, ln_r_star))
-    )
+    ln_count, ln_unique = np.asarray(ln_count, float), np.asarray(ln_unique, float)
     known = np.isfinite(ln_unique)
+    ln_u = np.where(known, ln_unique, ln_count)  # unknown U: R = 0 below
     with np.errstate(over="ignore", invalid="ignore"):
-        R = np.where(known, np.expm1(np.maximum(ln_count - np.where(known, ln_unique, 0.0), 0.0)), 0.0)
+        R = np.expm1(np.maximum(ln_count - ln_u, 0.0))
         r_star = np.exp(ln_r_star)
         gain = np.log1p(r_star * -np.expm1(-R / r_star))
-    return np.where(known & (R > 0), ln_unique + gain, ln_count)
+    return np.where(R > 0, ln_u + gain, ln_count)
 
 
 def log_n_base(theta, ln_unique, p: float = 1.0) -> np.ndarray:
@@ -162,9 +161,11 @@ def fit_constrained(
     p: float = 1.0,
     start=(R_STAR_D, R_STAR_N),
     max_nfev: int = 2000,
+    tol: float = 1e-12,
 ) -> np.ndarray:
     """The 7-vector minimising Σ Huber_δ(ln L̂ − ln L) from Chinchilla's ``theta5`` (and ``start``
-    R*s); ``free``: whether R*_D and R*_N are fitted (else held at ``start``)."""
+    R*s); ``free``: whether R*_D and R*_N are fitted (else held at ``start``); ``tol``: scipy's
+    xtol, ftol and gtol."""
     lo_r, hi_r = (math.log(v) for v in R_STAR_BOUNDS)
     full = np.concatenate([np.asarray(theta5, float), np.log(np.asarray(start, float))])
     mask = np.array([True] * 5 + list(free))
@@ -179,17 +180,29 @@ def fit_constrained(
     lower = np.array([*(full[:3] - 20), 0.0, 0.0] + [lo_r] * int(sum(free)))
     upper = np.array([*(full[:3] + 20), 5.0, 5.0] + [hi_r] * int(sum(free)))
     x0 = np.clip(x0, lower + 1e-9, upper - 1e-9)
+    k = len(x0)
+
+    def jac(x):  # forward differences (scipy's "2-point" step), every column in one stacked evaluation
+        h = np.sqrt(np.finfo(float).eps) * np.maximum(1.0, np.abs(x))
+        h = np.where(x + h > upper, -h, h)
+        t = np.repeat(full[None, :], k + 1, axis=0)
+        t[:, mask] = x
+        t[1:, np.flatnonzero(mask)] += np.diag(h)
+        v = log_pred(t, lnN, lnD, lnU, p)
+        return ((v[1:] - v[0]) / h[:, None]).T
+
     res = least_squares(
         resid,
         x0,
+        jac=jac,
         loss="huber",
         f_scale=delta,
         method="trf",
         x_scale="jac",
         bounds=(lower, upper),
-        xtol=1e-12,
-        ftol=1e-12,
-        gtol=1e-12,
+        xtol=tol,
+        ftol=tol,
+        gtol=tol,
         max_nfev=max_nfev,
     )
     out = full.copy()
