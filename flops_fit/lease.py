@@ -202,6 +202,7 @@ class Lease:
         self.path = folder / f"{PREFIX}{generation}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.lost: str | None = None  # why it was lost (set by the heartbeat thread, or by check())
 
     def held(self) -> bool:
         mine = _read(self.path)
@@ -217,8 +218,30 @@ class Lease:
         os.replace(tmp, self.path)
         return True
 
-    def keep(self, on_lost: Callable[[str], None]) -> None:
-        """Refresh every ``interval_s`` from a daemon thread; ``on_lost(reason)`` once when taken over."""
+    def _lost_reason(self) -> str:
+        now = _current(self.folder)
+        if now is None:
+            return f"lease of {self.folder.name} deleted"
+        other = now[1].describe() if now[1] else "another process"
+        return f"lease of {self.folder.name} taken over by {other}"
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` unless this owner still holds the lease (heartbeat renewed).
+        Called right before anything is written for the experiment (a checkpoint, the result): an
+        owner paused past expiry (SIGSTOP, a swapped-out node) and resumed must not write over its
+        taker's files even before its heartbeat thread has noticed."""
+        if self.lost is None:
+            try:
+                if not self.refresh():
+                    self.lost = self._lost_reason()
+            except OSError as exc:
+                self.lost = f"lease of {self.folder.name} cannot be renewed ({exc.strerror or exc})"
+        if self.lost is not None:
+            raise LeaseLost(self.lost)
+
+    def keep(self, on_lost: Callable[[str], None] | None = None) -> None:
+        """Refresh every ``interval_s`` from a daemon thread; when taken over (or its file deleted)
+        set ``lost`` and call ``on_lost(reason)`` once."""
         def beat() -> None:
             while not self._stop.wait(self.info.interval_s):
                 try:
@@ -226,9 +249,9 @@ class Lease:
                 except OSError:
                     continue  # a filesystem hiccup: try again next beat (expiry allows for missed ones)
                 if not ok:
-                    now = _current(self.folder)
-                    other = now[1].describe() if now and now[1] else "another process"
-                    on_lost(f"lease of {self.folder.name} taken over by {other}")
+                    self.lost = self._lost_reason()
+                    if on_lost is not None:
+                        on_lost(self.lost)
                     return
         self._thread = threading.Thread(target=beat, name=f"lease-{self.folder.name}", daemon=True)
         self._thread.start()

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from ..plan import Experiment, Plan, Runtime
-from ..lease import HEARTBEAT_S, LeaseLost
+from ..lease import HEARTBEAT_S, Lease, LeaseLost
 from ..store import CurvePoint, Decision, RunRecord, Store, decide
 from .tracking import finish_runs, start_run
 from .worker import Interrupted, provenance, stopping, train_experiment
@@ -62,20 +62,20 @@ def _claim(store: Store, exp: Experiment, retry_failed: bool, branches: list[Exp
     if decision.action in ("skip", "wait"):
         lease.release()
         return decision, None
-    stopping.lost = None
-    lease.keep(on_lost=lambda reason: setattr(stopping, "lost", reason))
+    lease.keep()
     return decision, lease
 
 
 def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: Accelerator, emit,
-               compile: bool, group: str) -> RunRecord:
+               compile: bool, group: str, lease: Lease | None = None) -> RunRecord:
     if accelerator.log_with:  # one tracker run per experiment, named by its id, grouped by the spec
         start_run(accelerator, group, exp.id, accelerator.logging_dir,
                   {"budget_flops": exp.budget_flops, "size": exp.size, "num_params": exp.num_params,
                    "num_tokens": exp.num_tokens, "steps": exp.steps, "flops": exp.flops, "seed": exp.job.loop.seed})
     try:
         return train_experiment(exp.job, store, accelerator, resume_from=decision.checkpoint,
-                                on_log=lambda p: emit("log", point=p), compile=compile, stop=decision.stop)
+                                on_log=lambda p: emit("log", point=p), compile=compile, stop=decision.stop,
+                                lease=lease if accelerator.num_processes == 1 else None)
     except LeaseLost:
         raise
     except Exception as exc:  # the user's code failed: record it, the sweep goes on
@@ -134,7 +134,9 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
                 continue
             try:
                 try:
-                    result = _train_one(exp, decision, store, accelerator, emit, compile, store.root.name)
+                    result = _train_one(exp, decision, store, accelerator, emit, compile, store.root.name, lease)
+                    if lease is not None:
+                        lease.check()  # still ours right before "done" (an owner paused past expiry is not)
                 except LeaseLost as lost:  # its new owner resumes it: this process writes nothing
                     emit("decision", decision=Decision("skip", str(lost)))
                     continue

@@ -29,7 +29,7 @@ from ..components import build_data, build_loss, build_model, call_model
 from ..errors import RunError
 from ..imports import source_digest
 from ..plan import Job, Optim
-from ..lease import LeaseLost
+from ..lease import Lease, LeaseLost
 from ..store import CurvePoint, Provenance, RunRecord, Store
 from .checkpoint import load_checkpoint, save_checkpoint, save_rng
 from .data import Layout, make_sources
@@ -113,7 +113,8 @@ def _evaluate(model: torch.nn.Module, batches: list, loss_fn: Callable, accelera
 
 def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_from: str | None = None,
                      on_log: Callable[[CurvePoint], None] | None = None, compile: bool = False,
-                     stop: int | None = None, inspect: Callable[[torch.nn.Module], None] | None = None) -> RunRecord:
+                     stop: int | None = None, inspect: Callable[[torch.nn.Module], None] | None = None,
+                     lease: Lease | None = None) -> RunRecord:
     """Train ``job`` to its last step (or divergence) and return its result record.
 
     A trunk (``job.role == "trunk"``) trains to ``stop`` (default its last branch point) and
@@ -128,10 +129,14 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
     reached and raises :class:`Interrupted`.  Nothing of the experiment outlives the call: the
     Accelerator's references to the prepared model and optimizer are released and the CUDA
     cache emptied (``accelerator.free_memory()``), also when the user's code raises.
+
+    ``lease``: the claim this process trains under (one process).  Lost (taken over, deleted), the
+    loop raises :class:`~flops_fit.lease.LeaseLost` at the next step, and every checkpoint is
+    written only after the lease was renewed: nothing of a lost claim reaches the store.
     """
     try:
         with stopping.handlers(enabled=accelerator.num_processes == 1):
-            return _train(job, store, accelerator, resume_from, on_log, compile, stop or job.steps, inspect)
+            return _train(job, store, accelerator, resume_from, on_log, compile, stop or job.steps, inspect, lease)
     finally:
         _release(accelerator, compile)
 
@@ -156,7 +161,8 @@ def _release(accelerator: Accelerator, compiled: bool) -> None:
 
 
 def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | None,
-           on_log: Callable[[CurvePoint], None] | None, compile: bool, end: int, inspect=None) -> RunRecord:
+           on_log: Callable[[CurvePoint], None] | None, compile: bool, end: int, inspect=None,
+           lease: Lease | None = None) -> RunRecord:
     o, sched, lp = job.optim, job.schedule, job.loop
     folders = job.search_path
     exp_dir = store.exp_dir(job.experiment_id)
@@ -263,15 +269,19 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
         if run.step in pins and run.status == "ok":  # 5b. a trunk's branch point: pinned, with its held-out loss
             run.train_seconds += time.perf_counter() - start
             pin_loss = _evaluate(model, source.eval_batches, loss_fn, accelerator)
+            if lease is not None:
+                lease.check()
             _checkpoint(store, run, acc, count, raw_model, optimizer, scheduler, accelerator, pinned=True, eval_loss=pin_loss)
             start = time.perf_counter()
         stop = stopping.signum is not None and run.step < end
         if accelerator.num_processes > 1:  # a job's preemption: every rank stops at the same step, or none does
             stop = stopping.in_job and run.step % agree_every == 0 and run.step < end and _any_rank(
                 stopping.signum is not None, accelerator)
-        if stopping.lost is not None and accelerator.num_processes == 1:  # another process took the lease over
-            raise LeaseLost(f"{job.experiment_id}: {stopping.lost} at step {run.step}; nothing written")
+        if lease is not None and lease.lost is not None:  # another process took the lease over
+            raise LeaseLost(f"{job.experiment_id}: {lease.lost} at step {run.step}; nothing written")
         if stop or _checkpoint_due(lp, run.step, end, last_ckpt):  # 5b. checkpoint on cadence or on a signal
+            if lease is not None:
+                lease.check()  # renewed, or LeaseLost: a resumed, overtaken owner writes no checkpoint
             run.train_seconds += time.perf_counter() - start
             _checkpoint(store, run, acc, count, raw_model, optimizer, scheduler, accelerator)
             last_ckpt = time.monotonic()
@@ -307,7 +317,6 @@ class _Stopping:
     signum: int | None = None
     preempted: int | None = None  # a job's preemption or timeout signal: stays set until the process ends
     in_job: bool = False  # run by a scheduler's job (dispatch): data-parallel ranks agree on a signal
-    lost: str | None = None  # set by the lease's heartbeat thread when another process took the lease over
 
     def preempt(self, signum: int) -> None:
         """A scheduler's checkpoint signal (dispatch's handler): stop after this step, and take nothing new."""
