@@ -64,9 +64,16 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
+#: The longest tests (over a minute on one core), started first so that the others fill the
+#: remaining workers around them instead of one of them ending the run alone.
+LONGEST = ("test_the_mup_gpt_passes", "test_a_branched_regression_sweep", "test_a_job_past_its_timeout",
+           "test_find_optimal_launches_workers")
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests that start several processes (torchrun's default port, gloo groups) run one at a time,
-    on one xdist worker (``--dist loadgroup``)."""
+    on one xdist worker (``--dist loadgroup``); the longest tests go first."""
     for item in items:
         if item.get_closest_marker("multiprocess"):
             item.add_marker(pytest.mark.xdist_group("multiprocess"))
+    items.sort(key=lambda item: not item.name.startswith(LONGEST))

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -11,7 +15,9 @@ from typer.testing import CliRunner
 from flops_fit import Spec
 from flops_fit.cli import app
 from flops_fit.errors import SpecError
-from tests.conftest import write_toy_spec
+from tests.conftest import ROOT, write_toy_spec
+
+pytestmark = pytest.mark.xdist_group("confirm")  # one worker builds the shared store once
 
 SIZES = (4, 6, 8, 12, 16, 24, 32, 48, 64)
 
@@ -167,3 +173,39 @@ def test_confirm_more_sizes_are_an_addition_fewer_change_nothing(swept):
     assert len([e for e in trained if e.kind == "result"]) == 2  # only the additions trained
     again = spec.confirm(8e6, sizes=5)
     assert not any("more size" in m for m in again.messages) and len(again.measured) == 5
+
+
+def _confirm(swept, budget: str):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    return subprocess.Popen([sys.executable, "-m", "flops_fit", "confirm", str(swept), "--budget", budget, "--json"],
+                            cwd=swept.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_confirm_killed_after_registering_keeps_its_prediction_and_a_rerun_trains(swept):
+    folder = Spec.load(swept).run_dir / "confirm" / "9e6"
+    proc = _confirm(swept, "9e6")
+    deadline = time.time() + 120
+    while not (folder / "prediction.json").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    registered = (folder / "prediction.json").read_bytes()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (folder / "confirm.json").exists()
+    again = _confirm(swept, "9e6")
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-2000:]
+    assert (folder / "prediction.json").read_bytes() == registered  # not registered again
+    assert json.loads(out)["predicted"]["created"] == json.loads(registered)["created"]
+    assert len(json.loads((folder / "confirm.json").read_text())["measured"]) == 3
+
+
+@pytest.mark.slow
+def test_two_confirms_at_once_share_one_prediction_and_train_each_run_once(swept):
+    first, second = _confirm(swept, "7e6"), _confirm(swept, "7e6")
+    (out1, err1), (out2, err2) = first.communicate(timeout=300), second.communicate(timeout=300)
+    assert first.returncode == second.returncode == 0, err1[-1500:] + err2[-1500:]
+    one, two = json.loads(out1), json.loads(out2)
+    assert one["predicted"] == two["predicted"] and one["measured"] == two["measured"]
+    finished = [line.split()[1].rstrip(":") for line in (err1 + err2).splitlines() if line.startswith("ok ")]
+    assert sorted(finished) == sorted({m["id"] for m in one["measured"]})  # each trained by one of them

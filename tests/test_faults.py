@@ -43,7 +43,7 @@ def test_ctrl_c_while_importing_is_one_line_and_exit_130(tmp_path):
             assert err.count("interrupted") == 1, (delay, err)
         else:
             assert proc.returncode == 0, (delay, proc.returncode, err)  # finished before the signal came
-    assert outcomes[0] == 130 and outcomes[-1] == 130  # run is still importing at 1 s: stopped once in its code
+    assert outcomes[-1] == 130  # run is still importing at 1 s: stopped once its own code runs
 
 
 def _isoflop_csv(path, edit=None):

@@ -85,7 +85,8 @@ def test_runs_grouped_by_spec_tagged_and_a_summary_run(in_tmp):
 def test_tensorboard_writes_a_folder_per_experiment_and_the_summary(in_tmp):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    spec = Spec.load(write_toy_spec(in_tmp, sizes=(4, 8, 16), budgets=(1e6, 2e6, 4e6), train='log_with = ["tensorboard"]'))
+    spec = Spec.load(write_toy_spec(in_tmp, sizes=(4, 8, 16), budgets=(1e6, 2e6, 4e6), train='log_with = ["tensorboard"]',
+                                    figures=("png",)))  # the summary carries the report's PNGs
     spec.run()
     root = in_tmp / "runs/toy/tracking/toy"
     assert {p.name for p in root.iterdir()} == {e.id for e in spec.plan().experiments} | {"summary"}

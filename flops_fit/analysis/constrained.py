@@ -161,11 +161,9 @@ def fit_constrained(
     p: float = 1.0,
     start=(R_STAR_D, R_STAR_N),
     max_nfev: int = 2000,
-    tol: float = 1e-12,
 ) -> np.ndarray:
     """The 7-vector minimising Σ Huber_δ(ln L̂ − ln L) from Chinchilla's ``theta5`` (and ``start``
-    R*s); ``free``: whether R*_D and R*_N are fitted (else held at ``start``); ``tol``: scipy's
-    xtol, ftol and gtol."""
+    R*s); ``free``: whether R*_D and R*_N are fitted (else held at ``start``)."""
     lo_r, hi_r = (math.log(v) for v in R_STAR_BOUNDS)
     full = np.concatenate([np.asarray(theta5, float), np.log(np.asarray(start, float))])
     mask = np.array([True] * 5 + list(free))
@@ -200,9 +198,9 @@ def fit_constrained(
         method="trf",
         x_scale="jac",
         bounds=(lower, upper),
-        xtol=tol,
-        ftol=tol,
-        gtol=tol,
+        xtol=1e-12,
+        ftol=1e-12,
+        gtol=1e-12,
         max_nfev=max_nfev,
     )
     out = full.copy()

@@ -223,12 +223,8 @@ def refit_constrained(fit: ParametricFit, lnN, lnD, lnU, lnL, delta: float = DEL
         if not over.any():
             return np.concatenate([refit_fast(np.asarray(fit.theta[:5]), lnN, lnD, lnL, delta), fit.theta[5:]])
     start = (math.exp(fit.theta[5]), math.exp(fit.theta[6]))
-    # a resample starts at the optimum: 1e-8 (ln L to ~1e-8) is far inside the bootstrap's spread, and
-    # 100 evaluations reach it where the data pin the law (gutenberg's 39 points: the 95% intervals of
-    # N_opt and L_opt at 2e15 and 4e15 within 1% of 300 evaluations'); where they do not (a flat valley)
-    # more evaluations only crawl along it
     return fit_constrained(fit.theta[:5], lnN, lnD, lnU, lnL, free, delta, fit.flops_per_unit.exponent, start,
-                           max_nfev=100, tol=1e-8)
+                           max_nfev=300)
 
 
 class DataThreshold(Frozen):
