@@ -233,6 +233,15 @@ class Store:
                 freed.append(step)
         return freed
 
+    def quarantine_checkpoint(self, checkpoint: Path) -> Path:
+        """Move an unreadable checkpoint aside, to ``<experiment>/corrupt/``, where no decision finds it."""
+        aside = checkpoint.parent.parent / "corrupt" / f"{checkpoint.parent.name}-{checkpoint.name}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        if aside.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+        os.replace(checkpoint, aside)
+        return aside
+
     def new_checkpoint_dir(self, exp_id: str, step: int, pinned: bool = False) -> Path:
         path = (self.pinned_dir(exp_id) if pinned else self.checkpoints_dir(exp_id)) / f"step-{step:08d}"
         if path.exists():

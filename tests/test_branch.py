@@ -242,3 +242,47 @@ def test_makespan_waits_for_the_trunk_to_reach_each_branch_point():
     assert makespan([100, 20, 20, 50], 2, [None, (0, 80.0), (0, 90.0), None]) == 120  # the 50 s job fills the wait
     assert makespan([0, 20, 20], 2, [None, (0, 80.0), (0, 80.0)]) == 20  # a finished trunk: ready at once
     assert makespan([10, 30, 30], 1, [None, (0, 5.0), (0, 9.0)]) == 70
+
+
+def _kill_when(path: Path, pattern: str, in_tmp: Path) -> None:
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "flops_fit", "run", str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(in_tmp.glob(pattern)):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(in_tmp.glob(pattern)), "the moment to kill never came"
+
+
+@pytest.mark.slow
+def test_sigkill_mid_cooldown_and_a_truncated_pin_end_in_the_clean_losses(in_tmp):
+    """A branch killed mid-cooldown resumes from its own checkpoint; a pinned checkpoint truncated
+    while its branches wait is moved aside and its trunk retrains to that step: the losses are a
+    clean run's."""
+    train = WSD.replace("checkpoint_steps = 1000", "checkpoint_steps = 5")
+    path = _spec(in_tmp, "branch", sizes=(8, 16), budgets=(1e6, 2e6, 4e6), model="SlowMLP", train=train)
+    plan = Spec.load(path).plan()
+    exps = in_tmp / "runs/toy/experiments"
+    _kill_when(path, "runs/toy/experiments/[!t]*/checkpoints/*/COMPLETE", in_tmp)  # a branch mid-cooldown
+    killed = {p.parts[-4] for p in exps.glob("[!t]*/checkpoints/*/COMPLETE")}
+    assert killed <= {e.id for e in plan.experiments if e.job.branch is not None}
+    waiting = [e for e in plan.experiments if e.job.branch is not None and e.id not in killed
+               and not (exps / e.id / "result.json").exists()
+               and (exps / e.job.branch.trunk_id / "pinned" / f"step-{e.job.branch.step:08d}" / "COMPLETE").exists()]
+    assert waiting, "no branch waits on a pin"
+    pin = exps / waiting[0].job.branch.trunk_id / "pinned" / f"step-{waiting[0].job.branch.step:08d}"
+    (pin / "state.pt").write_bytes((pin / "state.pt").read_bytes()[:100])  # truncated under its COMPLETE marker
+    events = []
+    Spec.load(path).run(report=False, on_event=events.append)
+    assert any(e.kind == "decision" and "unreadable" in e.decision.reason for e in events)
+    assert list((exps / waiting[0].job.branch.trunk_id / "corrupt").iterdir())  # moved aside, kept to look at
+    resumed = _results(in_tmp / "runs/toy")
+    shutil.rmtree(in_tmp / "runs")
+    Spec.load(path).run(report=False)
+    straight = _results(in_tmp / "runs/toy")
+    assert resumed.keys() == straight.keys() and len(resumed) == 6
+    for key in resumed:
+        assert resumed[key]["status"] == "ok", resumed[key].get("reason")
+        assert resumed[key]["loss"] == pytest.approx(straight[key]["loss"], rel=1e-6), key

@@ -9,6 +9,7 @@ are a pure function of (seed, step).
 from __future__ import annotations
 
 import json
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 
 from ..store import Store, atomic_write_json
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "CorruptCheckpoint"]
 
 
 def _rng_state() -> dict:
@@ -60,15 +61,29 @@ def save_rng(folder: Path, rank: int) -> None:
     torch.save(_rng_state(), folder / f"rng-{rank}.pt")
 
 
+class CorruptCheckpoint(Exception):
+    """A checkpoint marked complete whose files cannot be read (truncated, deleted under it)."""
+
+    def __init__(self, folder: Path, reason: str):
+        super().__init__(f"checkpoint {folder} is unreadable ({reason})")
+        self.folder, self.reason = folder, reason
+
+
 def load_checkpoint(folder: Path, rank: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any) -> dict:
-    """Restore every state from ``folder``; returns trainer.json."""
-    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    """Restore every state from ``folder``; returns trainer.json.  Files that cannot be read raise
+    :class:`CorruptCheckpoint` (a model that does not fit its state is the user's error, raised as is)."""
+    rng_file = folder / f"rng-{rank}.pt"
+    try:
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+        rng = torch.load(rng_file, weights_only=True) if rng_file.exists() else None
+        trainer = json.loads((folder / "trainer.json").read_text())
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise CorruptCheckpoint(folder, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    rng_file = folder / f"rng-{rank}.pt"
-    if rng_file.exists():
-        _set_rng_state(torch.load(rng_file, weights_only=True))
-    return json.loads((folder / "trainer.json").read_text())
+    if rng is not None:
+        _set_rng_state(rng)
+    return trainer

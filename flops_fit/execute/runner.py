@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from accelerate import Accelerator
@@ -19,6 +20,7 @@ from accelerate.utils import broadcast_object_list
 
 from ..plan import Experiment, Plan, Runtime
 from ..lease import HEARTBEAT_S, Lease, LeaseLost
+from .checkpoint import CorruptCheckpoint
 from ..store import CurvePoint, Decision, RunRecord, Store, decide
 from .tracking import finish_runs, start_run
 from .worker import Interrupted, provenance, stopping, train_experiment
@@ -76,7 +78,7 @@ def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: A
         return train_experiment(exp.job, store, accelerator, resume_from=decision.checkpoint,
                                 on_log=lambda p: emit("log", point=p), compile=compile, stop=decision.stop,
                                 lease=lease if accelerator.num_processes == 1 else None)
-    except LeaseLost:
+    except (LeaseLost, CorruptCheckpoint):
         raise
     except Exception as exc:  # the user's code failed: record it, the sweep goes on
         return RunRecord.failed(exp.job, f"{type(exc).__name__}: {exc}", traceback.format_exc(),
@@ -96,6 +98,21 @@ def run_plan(plan: Plan, store: Store, accelerator: Accelerator, retry_failed: b
                            heartbeat_s=plan.runtime.heartbeat_s)
 
 
+def _set_aside(bad: CorruptCheckpoint, exp: Experiment, store: Store, accelerator: Accelerator,
+               by_id: dict, emit) -> list:
+    """An unreadable checkpoint (truncated, half-deleted) goes to ``<experiment>/corrupt/`` with one
+    line; the experiment is decided again, and so is its trunk when the checkpoint was the trunk's
+    pin (the trunk then trains to that step again)."""
+    if accelerator.is_main_process and Path(bad.folder).exists():
+        aside = store.quarantine_checkpoint(Path(bad.folder))
+        emit("decision", decision=Decision("run", f"{bad}: moved to {aside}; decided again"))
+    accelerator.wait_for_everyone()
+    redo = [by_id[exp.id]]
+    if exp.job.branch is not None and exp.job.branch.trunk_id in by_id and Path(bad.folder).parent.name == "pinned":
+        redo.insert(0, by_id[exp.job.branch.trunk_id])
+    return redo
+
+
 WAIT_SECONDS = 2.0  # how often a worker with only waiting branches looks for their trunks' checkpoints
 
 
@@ -113,8 +130,9 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
     branches = {e.id: [b for b in experiments if b.job.branch is not None and b.job.branch.trunk_id == e.id]
                 for e in experiments if e.job.role == "trunk"}
     queue = list(enumerate(experiments))
+    by_id = {e.id: (i, e) for i, e in queue}
     while queue:
-        waiting = []
+        waiting, again = [], []
         for index, exp in queue:
             def emit(kind: str, **kw: Any) -> None:
                 if on_event is not None and accelerator.is_main_process:
@@ -140,6 +158,9 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
                 except LeaseLost as lost:  # its new owner resumes it: this process writes nothing
                     emit("decision", decision=Decision("skip", str(lost)))
                     continue
+                except CorruptCheckpoint as bad:  # moved aside; decided again (a lost pin: the trunk too)
+                    again.extend(_set_aside(bad, exp, store, accelerator, by_id, emit))
+                    continue
                 if accelerator.is_main_process:
                     store.write_result(result)  # "done": written last, atomically
                     store.clear_checkpoints(exp.id)
@@ -152,6 +173,9 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
             finally:
                 if lease is not None:
                     lease.release()
+        if again:  # decided again at once, trunks first: no wait
+            queue = again + [w for w in waiting if w not in again]
+            continue
         if len(waiting) == len(queue):  # nothing could start: are the trunks being trained elsewhere?
             busy = (any(store.holder(e.job.branch.trunk_id) is not None for _, e in waiting)
                     if accelerator.is_main_process else False)
