@@ -418,3 +418,37 @@ def test_slurm_refusals_are_one_line_errors(in_tmp, monkeypatch):
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert res.exit_code == 1 and len(errors) == 1 and "invalid partition specified: gpu-long" in errors[0], res.stderr
     assert "Traceback" not in res.stderr and not (in_tmp / "runs" / "toy" / "launcher" / "jobs.json").exists()
+
+
+@pytest.mark.slow
+def test_the_submitting_process_killed_mid_sweep_loses_nothing_and_trains_nothing_twice(in_tmp):
+    """`run` with the local submitit launcher is SIGKILLed while its jobs train; `status` answers
+    (one line per experiment, no traceback), and `run` again finishes the sweep: every experiment
+    trained exactly once over both runs' jobs, losses equal to the in-process run."""
+    path = _spec(in_tmp, LOCAL, model="SlowMLP", sizes=(4, 8, 16), budgets=(3e6,),
+                 analysis='approaches = ["envelope"]')
+    spec = Spec.load(path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-m", "flops_fit"]
+    first = subprocess.Popen(cli + ["run", str(path)], cwd=in_tmp, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(spec.run_dir.glob("experiments/*/checkpoints")) and time.time() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    status = subprocess.run(cli + ["status", str(path), "--json"], cwd=in_tmp, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr[-2000:]
+    assert {r["id"] for r in json.loads(status.stdout)} == {e.id for e in spec.plan().experiments}
+    again = subprocess.run(cli + ["run", str(path)], cwd=in_tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    deadline = time.time() + 60  # jobs of the killed run may still be finishing what they hold
+    while time.time() < deadline and any(Store(spec.run_dir).holder(e.id) for e in spec.plan().experiments):
+        time.sleep(0.2)
+    logs = _logs(spec.run_dir)
+    store = Store(spec.run_dir)
+    reference = _reference(spec, in_tmp / "ref")
+    for exp in spec.plan().experiments:
+        assert len(re.findall(rf"^ok {exp.id}:", logs, re.M)) == 1, logs[-3000:]  # trained by exactly one job
+        assert store.read_result(exp.id).loss == pytest.approx(reference[exp.id], rel=1e-6)
