@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -233,7 +234,8 @@ def confirm(spec: SpecModel, budget_flops: float, k: int = 3, approach: str | No
     is pending (both supplied by the facade, which owns the pipeline).  A rerun trains nothing.
     ``predict_only`` registers the prediction and returns it without training.  Several
     processes may confirm the same budget at once: they share the registered prediction and
-    the store's locks give each experiment to one of them.  A rerun with a larger ``k`` registers
+    the store's locks give each experiment to one of them; each waits for the runs the
+    others train, so every one reports the whole check.  A rerun with a larger ``k`` registers
     the extra sizes as additions; ``bracket`` adds (and trains) the next size beyond an edge
     while the best measured size is at the edge.  ``Confirmation.messages`` says what was done.
     """
@@ -271,6 +273,7 @@ def confirm(spec: SpecModel, budget_flops: float, k: int = 3, approach: str | No
         every = experiments + [plan_experiment_for(spec, by_size[p.size], budget_flops) for p in added]
         if train is not None:
             train(every, store)
+            _wait_for_others(every, store)
         beyond = _beyond(plan, [*prediction.sizes, *added])
         confirmation = compare(prediction, {e.id: store.read_result(e.id) for e in every}, sweep_epochs, added, beyond)
         edge = _edge_size(confirmation, beyond)
@@ -304,7 +307,19 @@ def plan_experiment_for(spec: SpecModel, info, budget_flops: float) -> Experimen
     return confirm_experiments(spec, [info], budget_flops, info.num_params, 1)[0]
 
 
+#: How often a confirm whose runs another process trains looks for their results.
+WAIT_SECONDS = 1.0
+
+
+def _wait_for_others(experiments: list, store: Store) -> None:
+    """Wait while another process (a second ``confirm`` of the same budget, a job) holds a live
+    lease on a run this check needs; a dead holder's lease expires, so the wait ends."""
+    while any(store.read_result(e.id) is None and store.holder(e.id) is not None for e in experiments):
+        time.sleep(WAIT_SECONDS)
+
+
 def _figure(confirmation: Confirmation, result, path: Path) -> None:
+    import os
     import warnings
 
     from .plots import confirm_figure
@@ -312,7 +327,9 @@ def _figure(confirmation: Confirmation, result, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fig = confirm_figure(result, confirmation)
-        fig.savefig(path, dpi=120)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.png")  # two confirms of one budget: no torn figure
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
