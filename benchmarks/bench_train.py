@@ -93,6 +93,9 @@ def _bare_loop(model_fn, data, loss_fn, batch, steps, warmup, lr, precision, com
     if compile_:
         torch._dynamo.reset()  # as the engine does per experiment: no recompile-limit fallback to eager
         model = torch.compile(model)
+    warm = max(1, steps // 10)  # the engine's schedule: linear warmup, cosine to 10%
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
+                                              0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, steps - warm)))))
     loader = DataLoader(data, batch_size=micro, shuffle=True, drop_last=True, pin_memory=device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     done, k, t0 = 0, 0, None
@@ -111,6 +114,7 @@ def _bare_loop(model_fn, data, loss_fn, batch, steps, warmup, lr, precision, com
             k = 0
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            sched.step()
             opt.zero_grad(set_to_none=True)
             done += 1
             if done == steps:
@@ -154,7 +158,7 @@ def gpt_flops_per_token(d: int, layers: int, vocab: int, seq: int) -> float:
 
 def run_case(name: str, kind: str, args, device: torch.device, **cfg) -> dict:
     if kind == "mlp":
-        model_kw = {"dim": 256, "depth": 3}
+        model_kw = {"dim": 256, "depth": cfg.get("depth", 3)}
         data_kw = {"n": 8192, "dim": 256}
         common = dict(batch=args.batch, steps=args.steps, warmup=args.warmup, lr=1e-3, precision=args.precision,
                       compile_=args.compile, device=device)
@@ -169,9 +173,10 @@ def run_case(name: str, kind: str, args, device: torch.device, **cfg) -> dict:
         from examples.gpt_tinystories.loss import next_token_loss
 
         d, layers = cfg["d_model"], cfg["num_layers"]
-        model_kw = {"num_layers": layers, "vocab_size": args.vocab, "seq_len": args.seq, "head_dim": args.head_dim,
-                    "base_width": d}
-        data_kw = {"n": args.samples, "seq_len": args.seq, "vocab": args.vocab}
+        vocab, head_dim, base = (256, 4, 32) if cfg.get("quickstart") else (args.vocab, args.head_dim, d)
+        model_kw = {"num_layers": layers, "vocab_size": vocab, "seq_len": args.seq, "head_dim": head_dim,
+                    "base_width": base}
+        data_kw = {"n": args.samples, "seq_len": args.seq, "vocab": vocab}
         common = dict(batch=args.batch, steps=args.steps, warmup=args.warmup, lr=1e-3, precision=args.precision,
                       compile_=args.compile, device=device, micro=MICRO_BATCH.get(name.removeprefix("gpt-")))
         data = random_tokens(**data_kw)
@@ -181,7 +186,7 @@ def run_case(name: str, kind: str, args, device: torch.device, **cfg) -> dict:
         eng = engine("examples.gpt_tinystories.model:GPT", model_kw, "d_model", d, "benchmarks.bench_train:random_tokens",
                      data_kw, "examples.gpt_tinystories.loss:next_token_loss", **common)
         per_sample = args.seq
-        flops = gpt_flops_per_token(d, layers, args.vocab, args.seq)
+        flops = gpt_flops_per_token(d, layers, vocab, args.seq)
     row = {"case": name, "bare_tokens_per_s": bare * per_sample, "engine_tokens_per_s": eng * per_sample,
            "ratio": eng / bare}
     if flops is not None:
@@ -214,7 +219,9 @@ def main() -> None:
         args.batch, args.precision, args.compile = 64, "fp32", False
         args.steps, args.warmup = args.steps or 200, args.warmup or 20
         args.vocab, args.seq, args.head_dim, args.samples = 1024, 64, 16, 1024
-        cases = [("mlp-w256", "mlp", {"width": 256}), ("gpt-d64-L2", "gpt", {"d_model": 64, "num_layers": 2})]
+        cases = [("mlp-w128", "mlp", {"width": 128, "depth": 2}), ("mlp-w256", "mlp", {"width": 256}),
+                 ("gpt-d64-L2", "gpt", {"d_model": 64, "num_layers": 2}),
+                 ("quickstart-d32", "gpt", {"d_model": 32, "num_layers": 2, "quickstart": True})]
         args.batch_gpt = 16
     else:
         args.batch, args.precision, args.compile = 128, "bf16", True
@@ -229,7 +236,7 @@ def main() -> None:
         f"steps {args.steps} (warm-up {args.warmup}); precision {args.precision}; compile {args.compile}")
     for name, kind, cfg in cases:
         if args.preset == "cpu" and kind == "gpt":
-            args.batch = args.batch_gpt
+            args.batch = 8 if cfg.get("quickstart") else args.batch_gpt  # the quickstart's batch
         row = run_case(name, kind, args, device, **cfg)
         rows.append(row)
         mfu = f"  MFU bare {row['bare_mfu']:.1%} engine {row['engine_mfu']:.1%}" if "bare_mfu" in row and device.type == "cuda" else ""
