@@ -107,6 +107,12 @@ class SweepTask:
             if root not in sys.path:
                 sys.path.insert(0, root)
         os.environ[WORKER_ENV] = "1"
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
+        if cpus.isdigit():  # the task's allocation, not every core of the node: tasks sharing a node
+            import torch    # each with all its cores' threads trained 3-20x slower than in process
+
+            torch.set_num_threads(int(cpus))
+            os.environ["OMP_NUM_THREADS"] = cpus
         env = submitit.JobEnvironment()
         if self.data_parallel and env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
@@ -261,10 +267,14 @@ def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executo
                     jobs = [ex.submit(task) for task in tasks]
             except Exception as exc:  # sbatch said no (submitit's FailedJobError carries its stderr)
                 lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+                said = lines[-1] if lines else type(exc).__name__
+                gres = "generic resource" in said.lower() or "gres" in said.lower()
                 raise RunError([launcher_problem(
-                    spec, f"submitting the {array} array failed: {lines[-1] if lines else type(exc).__name__}",
-                    key="launcher", hint="fix the [launcher] table; arrays already submitted are in jobs.json and keep "
-                                         "running")]) from None
+                    spec, f"submitting the {array} array failed: {said}",
+                    key="launcher.gpus_per_task" if gres else "launcher",
+                    hint=("the partition has no GPUs to give: set launcher.gpus_per_task = 0 for CPU nodes, "
+                          "or submit to a GPU partition" if gres else "fix the [launcher] table")
+                    + "; arrays already submitted are in jobs.json and keep running")]) from None
             submitted += jobs
             records += [JobRecord(job_id=str(j.job_id), array=array, experiments=list(t.experiment_ids),
                                   stdout=str(j.paths.stdout), stderr=str(j.paths.stderr)) for j, t in zip(jobs, tasks)]

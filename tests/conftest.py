@@ -77,3 +77,32 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("multiprocess"):
             item.add_marker(pytest.mark.xdist_group("multiprocess"))
     items.sort(key=lambda item: not item.name.startswith(LONGEST))
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node Slurm 22.05 cluster (``tests/slurm_cluster.py``) for the session, when
+    ``FLOPS_FIT_SLURM`` is set (``.ci/run`` installs the packages and sets it to ``require``: a
+    cluster that cannot start is then a failure, not a skip).  Stopped by PID at the end."""
+    from tests.slurm_cluster import ClusterUnavailable, SlurmCluster
+
+    wanted = os.environ.get("FLOPS_FIT_SLURM", "")
+    if not wanted:
+        pytest.skip("a real Slurm cluster: install Slurm's Debian packages and set FLOPS_FIT_SLURM=1 (.ci/run does)")
+    try:
+        cluster = SlurmCluster.start(tmp_path_factory.mktemp("slurm"))
+    except ClusterUnavailable as exc:
+        if wanted == "require":
+            pytest.fail(f"Slurm did not start: {exc}")
+        pytest.skip(f"Slurm cannot start here: {exc}")
+    saved = {k: os.environ.get(k) for k in cluster.env}
+    os.environ.update(cluster.env)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -425,8 +425,7 @@ def test_the_submitting_process_killed_mid_sweep_loses_nothing_and_trains_nothin
     """`run` with the local submitit launcher is SIGKILLed while its jobs train; `status` answers
     (one line per experiment, no traceback), and `run` again finishes the sweep: every experiment
     trained exactly once over both runs' jobs, losses equal to the in-process run."""
-    path = _spec(in_tmp, LOCAL, model="SlowMLP", sizes=(4, 8, 16), budgets=(3e6,),
-                 analysis='approaches = ["envelope"]')
+    path = _spec(in_tmp, LOCAL, model="SlowMLP", sizes=(4, 8), budgets=(2e6,), analysis='approaches = ["envelope"]')
     spec = Spec.load(path)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
     cli = [sys.executable, "-m", "flops_fit"]
