@@ -22,11 +22,13 @@ requeue at most ``max_requeues`` times; preemptions without limit.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -263,7 +265,7 @@ def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executo
     try:
         for array, ex, tasks in batches:
             try:
-                with ex.batch():
+                with _sbatch_stderr(), ex.batch():
                     jobs = [ex.submit(task) for task in tasks]
             except Exception as exc:  # sbatch said no (submitit's FailedJobError carries its stderr)
                 lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
@@ -350,6 +352,30 @@ def wait_for(jobs: list, records: list[JobRecord], store: Store, on_progress: Ca
             left = [i for i in rec.experiments if not store.result_path(i).exists()]
             failures.append(JobFailure(job_id=rec.job_id, experiments=left, error=error, log=rec.stderr))
     return failures
+
+
+@contextlib.contextmanager
+def _sbatch_stderr():
+    """sbatch's own stderr (submitit lets it through) held back while submitting: on failure the
+    error line carries it, on success it is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not failed:
+                held.seek(0)
+                text = held.read().decode(errors="replace").strip()
+                if text:
+                    print(text, file=sys.stderr)
 
 
 def launcher_problem(spec: SpecModel, message: str, key: str = "launcher.kind", hint: str | None = None) -> Problem:

@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,7 @@ class SlurmCluster:
         return res
 
     def _start(self) -> None:
-        for sub in ("etc", "log", "munge", "db", "state", "spool", "run"):
+        for sub in ("etc", "log", "munge", "state", "spool", "run"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._munge()
         self._mariadb()
@@ -117,11 +118,14 @@ class SlurmCluster:
         self._wait("sacct", lambda: self._run("sacct", "-n", "-X", check=False).returncode == 0)
 
     def _munge(self) -> None:
+        # Slurm's commands talk to munged at its default socket whatever AuthInfo says: /run/munge
         Path("/run/munge").mkdir(parents=True, exist_ok=True)
+        self.munge_socket = Path("/run/munge/munge.socket.2")
+        if self.munge_socket.exists():
+            raise ClusterUnavailable(f"{self.munge_socket} exists: another munged runs on this machine")
         key = self.root / "munge" / "munge.key"
         self._run("mungekey", "--create", f"--keyfile={key}")
         os.chmod(key, 0o600)
-        self.munge_socket = self.root / "munge" / "munge.socket"
         self._spawn("munged", ["munged", "--foreground", "--force", f"--key-file={key}",
                                f"--socket={self.munge_socket}", f"--pid-file={self.root / 'munge' / 'munged.pid'}",
                                f"--log-file={self.root / 'log' / 'munged.log'}",
@@ -129,7 +133,8 @@ class SlurmCluster:
         self._wait("munged", self.munge_socket.exists)
 
     def _mariadb(self) -> None:
-        data = self.root / "db"
+        # mysql must reach its data directory: not under pytest's folders (mode 0700, root's)
+        data = self.db_dir = Path(tempfile.mkdtemp(prefix="flops-fit-mariadb-"))
         shutil.chown(data, "mysql", "mysql")
         self._run("mariadb-install-db", "--user=mysql", f"--datadir={data}", "--skip-test-db",
                   "--auth-root-authentication-method=socket")
@@ -146,12 +151,12 @@ class SlurmCluster:
         self._wait("mariadbd", lambda: (data / "mysqld.sock").exists(), timeout=60)
 
     def _configs(self) -> None:
-        etc, auth = self.root / "etc", f"socket={self.munge_socket}"
+        etc = self.root / "etc"
         self.dbd_port, ctld_port, slurmd_port = _free_port(), _free_port(), _free_port()
         cpus = os.cpu_count() or 1
         dbd = etc / "slurmdbd.conf"
         dbd.write_text("\n".join([
-            f"AuthType=auth/munge", f"AuthInfo={auth}", "DbdHost=localhost", f"DbdPort={self.dbd_port}",
+            "AuthType=auth/munge", "DbdHost=localhost", f"DbdPort={self.dbd_port}",
             "SlurmUser=root", f"PidFile={self.root / 'run' / 'slurmdbd.pid'}",
             f"LogFile={self.root / 'log' / 'slurmdbd.log'}", "StorageType=accounting_storage/mysql",
             "StorageHost=127.0.0.1", f"StoragePort={self.db_port}", "StorageUser=slurm", "StoragePass=slurm",
@@ -160,7 +165,7 @@ class SlurmCluster:
         (etc / "slurm.conf").write_text("\n".join([
             "ClusterName=flopsfit", f"SlurmctldHost={self.node}(127.0.0.1)", f"SlurmctldPort={ctld_port}",
             f"SlurmdPort={slurmd_port}", "SlurmUser=root", "SlurmdUser=root", "AuthType=auth/munge",
-            f"AuthInfo={auth},cred_expire=5", "CredType=cred/munge", "MpiDefault=none",
+            "AuthInfo=cred_expire=5", "CredType=cred/munge", "MpiDefault=none",
             "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "ReturnToService=2",
             "SchedulerType=sched/backfill", "SchedulerParameters=sched_interval=2,bf_interval=2",
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
@@ -194,3 +199,5 @@ class SlurmCluster:
                 os.waitpid(self.pids[name], os.WNOHANG)
             except ChildProcessError:
                 pass
+        if getattr(self, "db_dir", None) is not None:
+            shutil.rmtree(self.db_dir, ignore_errors=True)

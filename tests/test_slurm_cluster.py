@@ -47,7 +47,9 @@ def test_a_partition_without_gpus_is_one_line_naming_the_key(slurm_cluster, in_t
     path.write_text(path.read_text().replace("cpus_per_gpu = 1\n", "cpus_per_gpu = 1\ngpus_per_task = 1\n"))
     res = _cli("run", str(path), cwd=in_tmp)
     assert res.returncode == 1, res.stderr[-2000:]
-    assert res.stderr.count("error:") == 1 and "launcher.gpus_per_task" in res.stderr, res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "launcher.gpus_per_task" in errors[0], res.stderr
+    assert "Invalid generic resource" in errors[0] and res.stderr.count("Invalid generic resource") == 1
     assert "gpus_per_task = 0" in res.stderr and "Traceback" not in res.stderr
 
 
