@@ -78,3 +78,68 @@ def test_a_sweep_as_real_job_arrays_status_through_sacct_and_the_in_process_loss
     for exp_id, loss in reference.items():
         assert store.read_result(exp_id).loss == pytest.approx(loss, rel=1e-6)
     print(f"3 experiments as a real array: {wall:.1f} s")
+
+
+def _run_in_background(path: Path, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return subprocess.Popen([sys.executable, "-m", "flops_fit", "run", str(path)], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _first_checkpoint(spec: Spec, timeout: float = 120.0) -> tuple[str, str]:
+    """(experiment id, its job id) once one experiment has a complete checkpoint."""
+    store, deadline = Store(spec.run_dir), time.time() + timeout
+    while time.time() < deadline:
+        for exp in spec.plan().experiments:
+            if store.latest_checkpoint(exp.id) is not None:
+                jobs = json.loads((spec.run_dir / "launcher" / "jobs.json").read_text())["submissions"][-1]["jobs"]
+                return exp.id, next(j["job_id"] for j in jobs if exp.id in j["experiments"])
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint came")
+
+
+def _logs(spec: Spec) -> str:
+    return "".join(p.read_text(errors="replace") for p in sorted((spec.run_dir / "launcher").rglob("*.err")))
+
+
+def test_scontrol_requeue_of_a_running_task_resumes_to_the_in_process_loss(slurm_cluster, in_tmp):
+    """A preemption: the running task is requeued by the scheduler (SIGTERM, then back to the
+    queue); it checkpoints the step it reached and the requeued task resumes there."""
+    path = _spec(in_tmp, "gpus_per_task = 0\n", model="SlowMLP", sizes=(8, 16), budgets=(3e6,))
+    path.write_text(path.read_text().replace('device = "cpu"\n', 'device = "cpu"\ncheckpoint_steps = 20\n'))
+    spec = Spec.load(path)
+    run = _run_in_background(path, in_tmp)
+    exp_id, job_id = _first_checkpoint(spec)
+    requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    assert requeue.returncode == 0, requeue.stderr
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err[-3000:]
+    logs = _logs(spec)
+    assert f"resume {exp_id}: checkpoint at step" in logs, logs[-3000:]
+    store, reference = Store(spec.run_dir), _reference(spec, in_tmp / "ref")
+    for eid, loss in reference.items():
+        assert store.read_result(eid).loss == pytest.approx(loss, rel=1e-6)
+
+
+def test_scancel_then_run_again_resumes_and_a_crashing_task_is_reported_with_its_log(slurm_cluster, in_tmp):
+    path = _spec(in_tmp, "gpus_per_task = 0\n", model="SlowMLP", sizes=(8, 16), budgets=(3e6,))
+    path.write_text(path.read_text().replace('device = "cpu"\n', 'device = "cpu"\ncheckpoint_steps = 20\n'))
+    spec = Spec.load(path)
+    run = _run_in_background(path, in_tmp)
+    exp_id, job_id = _first_checkpoint(spec)
+    subprocess.run(["scancel", job_id.split("_")[0]], check=True)
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert "CANCELLED" in err or "cancelled" in err.lower(), err[-3000:]
+    again = _cli("run", str(path), cwd=in_tmp)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resume {exp_id}: checkpoint at step" in _logs(spec)
+    store, reference = Store(spec.run_dir), _reference(spec, in_tmp / "ref")
+    for eid, loss in reference.items():
+        assert store.read_result(eid).loss == pytest.approx(loss, rel=1e-6)
+    # a task that crashes (killed as by the OOM killer): its experiment and its log in one line
+    crash = _spec(in_tmp, "gpus_per_task = 0\n", name="crash", model="DiesInJobs", sizes=(4, 8), budgets=(1e6,))
+    res = _cli("run", str(crash), cwd=in_tmp)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: job ")]
+    assert res.returncode == 1 and len(errors) == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert all(line.endswith("_log.err") and Path(line.rsplit("log: ", 1)[1]).exists() for line in errors), errors
