@@ -116,25 +116,24 @@ def test_adding_a_budget_reuses_the_trunk(in_tmp):
 def test_sigkill_of_the_trunk_resumes_to_the_same_branch_losses(in_tmp):
     train = WSD.replace("checkpoint_steps = 1000", "checkpoint_steps = 20")
     path = _spec(in_tmp, "branch", sizes=(8, 16), budgets=(1e6, 2e6, 4e6), model="SlowMLP", train=train)
-    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.Popen([sys.executable, "-m", "flops_fit", "run", str(path)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(in_tmp.glob("runs/toy/experiments/trunk-*/pinned/*/COMPLETE")):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_when(path, "runs/toy/experiments/trunk-*/pinned/*/COMPLETE", in_tmp)
     trunk = Spec.load(path).plan().trunks[0]
     assert not (in_tmp / "runs/toy/experiments" / trunk.id / "result.json").exists(), "the trunk finished before the kill"
     row = {r.id: r for r in Spec.load(path).estimate().experiments}[trunk.id]
     assert row.action == "resume", row.reason
     Spec.load(path).run(report=False)
+    _assert_a_clean_run_agrees(path, in_tmp)
+
+
+def _assert_a_clean_run_agrees(path: Path, in_tmp: Path) -> None:
+    """The store's six branch results against the same spec trained again from nothing."""
     resumed = _results(in_tmp / "runs/toy")
     shutil.rmtree(in_tmp / "runs")
     Spec.load(path).run(report=False)
     straight = _results(in_tmp / "runs/toy")
     assert resumed.keys() == straight.keys() and len(resumed) == 6
     for key in resumed:
+        assert resumed[key]["status"] == "ok", resumed[key].get("reason")
         assert resumed[key]["loss"] == pytest.approx(straight[key]["loss"], rel=1e-6), key
 
 
@@ -278,11 +277,4 @@ def test_sigkill_mid_cooldown_and_a_truncated_pin_end_in_the_clean_losses(in_tmp
     Spec.load(path).run(report=False, on_event=events.append)
     assert any(e.kind == "decision" and "unreadable" in e.decision.reason for e in events)
     assert list((exps / waiting[0].job.branch.trunk_id / "corrupt").iterdir())  # moved aside, kept to look at
-    resumed = _results(in_tmp / "runs/toy")
-    shutil.rmtree(in_tmp / "runs")
-    Spec.load(path).run(report=False)
-    straight = _results(in_tmp / "runs/toy")
-    assert resumed.keys() == straight.keys() and len(resumed) == 6
-    for key in resumed:
-        assert resumed[key]["status"] == "ok", resumed[key].get("reason")
-        assert resumed[key]["loss"] == pytest.approx(straight[key]["loss"], rel=1e-6), key
+    _assert_a_clean_run_agrees(path, in_tmp)
