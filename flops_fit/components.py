@@ -1,6 +1,6 @@
 """Build the user's model, data and loss from import paths, and call them by the contract.
 
-The contract (DESIGN.md): a dataset item or batch is ``(inputs, targets)`` or
+The contract (docs/DESIGN.md): a dataset item or batch is ``(inputs, targets)`` or
 ``{"inputs": ..., "targets": ...}``; ``inputs`` that is a dict is passed as keyword
 arguments; ``outputs = model(inputs)``; ``loss = loss_fn(outputs, targets)``.  Nothing
 here knows about tokens, images or any modality.

@@ -1,7 +1,7 @@
 """The Result: Chinchilla table, predictions with intervals, backtest, plots, JSON.
 
 ``Result`` is frozen and round-trips through JSON (``to_json``/``from_json``); its JSON is
-the ``--json`` document of DESIGN.md.  ``predict(budget_flops)`` gives, per approach,
+the ``--json`` document of docs/DESIGN.md.  ``predict(budget_flops)`` gives, per approach,
 N_opt, D_opt and the loss with 95% bootstrap intervals; ``chinchilla_table`` puts every
 approach side by side and maps N_opt back to the user's size parameter by log-log
 interpolation of N across the planned sizes.
@@ -179,7 +179,7 @@ class Result(BaseModel):
         return assess(self.fits, self.points, budgets, self.predict)
 
     def summary(self) -> dict:
-        """The ``--json`` document of DESIGN.md (plus ``trust``: the verdict, checks and advice)."""
+        """The ``--json`` document of docs/DESIGN.md (plus ``trust``: the verdict, checks and advice)."""
         f = self.fits
         fits: dict[str, Any] = {}
         if f.isoflop:

@@ -1,6 +1,6 @@
 """The content-addressed results store of one run directory.
 
-Layout (DESIGN.md)::
+Layout (docs/DESIGN.md)::
 
     <runs_dir>/<name>/plan.json
     <runs_dir>/<name>/experiments/<id>/result.json      # written last: the experiment is done

@@ -6,7 +6,7 @@
   :class:`EnvelopeFit` (Approach 1) — each ``.predict(C)`` gives a :class:`Prediction`:
   N_opt, D_opt, the loss and 95% intervals where they were bootstrapped.
 
-The JSON of these objects is the ``fits`` part of the ``--json`` document (DESIGN.md);
+The JSON of these objects is the ``fits`` part of the ``--json`` document (docs/DESIGN.md);
 bootstrap ``samples`` are kept for intervals at any budget but left out of that document.
 """
 
