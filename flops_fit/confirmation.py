@@ -5,7 +5,7 @@ renders itself (see :mod:`flops_fit.confirm` for how they are made)."""
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -50,7 +50,7 @@ class MeasuredSize(Frozen):
     num_params: int
     num_tokens: float
     loss: Optional[float]
-    status: str
+    status: Literal["ok", "failed", "diverged", "missing"]
     epochs: Optional[float] = None
     predicted_loss: Optional[float]
     predicted_loss_ci: Optional[list[float]] = None

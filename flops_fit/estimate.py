@@ -19,7 +19,7 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -42,9 +42,9 @@ class EstimateRow(Frozen):
     num_tokens: float
     steps: int
     flops: float
-    action: str
+    action: Literal["run", "resume", "skip", "wait"]
     reason: str
-    role: str = "experiment"  # "trunk" or "branch" with reuse = "branch"
+    role: Literal["experiment", "trunk", "branch"] = "experiment"  # trunk, branch: reuse = "branch"
     est_seconds: Optional[float] = None
     gpu_hours: float = 0.0  # of the remaining FLOPs on the [estimate] GPU at its MFU
     usd: Optional[float] = None

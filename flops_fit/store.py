@@ -151,7 +151,7 @@ class RunRecord(Frozen):
 class Decision:
     """What ``run`` will do with one experiment, and why."""
 
-    action: str  # "run" | "resume" | "skip"
+    action: Literal["run", "resume", "skip", "wait"]  # wait: a branch whose trunk has not reached its point
     reason: str
     checkpoint: Optional[str] = None
     checkpoint_step: Optional[int] = None

@@ -78,7 +78,7 @@ class SweepPoint(Frozen):
     factor: float
     learning_rate: float
     loss: Optional[float]  # None: diverged or failed
-    status: str
+    status: Literal["ok", "failed", "diverged", "pending"]
     id: str
 
 

@@ -13,7 +13,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
@@ -30,9 +30,9 @@ __all__ = ["RunEvent", "run_plan", "run_experiments", "make_accelerator"]
 
 @dataclass(frozen=True)
 class RunEvent:
-    """A progress event: ``kind`` is "decision", "log" or "result"."""
+    """A progress event: a decision, a logged point or a result."""
 
-    kind: str
+    kind: Literal["decision", "log", "result"]
     experiment: Experiment
     decision: Optional[Decision] = None
     point: Optional[CurvePoint] = None
