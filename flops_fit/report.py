@@ -24,7 +24,7 @@ from .analysis.fit import Fits
 from .analysis.laws import Prediction
 from .analysis.points import Points
 from .runs_table import COLUMNS, Cost, RunRow, point_columns, point_rows, rows_csv
-from .store import atomic_write_text
+from .files import atomic_write_text
 from .verdict import Verdict, assess
 
 __all__ = ["Result", "Table", "size_for", "write_report"]

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from .analysis.fit import Fits
 from .analysis.points import Points
 from .frozen import Frozen
-from .plan import Plan
-from .store import RunRecord
+from .records import RunRecord
+
+if TYPE_CHECKING:  # only its type: the report reads plans without loading the planner
+    from .plan import Plan
 
 __all__ = ["RunRow", "Cost", "cost_of", "run_rows", "point_rows", "point_columns", "rows_csv", "COLUMNS"]
 

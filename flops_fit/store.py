@@ -17,21 +17,20 @@ not exist.  ``decide`` is the one run/skip/resume decision, shared by ``run`` an
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 from filelock import FileLock
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
-from .frozen import Frozen
+from .files import atomic_write_json, atomic_write_text
 from .lease import HEARTBEAT_S, Lease, LeaseInfo, acquire, holder
-from .plan import Experiment, Job
+from .plan import Experiment
+from .records import CurvePoint, Provenance, RunRecord
 
 __all__ = ["Store", "Decision", "decide", "checkpoint_step", "atomic_write_text", "atomic_write_json", "RunRecord", "CurvePoint",
            "Provenance"]
@@ -40,111 +39,9 @@ RESULT = "result.json"
 MARKER = "COMPLETE"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def checkpoint_step(path: Path) -> int:
     """The step of a checkpoint folder ``step-00000123``."""
     return int(path.name.split("-")[1])
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2, allow_nan=True) + "\n")
-
-
-class CurvePoint(Frozen):
-    """One logged point of a training curve (a line of ``metrics.jsonl``)."""
-
-    step: int
-    tokens: float
-    flops: float
-    train_loss: float
-    lr: float
-    seconds: float = 0.0
-    eval_loss: Optional[float] = None
-
-
-class Provenance(Frozen):
-    """Where and with what a result was trained."""
-
-    flops_fit: str
-    torch: str
-    python: str
-    device: str
-    processes: int
-    precision: str  # the Accelerator's mixed_precision ("no", "bf16", "fp16")
-    device_type: Optional[str] = None  # "cuda" or "cpu" (records written before it say nothing)
-    host: str
-    finished: str
-    sources: dict[str, str] = Field(default_factory=dict)  # module -> sha256 of its source file
-
-
-class RunRecord(Frozen):
-    """``result.json``: one experiment's outcome, written by the worker (or the runner when the
-    user's code raised) exactly once, last and atomically.  Every field is set when it is made."""
-
-    id: str
-    hash: str
-    budget_flops: float
-    status: Literal["ok", "failed", "diverged"]
-    reason: str = ""
-    loss: Optional[float] = None
-    train_loss: Optional[float] = None
-    initial_loss: Optional[float] = None
-    size: Any = None
-    num_params: int
-    num_tokens: float
-    num_samples: int = 0
-    flops: float
-    flops_per_sample: float = 0.0
-    steps: int = 0
-    planned_steps: int = 0
-    warmup_steps: int = 0
-    batch_size: int = 0
-    seed: Optional[int] = None  # the loop's seed (replicates of a cell differ only in it)
-    train_seconds: float = 0.0
-    epochs: Optional[float] = None
-    notes: list[str] = Field(default_factory=list)
-    curve: list[CurvePoint] = Field(default_factory=list)
-    reuse: Literal["none", "branch", "trunk"] = "none"  # "branch": a cooldown branched off a trunk; "trunk": a trunk
-    trunk_id: Optional[str] = None
-    branch_step: Optional[int] = None  # S_C: the trunk step the branch started from (its own steps are the rest)
-    pre_cooldown_loss: Optional[float] = None  # the trunk's held-out loss at S_C (constant LR: above the branch's)
-    trunk_seconds: float = 0.0  # of train_seconds, the trunk's up to S_C (train_seconds is a standalone run's)
-    provenance: Optional[Provenance] = None
-    traceback: Optional[str] = None
-
-    @property
-    def own_steps(self) -> int:
-        """Steps this record's process trained (a branch: after its branch step)."""
-        return self.steps - (self.branch_step or 0)
-
-    @property
-    def own_seconds(self) -> float:
-        """Seconds this record's process trained (a branch: its cooldown only)."""
-        return self.train_seconds - self.trunk_seconds
-
-    @classmethod
-    def failed(cls, job: Job, reason: str, traceback: str | None = None, provenance: Provenance | None = None) -> "RunRecord":
-        """The record of an experiment whose code raised (D and FLOPs are the planned ones)."""
-        samples = job.steps * job.loop.batch_size
-        return cls(id=job.experiment_id, hash=job.hash, budget_flops=job.budget_flops, status="failed", reason=reason,
-                   size=job.size, num_params=job.num_params, num_tokens=samples * job.tokens_per_sample,
-                   flops=samples * job.flops_per_sample,
-                   flops_per_sample=job.flops_per_sample, planned_steps=job.steps, warmup_steps=job.warmup_steps,
-                   batch_size=job.loop.batch_size, seed=job.loop.seed, traceback=traceback, provenance=provenance)
 
 
 @dataclass(frozen=True)

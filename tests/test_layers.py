@@ -6,7 +6,8 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "flops_fit"
-ORDER = ["_version", "frozen", "errors", "hashing", "imports", "tomlpos", "flops", "components", "launcher_spec", "spec", "schema", "job", "plan",
+ORDER = ["_version", "frozen", "errors", "files", "hashing", "imports", "tomlpos", "flops", "components", "launcher_spec", "spec", "schema", "job",
+         "records", "plan",
          "validate", "lease", "store", "execute", "eventlog", "launch", "dispatch", "status", "estimate", "analysis", "runs_table", "plots", "verdict", "report", "compare", "confirmation", "confirm", "transfer", "progress", "render", "api", "cli", "entry", "__main__"]
 
 
@@ -42,3 +43,15 @@ def test_imports_point_one_way():
             if _layer(target) > me:
                 bad.append(f"{rel} imports {target}")
     assert not bad, bad
+
+
+def test_the_analysis_reads_records_without_the_training_side():
+    """Fitting a CSV or a store's records loads neither torch nor the store, executor or leases."""
+    import subprocess
+    import sys
+
+    code = ("import sys, flops_fit.analysis, flops_fit.report, flops_fit.records; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('flops_fit.store', "
+            "'flops_fit.execute', 'flops_fit.lease', 'flops_fit.plan'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

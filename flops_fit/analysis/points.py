@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from ..frozen import Frozen
 from ..errors import DataError, Problem
-from ..store import CurvePoint, RunRecord
+from ..records import CurvePoint, RunRecord
 
 __all__ = ["Point", "Points", "group_budgets"]
 
