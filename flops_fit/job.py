@@ -144,7 +144,8 @@ class Job(Frozen):
         return [t for t in found if t]
 
     def identity(self) -> dict:
-        """Exactly what changes the experiment's loss (docs/DESIGN.md, "Identity"); its hash is the id's suffix.
+        """Exactly what changes the experiment's loss (docs/DESIGN.md, "Identity"); its hash is the id's
+        suffix.
 
         A trunk's identity leaves out its length and the cooldown keys (it is a constant-rate
         prefix: a longer trunk is the same trunk, continued); a branch's is its trunk's hash, the

@@ -78,7 +78,8 @@ def load_checkpoint(folder: Path, rank: int, model: torch.nn.Module, optimizer: 
         rng = torch.load(rng_file, weights_only=True) if rng_file.exists() else None
         trainer = json.loads((folder / "trainer.json").read_text())
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise CorruptCheckpoint(folder, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise CorruptCheckpoint(folder, f"{type(exc).__name__}: {first}") from exc
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -108,8 +108,9 @@ def _set_aside(bad: CorruptCheckpoint, exp: Experiment, store: Store, accelerato
         emit("decision", decision=Decision("run", f"{bad}: moved to {aside}; decided again"))
     accelerator.wait_for_everyone()
     redo = [by_id[exp.id]]
-    if exp.job.branch is not None and exp.job.branch.trunk_id in by_id and Path(bad.folder).parent.name == "pinned":
-        redo.insert(0, by_id[exp.job.branch.trunk_id])
+    trunk = exp.job.branch.trunk_id if exp.job.branch is not None else None
+    if trunk in by_id and Path(bad.folder).parent.name == "pinned":
+        redo.insert(0, by_id[trunk])
     return redo
 
 
@@ -152,7 +153,8 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
                 continue
             try:
                 try:
-                    result = _train_one(exp, decision, store, accelerator, emit, compile, store.root.name, lease)
+                    result = _train_one(exp, decision, store, accelerator, emit, compile, store.root.name,
+                                        lease)
                     if lease is not None:
                         lease.check()  # still ours right before "done" (an owner paused past expiry is not)
                 except LeaseLost as lost:  # its new owner resumes it: this process writes nothing

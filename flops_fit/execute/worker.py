@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import signal
-import threading
 import math
 import platform
 import time
@@ -32,6 +30,7 @@ from ..plan import Job, Optim
 from ..lease import Lease, LeaseLost
 from ..store import CurvePoint, Provenance, RunRecord, Store
 from .checkpoint import load_checkpoint, save_checkpoint, save_rng
+from .signals import Interrupted, stopping
 from .data import Layout, make_sources
 from .schedule import lr_multiplier
 
@@ -136,7 +135,8 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
     """
     try:
         with stopping.handlers(enabled=accelerator.num_processes == 1):
-            return _train(job, store, accelerator, resume_from, on_log, compile, stop or job.steps, inspect, lease)
+            return _train(job, store, accelerator, resume_from, on_log, compile, stop or job.steps, inspect,
+                          lease)
     finally:
         _release(accelerator, compile)
 
@@ -313,53 +313,6 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
 def _any_rank(flag: bool, accelerator: Accelerator) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(value, "sum").item() > 0)
-
-
-class Interrupted(KeyboardInterrupt):
-    """Training stopped by SIGINT/SIGTERM after writing a checkpoint (not a failure: nothing is recorded)."""
-
-
-class _Stopping:
-    """The signal that asked the loop to stop (None: none).  While training in one process, SIGINT
-    and SIGTERM only set it, so the loop can checkpoint before it exits; with several processes
-    the handlers stay as they are (a checkpoint is collective, and ranks see a signal at different steps)."""
-
-    signum: int | None = None
-    preempted: int | None = None  # a job's preemption or timeout signal: stays set until the process ends
-    in_job: bool = False  # run by a scheduler's job (dispatch): data-parallel ranks agree on a signal
-
-    def preempt(self, signum: int) -> None:
-        """A scheduler's checkpoint signal (dispatch's handler): stop after this step, and take nothing new."""
-        self.signum = self.preempted = signum
-
-    @contextlib.contextmanager
-    def handlers(self, enabled: bool = True):
-        if not enabled or threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        self.signum = self.preempted
-
-        def note(signum, frame) -> None:
-            self.signum = signum
-        # a signal the process was told to ignore (a shell's background job ignores Ctrl-C) stays ignored
-        previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)
-                    if signal.getsignal(sig) is not signal.SIG_IGN}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self.late, self.signum = self.signum, None
-
-    late: int | None = None  # a signal that came during the last step: the experiment finished anyway
-
-    def pending(self) -> int | None:
-        """The signal that arrived too late to stop the last experiment (then cleared)."""
-        late, self.late = self.late, None
-        return late
-
-
-stopping = _Stopping()
 
 
 def _checkpoint_due(lp, step: int, steps: int, last: float) -> bool:
