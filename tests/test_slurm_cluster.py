@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -143,3 +144,19 @@ def test_scancel_then_run_again_resumes_and_a_crashing_task_is_reported_with_its
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: job ")]
     assert res.returncode == 1 and len(errors) == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
     assert all(line.endswith("_log.err") and Path(line.rsplit("log: ", 1)[1]).exists() for line in errors), errors
+
+
+def test_two_real_arrays_on_one_store_train_each_experiment_once(slurm_cluster, in_tmp):
+    from flops_fit.dispatch import submit_plan, wait_for
+
+    spec = Spec.load(_spec(in_tmp, "gpus_per_task = 0\n", model="SlowMLP", sizes=(4, 8, 16), budgets=(1e6,)))
+    plan = spec.check()
+    first, jobs_a = submit_plan(spec, plan)
+    second, jobs_b = submit_plan(spec, plan)  # before any finished: the same experiments
+    assert {i for j in first.jobs for i in j.experiments} == {i for j in second.jobs for i in j.experiments}
+    store = Store(spec.run_dir)
+    assert wait_for(jobs_a + jobs_b, first.jobs + second.jobs, store, poll_s=0.5) == []
+    logs = _logs(spec)
+    for exp in plan.experiments:
+        assert len(re.findall(rf"^ok {exp.id}:", logs, re.M)) == 1, logs[-3000:]  # trained by one job
+        assert store.read_result(exp.id).status == "ok"
