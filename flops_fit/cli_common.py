@@ -20,7 +20,8 @@ from .errors import FlopsFitError
 from .eventlog import VERBOSE_ENV
 
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 220)  # progress, messages, --json's company
-out = Console(width=None if sys.stdout.isatty() else 220)  # the human report: `flops-fit fit x.csv > report.txt` keeps it
+# the human report: `flops-fit fit x.csv > report.txt` keeps it whole
+out = Console(width=None if sys.stdout.isatty() else 220)
 
 def _choices(name: str, field: str) -> type[Enum]:
     """A CLI Enum of the spec's own Literal for ``[analysis] field`` (one list of names, not two)."""
@@ -49,7 +50,8 @@ SpecArg = typer.Argument(..., help="Path of the spec TOML file.", exists=False)
 JsonOpt = typer.Option(False, "--json", help="Print only the JSON document on stdout.")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show tracebacks of errors and log every decision "
                                                          "(each skipped experiment, each start).")
-RetryOpt = typer.Option(False, "--retry-failed", help="Train (or submit) again experiments that diverged or failed.")
+RetryOpt = typer.Option(False, "--retry-failed",
+                        help="Train (or submit) again experiments that diverged or failed.")
 
 
 _JSON_OUT: list = [None]  # where --json documents go: the real stdout, while prints are sent to stderr
@@ -80,7 +82,8 @@ def _guard(fn: Callable[[], None], verbose: bool, as_json: bool = False) -> None
         raise typer.Exit(130)
     except OSError as exc:  # the filesystem said no: read-only, full, a folder where a file should be
         where = f"{exc.filename}: " if exc.filename else ""
-        err.print(f"[bold red]error:[/] {escape(where + str(exc.strerror or exc))}; finished experiments are kept", highlight=False,
+        said = escape(where + str(exc.strerror or exc))
+        err.print(f"[bold red]error:[/] {said}; finished experiments are kept", highlight=False,
                   soft_wrap=True)
         if verbose:
             err.print(traceback.format_exc())

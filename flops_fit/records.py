@@ -72,11 +72,15 @@ class RunRecord(Frozen):
     epochs: Optional[float] = None
     notes: list[str] = Field(default_factory=list)
     curve: list[CurvePoint] = Field(default_factory=list)
-    reuse: Literal["none", "branch", "trunk"] = "none"  # "branch": a cooldown branched off a trunk; "trunk": a trunk
+    # "branch": a cooldown branched off a trunk; "trunk": a trunk
+    reuse: Literal["none", "branch", "trunk"] = "none"
     trunk_id: Optional[str] = None
-    branch_step: Optional[int] = None  # S_C: the trunk step the branch started from (its own steps are the rest)
-    pre_cooldown_loss: Optional[float] = None  # the trunk's held-out loss at S_C (constant LR: above the branch's)
-    trunk_seconds: float = 0.0  # of train_seconds, the trunk's up to S_C (train_seconds is a standalone run's)
+    # S_C: the trunk step the branch started from (its own steps are the rest)
+    branch_step: Optional[int] = None
+    # the trunk's held-out loss at S_C (constant LR: above the branch's)
+    pre_cooldown_loss: Optional[float] = None
+    # of train_seconds, the trunk's up to S_C (train_seconds is a standalone run's)
+    trunk_seconds: float = 0.0
     provenance: Optional[Provenance] = None
     traceback: Optional[str] = None
 
@@ -91,11 +95,13 @@ class RunRecord(Frozen):
         return self.train_seconds - self.trunk_seconds
 
     @classmethod
-    def failed(cls, job: Job, reason: str, traceback: str | None = None, provenance: Provenance | None = None) -> "RunRecord":
+    def failed(cls, job: Job, reason: str, traceback: str | None = None,
+               provenance: Provenance | None = None) -> "RunRecord":
         """The record of an experiment whose code raised (D and FLOPs are the planned ones)."""
         samples = job.steps * job.loop.batch_size
-        return cls(id=job.experiment_id, hash=job.hash, budget_flops=job.budget_flops, status="failed", reason=reason,
-                   size=job.size, num_params=job.num_params, num_tokens=samples * job.tokens_per_sample,
-                   flops=samples * job.flops_per_sample,
-                   flops_per_sample=job.flops_per_sample, planned_steps=job.steps, warmup_steps=job.warmup_steps,
-                   batch_size=job.loop.batch_size, seed=job.loop.seed, traceback=traceback, provenance=provenance)
+        return cls(id=job.experiment_id, hash=job.hash, budget_flops=job.budget_flops, status="failed",
+                   reason=reason, size=job.size, num_params=job.num_params,
+                   num_tokens=samples * job.tokens_per_sample, flops=samples * job.flops_per_sample,
+                   flops_per_sample=job.flops_per_sample, planned_steps=job.steps,
+                   warmup_steps=job.warmup_steps, batch_size=job.loop.batch_size, seed=job.loop.seed,
+                   traceback=traceback, provenance=provenance)

@@ -24,17 +24,20 @@ def sample_batch(spec: SpecModel) -> Any:
     """One small real batch, needed only by the ``measured`` and ``function`` FLOP rules (else None)."""
     if spec.flops.rule == "6N":
         return None
-    return first_batch(build_data(spec.data.target, spec.data.kwargs, [str(spec.folder)]), min(spec.train.batch_size, 8))
+    data = build_data(spec.data.target, spec.data.kwargs, [str(spec.folder)])
+    return first_batch(data, min(spec.train.batch_size, 8))
 
 
 def size_info(spec: SpecModel, size: Any, batch: Any = None) -> SizeInfo:
     """N and FLOPs per sample of one size: the model is built on the meta device."""
     folders = [str(spec.folder)]
-    model = build_model(spec.model.target, spec.model.size_param, size, spec.model.kwargs, folders, device="meta")
+    model = build_model(spec.model.target, spec.model.size_param, size, spec.model.kwargs, folders,
+                        device="meta")
     n = count_params(model)
     measured = _measured(spec, model, batch, folders) if batch is not None else None
     return SizeInfo(size=size, num_params=n,
-                    flops_per_sample=flops_per_sample(spec.flops.rule, n, spec.data.tokens_per_sample, measured))
+                    flops_per_sample=flops_per_sample(spec.flops.rule, n, spec.data.tokens_per_sample,
+                                                      measured))
 
 
 def size_infos(spec: SpecModel) -> list[SizeInfo]:
@@ -50,7 +53,8 @@ def _measured(spec: SpecModel, model: Any, batch: Any, folders: list[str]) -> fl
         fn = resolve(spec.flops.target, folders)
         return float(fn(model, to_meta(batch)))
     loss_fn = build_loss(spec.loss.target, spec.loss.kwargs, folders)
-    return measure_flops_per_sample(model, lambda m, i, t: forward_loss(m, i, t, loss_fn), to_meta(inputs), to_meta(targets), rows)
+    return measure_flops_per_sample(model, lambda m, i, t: forward_loss(m, i, t, loss_fn), to_meta(inputs),
+                                    to_meta(targets), rows)
 
 
 def _batch_rows(value: Any) -> int:

@@ -239,7 +239,8 @@ class AnalysisSpec(_Frozen):
     outlier_z: float = Field(default=3.5, gt=0, description="Robust |z| beyond which a point is off its budget's profile curve.")
     figures: list[Literal["png", "pdf"]] = Field(
         default_factory=lambda: ["png", "pdf"], description="Formats the report's figures are written in "
-        "(PDF: vector, fonts embedded); [] writes none. Rendering five figures takes ~2 s as PNG, ~4 s as PDF.")
+        "(PDF: vector, fonts embedded); [] writes none. Rendering five figures takes ~2 s as PNG, "
+        "~4 s as PDF.")
     profile: Literal["window", "cubic", "parabola", "auto", "shape"] = Field(default="shape", description="IsoFLOP profile estimator (default shape: the sharpest and still calibrated in simulation): 'window' (parabola over the 5 points around the lowest loss), 'cubic' (cubic in ln N over every point), 'parabola' (every point; biased on wide lopsided sweeps), 'auto' (per budget: the parabola unless an F test finds lack of fit, then the cubic or the window), 'shape' (the Chinchilla law's profile shape, shared by every budget and fitted jointly; level, scale and minimum per budget).")
 
 

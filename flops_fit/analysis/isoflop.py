@@ -152,7 +152,8 @@ def budget_minima(lnN: np.ndarray, lnD: np.ndarray, L: np.ndarray, budgets: np.n
         x, y, xd = lnN[m], L[m], lnD[m]
         order = np.argsort(x)
         used = choose_profile(x[order], y[order]) if profile == "auto" and len(np.unique(x)) >= 3 else profile
-        xs, loss, coef, reason = profile_minimum(*(_compress(x, y) if used == "shape" else (x, y)), used, shape)
+        points = _compress(x, y) if used == "shape" else (x, y)
+        xs, loss, coef, reason = profile_minimum(*points, used, shape)
         if xs is None:
             dropped.append(DroppedBudget(budget_flops=float(C), reason=reason))
             continue

@@ -25,7 +25,7 @@ class _Stopping:
     in_job: bool = False  # run by a scheduler's job (dispatch): data-parallel ranks agree on a signal
 
     def preempt(self, signum: int) -> None:
-        """A scheduler's checkpoint signal (dispatch's handler): stop after this step, and take nothing new."""
+        """A scheduler's checkpoint signal (dispatch's handler): stop after this step, take nothing new."""
         self.signum = self.preempted = signum
 
     @contextlib.contextmanager
