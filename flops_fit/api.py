@@ -74,8 +74,7 @@ class Spec(SpecModel):
 
             runtime = plan_runtime(self)
             accelerator = make_accelerator(runtime, str(store.root / "tracking"))
-            run_experiments(experiments, store, accelerator, retry_failed, on_event, compile=runtime.compile,
-                            heartbeat_s=runtime.heartbeat_s)
+            run_experiments(experiments, store, accelerator, retry_failed, on_event, runtime)
         return train
 
     def run(self, retry_failed: bool = False, on_event: Callable[[RunEvent], None] | None = None,

@@ -107,7 +107,8 @@ def calibrate(plan: Plan, steps: int, threads: int | None = None) -> dict:
                                          "schedule": job.schedule.model_copy(update={"warmup_steps": 1}),
                                          "experiment_id": f"calibrate-{n}"})
             t0 = time.perf_counter()
-            result = train_experiment(job, Store(Path(tmp)), accelerator, compile=plan.runtime.compile)
+            result = train_experiment(job, Store(Path(tmp)), accelerator, compile=plan.runtime.compile,
+                                      cuda_graphs=plan.runtime.cuda_graphs)
             wall = time.perf_counter() - t0  # the whole call: building model and data, evaluation, result
             first, last = result.curve[0], result.curve[-1]
             per_step = (last.seconds - first.seconds) / max(1, last.step - first.step)

@@ -206,8 +206,7 @@ def worker_main(run_dir: str, selection: Selection) -> int:
     accelerator = make_accelerator(plan.runtime, str(store.root / "tracking"))
     experiments = [e for e in plan.units() if selection.accepts(e)]
     on_event, finish = _event_printer()
-    run_experiments(experiments, store, accelerator, selection.retry_failed, on_event, compile=plan.runtime.compile,
-                    heartbeat_s=plan.runtime.heartbeat_s)
+    run_experiments(experiments, store, accelerator, selection.retry_failed, on_event, plan.runtime)
     finish()
     return 0
 

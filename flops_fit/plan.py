@@ -287,7 +287,8 @@ def branched(spec: SpecModel, experiments: list[Experiment],
 def runtime(spec: SpecModel) -> Runtime:
     """The run-level part of ``[train]`` (precision, device, compile, trackers) and the lease heartbeat."""
     t = spec.train
-    return Runtime(precision=t.precision, device=t.device, compile=t.compile, log_with=list(t.log_with),
+    return Runtime(precision=t.precision, device=t.device, compile=t.compile, cuda_graphs=t.cuda_graphs,
+                   log_with=list(t.log_with),
                    heartbeat_s=spec.launcher.heartbeat_s)
 
 

@@ -200,6 +200,10 @@ class TrainSpec(_Frozen):
     precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="Mixed precision through accelerate.")
     seed: int = Field(default=0, ge=0, description="Seed of python, numpy, torch and the data order.")
     compile: bool = Field(default=False, description="torch.compile the model.")
+    cuda_graphs: Literal["auto", "on", "off"] = Field(default="auto", description=(
+        "Replay forward, backward and clip from a CUDA graph (small models are launch-bound): 'auto' "
+        "where replay is exact (CUDA, one process, no accumulation, no fp16 scaler, no hooks), 'on' (an "
+        "error where it cannot), 'off'."))
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="'auto': CUDA when present, else CPU.")
     log_with: list[Annotated[str, AfterValidator(_tracker_name)]] = Field(default_factory=list, description="Trackers, by accelerate's names (tensorboard, wandb, mlflow, aim, comet_ml, clearml, dvclive, swanlab, trackio, ...): one run per experiment grouped by the spec's name, and a summary run; metrics.jsonl is always written.")
     log_points: int = Field(default=40, ge=4, description="Points of the loss curve, spaced in FLOPs (half geometric, half linear).")

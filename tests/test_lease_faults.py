@@ -118,7 +118,7 @@ def _run_one(spec: Spec, exp) -> None:
     plan = spec.plan()
     store = Store(spec.run_dir)
     trained = run_experiments([exp], store, make_accelerator(plan.runtime, str(spec.run_dir)),
-                              heartbeat_s=plan.runtime.heartbeat_s)
+                              runtime=plan.runtime)
     assert [r.id for r in trained] == [exp.id]
 
 

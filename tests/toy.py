@@ -27,6 +27,14 @@ class Exploding(MLP):
         return super().forward(x) * 1e6
 
 
+class HostSync(MLP):
+    """Reads a value back to the host in every forward (``.item()``): a CUDA graph cannot capture it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out * 0.0 + out if out.abs().max().item() >= 0 else out
+
+
 class ScaledMLP(MLP):
     """An MLP whose one optimizer group has learning rate ``lr_scale`` × the spec's (as μP models do)."""
 

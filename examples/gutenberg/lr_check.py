@@ -45,7 +45,7 @@ def lr_check(spec_path: str, sizes: list[float], tokens: float, multipliers: lis
     store = Store(base.run_dir.parent / f"{base.name}-lr")
     runtime = plan.runtime.model_copy(update={"log_with": []})
     accelerator = make_accelerator(runtime, str(store.root / "tracking"))
-    run_experiments(experiments, store, accelerator, on_event=on_event, compile=runtime.compile)
+    run_experiments(experiments, store, accelerator, on_event=on_event, runtime=runtime)
     for r in rows:
         res = store.read_result(r["id"])
         r["loss"] = res.loss if res and res.status == "ok" else None

@@ -69,15 +69,16 @@ def _claim(store: Store, exp: Experiment, retry_failed: bool, branches: list[Exp
 
 
 def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: Accelerator, emit,
-               compile: bool, group: str, lease: Lease | None = None) -> RunRecord:
+               runtime: Runtime, group: str, lease: Lease | None = None) -> RunRecord:
     if accelerator.log_with:  # one tracker run per experiment, named by its id, grouped by the spec
         start_run(accelerator, group, exp.id, accelerator.logging_dir,
                   {"budget_flops": exp.budget_flops, "size": exp.size, "num_params": exp.num_params,
                    "num_tokens": exp.num_tokens, "steps": exp.steps, "flops": exp.flops, "seed": exp.job.loop.seed})
     try:
         return train_experiment(exp.job, store, accelerator, resume_from=decision.checkpoint,
-                                on_log=lambda p: emit("log", point=p), compile=compile, stop=decision.stop,
-                                lease=lease if accelerator.num_processes == 1 else None)
+                                on_log=lambda p: emit("log", point=p), compile=runtime.compile, stop=decision.stop,
+                                lease=lease if accelerator.num_processes == 1 else None,
+                                cuda_graphs=runtime.cuda_graphs)
     except (LeaseLost, CorruptCheckpoint):
         raise
     except Exception as exc:  # the user's code failed: record it, the sweep goes on
@@ -94,8 +95,7 @@ def run_plan(plan: Plan, store: Store, accelerator: Accelerator, retry_failed: b
     if accelerator.is_main_process:
         store.write_plan_json(plan.to_json())
     experiments = [e for e in plan.units() if select is None or select(e)]
-    return run_experiments(experiments, store, accelerator, retry_failed, on_event, compile=plan.runtime.compile,
-                           heartbeat_s=plan.runtime.heartbeat_s)
+    return run_experiments(experiments, store, accelerator, retry_failed, on_event, plan.runtime)
 
 
 def _set_aside(bad: CorruptCheckpoint, exp: Experiment, store: Store, accelerator: Accelerator,
@@ -118,14 +118,18 @@ WAIT_SECONDS = 2.0  # how often a worker with only waiting branches looks for th
 
 
 def run_experiments(experiments: list[Experiment], store: Store, accelerator: Accelerator, retry_failed: bool = False,
-                    on_event: Callable[[RunEvent], None] | None = None, compile: bool = False,
-                    heartbeat_s: float = HEARTBEAT_S) -> list[RunRecord]:
+                    on_event: Callable[[RunEvent], None] | None = None,
+                    runtime: Runtime | None = None) -> list[RunRecord]:
     """Decide, claim, train and store each experiment in turn; return the results trained now.
+
+    ``runtime``: the plan's run-level settings this process trains with (compile, CUDA graphs,
+    the lease heartbeat); default: eager, fp32, the default heartbeat.
 
     ``experiments`` may hold trunks followed by their branches (``Plan.units``).  A branch whose
     trunk checkpoint is not there yet waits: the worker goes on with the next experiment and
     comes back to it; with nothing else to do it polls while another process trains the trunk,
     and gives up (the branch stays pending) when no process does."""
+    runtime = runtime or Runtime(precision="fp32", device="auto", compile=False, heartbeat_s=HEARTBEAT_S)
     trained = []
     total = len(experiments)
     branches = {e.id: [b for b in experiments if b.job.branch is not None and b.job.branch.trunk_id == e.id]
@@ -141,7 +145,7 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
 
             if stopping.preempted is not None:  # a job's checkpoint signal came between experiments
                 raise Interrupted(f"signal {stopping.preempted}: stopped before {exp.id}")
-            decision, lease = (_claim(store, exp, retry_failed, branches.get(exp.id, []), heartbeat_s)
+            decision, lease = (_claim(store, exp, retry_failed, branches.get(exp.id, []), runtime.heartbeat_s)
                               if accelerator.is_main_process else (None, None))
             if accelerator.num_processes > 1:
                 decision = broadcast_object_list([decision])[0]
@@ -153,7 +157,7 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
                 continue
             try:
                 try:
-                    result = _train_one(exp, decision, store, accelerator, emit, compile, store.root.name,
+                    result = _train_one(exp, decision, store, accelerator, emit, runtime, store.root.name,
                                         lease)
                     if lease is not None:
                         lease.check()  # still ours right before "done" (an owner paused past expiry is not)

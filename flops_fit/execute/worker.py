@@ -8,7 +8,6 @@ from ``accelerate``.  Checkpoints are written on a time/step cadence and resumed
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import time
@@ -28,6 +27,7 @@ from ..store import CurvePoint, RunRecord, Store
 from .checkpoint import load_checkpoint, save_checkpoint, save_rng
 from .run_state import _diverged, _record, _result, _rewrite_metrics, _Run, provenance
 from .signals import Interrupted, stopping
+from .step import GraphMode, TrainStep
 from .data import Layout, make_sources
 from .schedule import lr_multiplier
 
@@ -90,7 +90,7 @@ def _evaluate(model: torch.nn.Module, batches: list, loss_fn: Callable, accelera
 def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_from: str | None = None,
                      on_log: Callable[[CurvePoint], None] | None = None, compile: bool = False,
                      stop: int | None = None, inspect: Callable[[torch.nn.Module], None] | None = None,
-                     lease: Lease | None = None) -> RunRecord:
+                     lease: Lease | None = None, cuda_graphs: GraphMode = "auto") -> RunRecord:
     """Train ``job`` to its last step (or divergence) and return its result record.
 
     A trunk (``job.role == "trunk"``) trains to ``stop`` (default its last branch point) and
@@ -101,7 +101,8 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
 
     ``accelerator`` is the run's one Accelerator (built from the plan's ``Runtime``); it
     decides device, mixed precision and the data-parallel split.  ``compile``: torch.compile
-    the model (the runtime's ``compile``).  SIGINT or SIGTERM (one process) checkpoints the step
+    the model (the runtime's ``compile``); ``cuda_graphs``: replay the step from a CUDA graph
+    (:mod:`flops_fit.execute.step`; off while ``inspect`` hooks the model).  SIGINT or SIGTERM (one process) checkpoints the step
     reached and raises :class:`Interrupted`.  Nothing of the experiment outlives the call: the
     Accelerator's references to the prepared model and optimizer are released and the CUDA
     cache emptied (``accelerator.free_memory()``), also when the user's code raises.
@@ -113,7 +114,7 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
     try:
         with stopping.handlers(enabled=accelerator.num_processes == 1):
             return _train(job, store, accelerator, resume_from, on_log, compile, stop or job.steps, inspect,
-                          lease)
+                          lease, cuda_graphs)
     finally:
         _release(accelerator, compile)
 
@@ -139,7 +140,7 @@ def _release(accelerator: Accelerator, compiled: bool) -> None:
 
 def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | None,
            on_log: Callable[[CurvePoint], None] | None, compile: bool, end: int, inspect=None,
-           lease: Lease | None = None) -> RunRecord:
+           lease: Lease | None = None, cuda_graphs: GraphMode = "auto") -> RunRecord:
     o, sched, lp = job.optim, job.schedule, job.loop
     folders = job.search_path
     exp_dir = store.exp_dir(job.experiment_id)
@@ -170,7 +171,6 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
     direct = accelerator.scaler is None and accelerator.distributed_type in (
         DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
     step_optimizer = getattr(optimizer, "optimizer", optimizer) if direct else optimizer
-    trained = [p for p in model.parameters() if p.requires_grad]
 
     # 3. Data: this process's share of each global batch, split into micro-batches.
     if lp.batch_size % accelerator.num_processes or (lp.micro_batch_size and (lp.batch_size // accelerator.num_processes) % lp.micro_batch_size):
@@ -212,6 +212,8 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
     count = acc_count
     last_ckpt = time.monotonic()
     batches = source.batches(run.step)
+    train_step = TrainStep(model, loss_fn, step_optimizer, accelerator, layout.accum, o.grad_clip, direct, acc,
+                           cuda_graphs if inspect is None else "off")
     model.train()
     start = time.perf_counter()
 
@@ -219,21 +221,8 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
     pins = set(job.pins)
     agree_every = max(8, job.steps // 2000)  # data-parallel jobs: ranks agree on a signal (a sync) ~2000 times a run
     while run.step < end:
-        for k in range(layout.accum):
-            inputs, targets = next(batches)
-            last = k == layout.accum - 1
-            with accelerator.no_sync(model) if not last and accelerator.num_processes > 1 else contextlib.nullcontext():
-                loss = loss_fn(call_model(model, inputs), targets)
-                accelerator.backward(loss / layout.accum if layout.accum > 1 else loss)
-            acc += loss.detach().float() / layout.accum
-        if o.grad_clip is not None:
-            if direct:
-                torch.nn.utils.clip_grad_norm_(trained, o.grad_clip)
-            else:
-                accelerator.clip_grad_norm_(model.parameters(), o.grad_clip)
-        step_optimizer.step()
+        train_step(batches)
         scheduler.step()
-        step_optimizer.zero_grad(set_to_none=True)
         run.step += 1
         count += 1
 
@@ -284,7 +273,7 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
         run.status, run.reason = "diverged", f"final eval loss is {final}"
     if run.curve and run.status == "ok":
         run.curve[-1] = run.curve[-1].model_copy(update={"eval_loss": final})
-    return _result(job, run, final, source, notes, accelerator)
+    return _result(job, run, final, source, notes + [train_step.note] * bool(train_step.note), accelerator)
 
 
 def _any_rank(flag: bool, accelerator: Accelerator) -> bool:
