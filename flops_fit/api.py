@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from .errors import DataError, Problem, RunError, SpecError
 from .estimate import Estimate, estimate_plan
 from .imports import import_path_of, register
-from .launch import launch_plan, run_launched
-from .plan import Plan, compile_plan, runtime as plan_runtime
+from .placement import extra_plan, train as place_and_train, train_plan
+from .plan import Plan, compile_plan
 from .spec import SpecModel
 from .store import Store
 from .validate import check
@@ -68,13 +68,12 @@ class Spec(SpecModel):
         return transfer(self, self._trainer(False, on_event), middle, max_steps, coordinate_steps)
 
     def _trainer(self, retry_failed: bool, on_event) -> Callable:
-        """``train(experiments, store)``: extra experiments (forward check, transfer) trained here."""
-        def train(experiments, store) -> None:
-            from .execute.runner import make_accelerator, run_experiments
-
-            runtime = plan_runtime(self)
-            accelerator = make_accelerator(runtime, str(store.root / "tracking"))
-            run_experiments(experiments, store, accelerator, retry_failed, on_event, runtime)
+        """``train(experiments, store, tag)``: experiments beside the sweep (a forward check, a transfer
+        check), placed as ``run`` places the sweep's (:mod:`flops_fit.placement`: ``[launcher]``, worker
+        processes, or here), from ``<run_dir>/plans/<tag>.json``."""
+        def train(experiments, store, tag: str | None = None) -> None:
+            plan, plan_file = extra_plan(compile_plan(self), experiments, tag)
+            place_and_train(self, plan, retry_failed, on_event, plan_file=plan_file)
         return train
 
     def run(self, retry_failed: bool = False, on_event: Callable[[RunEvent], None] | None = None,
@@ -94,14 +93,7 @@ class Spec(SpecModel):
         """
         plan = check(self)
         _warn_transfer(self, plan)
-        if executor is not None or self.launcher.kind != "local":
-            from .dispatch import submit_plan, wait_for
-
-            submission, jobs = submit_plan(self, plan, retry_failed, executor)
-            failures = wait_for(jobs, submission.jobs, Store(Path(plan.run_dir)), on_progress)
-            if failures:
-                raise RunError([Problem(f.line()) for f in failures])
-        elif not train_plan(self, plan, retry_failed, on_event, on_progress):
+        if not place_and_train(self, plan, retry_failed, on_event, on_progress, executor):
             return None
         return _report(self, plan, report, track=True)
 
@@ -173,32 +165,6 @@ def _warn_transfer(spec: SpecModel, plan: Plan) -> None:
     if verdict == "FAIL":
         warnings.warn(f"the last learning-rate transfer check of this recipe failed ({path}): the sizes may not "
                       f"share one learning rate; see `flops-fit transfer` and [train] lr_scaling", stacklevel=3)
-
-
-def train_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False,
-               on_event: Callable[[RunEvent], None] | None = None,
-               on_progress: Callable[[int, int], None] | None = None) -> bool:
-    """Train the plan's pending experiments here or in worker processes (:func:`launch_plan`;
-    ``on_progress(finished, total)`` while they train).  False in the non-main processes of a
-    distributed launch."""
-    store = Store(Path(plan.run_dir))
-    layout = launch_plan(spec)
-    registered = sorted({t for e in plan.experiments for t in e.job.targets if t.startswith("@")})
-    if not layout.in_process and registered:
-        warnings.warn(f"{', '.join(registered)} exist only in this process (registered by cache_key), so the sweep "
-                      f"trains here instead of in {layout.workers or layout.gpus} worker processes; pass objects "
-                      f"importable by module path to use them", stacklevel=3)
-    if not layout.in_process and not registered:
-        store.write_plan_json(plan.to_json())
-        codes = run_launched(layout, plan, retry_failed, on_progress)
-        if any(codes):
-            raise RunError(f"{sum(1 for c in codes if c)} worker process(es) failed (exit codes {codes})")
-        return True
-    from .execute.runner import make_accelerator, run_plan
-
-    accelerator = make_accelerator(plan.runtime, str(store.root / "tracking"))
-    run_plan(plan, store, accelerator, retry_failed, on_event)
-    return accelerator.is_main_process
 
 
 def analyze_plan(spec: SpecModel, plan: Plan) -> Result:

@@ -159,11 +159,12 @@ def status(spec: str = SpecArg, as_json: bool = JsonOpt,
             _emit_json(json.dumps([r.model_dump() for r in rows], indent=2))
             return
         t = Table(title=f"Status of {spec}")
-        for col in ("id", "C", "size", "state", "step", "detail", "job", "job state"):
+        parts = any(r.part != "sweep" for r in rows)
+        for col in ("id", "C", "size", "state", "step", "detail", "job", "job state") + ("part",) * parts:
             t.add_column(col, justify="right" if col in ("C", "size", "step") else "left")
         for r in rows:
             t.add_row(r.id, f"{r.budget_flops:.2g}", str(r.size), r.state, f"{r.step or 0}/{r.steps}", r.detail,
-                      r.job_id or "–", r.job_state or "–")
+                      r.job_id or "–", r.job_state or "–", *(r.part,) * parts)
         out.print(t)
         counts = {k: sum(r.state == k for r in rows) for k in ("done", "running", "pending", "failed", "diverged")}
         err.print(", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no experiments")

@@ -226,7 +226,7 @@ def _extra(spec: SpecModel, plan: Plan, prediction: Prediction, folder: Path, k:
 
 
 def confirm(spec: SpecModel, budget_flops: float, k: int = 3, approach: str | None = None,
-            train: Callable[[list[Experiment], Store], None] | None = None, analyze: Callable | None = None,
+            train: Callable[[list[Experiment], Store, str], None] | None = None, analyze: Callable | None = None,
             predict_only: bool = False, bracket: bool = False) -> Confirmation | Prediction:
     """Pre-register a prediction at ``budget_flops``, train the ``k`` sizes around it, compare.
 
@@ -272,7 +272,7 @@ def confirm(spec: SpecModel, budget_flops: float, k: int = 3, approach: str | No
         added = _read_additions(folder)
         every = experiments + [plan_experiment_for(spec, by_size[p.size], budget_flops) for p in added]
         if train is not None:
-            train(every, store)
+            train(every, store, f"confirm-{budget_flops:.4g}")
             _wait_for_others(every, store)
         beyond = _beyond(plan, [*prediction.sizes, *added])
         confirmation = compare(prediction, {e.id: store.read_result(e.id) for e in every}, sweep_epochs, added, beyond)

@@ -98,6 +98,7 @@ class SweepTask:
     retry_failed: bool = False
     data_parallel: bool = False
     per_gpu: int = 1  # workers per GPU of a one-GPU task
+    plan_file: str = "plan.json"  # relative to run_dir: the sweep's plan, or plans/<tag>.json
 
     def __call__(self) -> int:
         import submitit
@@ -130,7 +131,8 @@ class SweepTask:
         print(f"{env.job_id}: {len(self.experiment_ids)} experiment(s) of {self.spec_path or self.run_dir}",
               file=sys.stderr, flush=True)
         try:
-            return worker_main(self.run_dir, Selection(ids=list(self.experiment_ids), retry_failed=self.retry_failed))
+            return worker_main(self.run_dir, Selection(ids=list(self.experiment_ids), retry_failed=self.retry_failed,
+                                                       plan=self.plan_file))
         except KeyboardInterrupt:  # the loop checkpointed the step it reached
             if stopping.preempted is None:
                 raise
@@ -217,9 +219,12 @@ def _split(spec: SpecModel, groups: list[list[Experiment]]) -> dict[Array, list[
             "data-parallel": [g for g, c in zip(groups, chosen) if c]}
 
 
-def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executor: Any = None) -> tuple[Submission, list]:
+def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executor: Any = None,
+                plan_file: str = "plan.json") -> tuple[Submission, list]:
     """Submit the plan's pending experiments as job arrays; record the submission in ``jobs.json``
     and return it with submitit's job objects (nothing is submitted when nothing is pending).
+    ``plan_file``: where in the run directory the tasks read ``plan`` (the sweep's ``plan.json``,
+    or ``plans/<tag>.json`` for the experiments of ``confirm`` and ``transfer``).
 
     ``executor``: a configured submitit executor used as is for every task (one experiment, or a
     trunk with its branches, per task; data-parallel when its tasks have several processes)."""
@@ -228,7 +233,7 @@ def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executo
                                          hint="submit from a Slurm login node, or use kind = 'submitit-local' to run "
                                               "the jobs on this machine")])
     store = Store(Path(plan.run_dir))
-    store.write_plan_json(plan.to_json())
+    store.write_plan_json(plan.to_json(), plan_file)
     groups = pending_groups(plan, store, retry_failed)
     folder = store.root / "launcher" / "logs" / "%j"
     roots = tuple(import_roots(plan))
@@ -237,21 +242,23 @@ def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executo
     if executor is not None:
         processes = executor.parameters.get("tasks_per_node", executor.parameters.get("ntasks_per_node", 1))
         dp = processes > 1
-        tasks = [SweepTask(source, plan.run_dir, tuple(e.id for e in g), roots, retry_failed, dp) for g in groups]
+        tasks = [SweepTask(source, plan.run_dir, tuple(e.id for e in g), roots, retry_failed, dp, plan_file=plan_file)
+                 for g in groups]
         batches.append(("data-parallel" if dp else "one-gpu", executor, tasks))
         name = str(getattr(executor, "cluster", type(executor).__name__)).lower()
         kind = "slurm" if "slurm" in name else "submitit-local" if "local" in name else type(executor).__name__
         folder = Path(executor.folder)
     else:
         kind = spec.launcher.kind
-        per_task = max(1, spec.launcher.gpus_per_task) * spec.train.workers_per_gpu
+        per_task = max(1, spec.launcher.gpus_per_task) * spec.train.workers_per_gpu * spec.launcher.experiments_per_worker
         for array, chosen in _split(spec, groups).items():
             if not chosen:
                 continue
             ex = make_executor(spec.launcher, folder)
             ex.update_parameters(**array_parameters(spec.launcher, array, spec.train.workers_per_gpu, f"flops-fit-{plan.name}"))
-            if array == "one-gpu":
-                chunks = [chosen[i:i + per_task] for i in range(0, len(chosen), per_task)]
+            if array == "one-gpu":  # strided: each task gets small and large experiments alike
+                n = -(-len(chosen) // per_task)
+                chunks = [chosen[i::n] for i in range(n)]
             else:
                 chunks = [[g] for g in chosen]
             if kind == "submitit-local" and len(chunks) > spec.launcher.array_parallelism:
@@ -259,7 +266,7 @@ def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executo
                 n = spec.launcher.array_parallelism
                 chunks = [[g for c in chunks[i::n] for g in c] for i in range(n)]
             tasks = [SweepTask(source, plan.run_dir, tuple(e.id for g in c for e in g), roots, retry_failed,
-                               array == "data-parallel", spec.train.workers_per_gpu) for c in chunks]
+                               array == "data-parallel", spec.train.workers_per_gpu, plan_file) for c in chunks]
             batches.append((array, ex, tasks))
     records, submitted = [], []
     try:

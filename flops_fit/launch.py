@@ -59,6 +59,7 @@ class Selection(Frozen):
     max_params: Optional[float] = None
     ids: Optional[list[str]] = None
     retry_failed: bool = False
+    plan: str = "plan.json"  # the plan file in RUN_DIR: the sweep's, or plans/<tag>.json (confirm, transfer)
 
     def accepts(self, exp: Experiment) -> bool:
         return ((self.min_params is None or exp.num_params >= self.min_params)
@@ -135,8 +136,9 @@ def _wait(procs: list, plan: Plan, on_progress) -> list[int]:
     return [p.wait() for p in procs]
 
 
-def run_launched(layout: LaunchPlan, plan: Plan, retry_failed: bool, on_progress=None) -> list[int]:
-    """Run the phases of ``layout`` over ``plan`` (its ``plan.json`` must be in the store);
+def run_launched(layout: LaunchPlan, plan: Plan, retry_failed: bool, on_progress=None,
+                 plan_file: str = "plan.json") -> list[int]:
+    """Run the phases of ``layout`` over ``plan`` (written to ``RUN_DIR/plan_file`` beforehand);
     returns the exit codes of the processes.  Ctrl-C stops the workers too.  ``on_progress``:
     called with (finished, total) experiments while the workers train."""
     codes = []
@@ -147,7 +149,8 @@ def run_launched(layout: LaunchPlan, plan: Plan, retry_failed: bool, on_progress
     procs: list[subprocess.Popen] = []
     try:
         if layout.workers > 1:
-            selection = Selection(max_params=layout.threshold, retry_failed=retry_failed).model_dump_json()
+            selection = Selection(max_params=layout.threshold, retry_failed=retry_failed,
+                                  plan=plan_file).model_dump_json()
             for i in range(layout.workers):
                 child = dict(env)
                 if layout.gpus:
@@ -157,7 +160,8 @@ def run_launched(layout: LaunchPlan, plan: Plan, retry_failed: bool, on_progress
                 procs.append(subprocess.Popen([sys.executable, *entry, selection], env=child, preexec_fn=preexec))
             codes += _wait(procs, plan, on_progress)
         if layout.data_parallel:
-            selection = Selection(min_params=layout.threshold, retry_failed=retry_failed).model_dump_json()
+            selection = Selection(min_params=layout.threshold, retry_failed=retry_failed,
+                                  plan=plan_file).model_dump_json()
             torchrun = [shutil.which("torchrun") or "torchrun", "--standalone", f"--nproc_per_node={layout.gpus}"]
             procs = [subprocess.Popen(torchrun + entry + [selection], env=env, preexec_fn=preexec)]
             codes += _wait(procs, plan, on_progress)
@@ -197,12 +201,12 @@ def _event_printer():
 
 
 def worker_main(run_dir: str, selection: Selection) -> int:
-    """Train the selected experiments of ``RUN_DIR/plan.json``; 0 when every one was decided."""
+    """Train the selected experiments of ``RUN_DIR/<selection.plan>``; 0 when every one was decided."""
     from .execute.runner import make_accelerator, run_experiments
     from .store import Store
 
     store = Store(Path(run_dir))
-    plan = Plan.from_json((store.root / "plan.json").read_text(encoding="utf-8"))
+    plan = Plan.from_json((store.root / selection.plan).read_text(encoding="utf-8"))
     accelerator = make_accelerator(plan.runtime, str(store.root / "tracking"))
     experiments = [e for e in plan.units() if selection.accepts(e)]
     on_event, finish = _event_printer()

@@ -33,6 +33,10 @@ class LauncherSpec(Frozen):
     mem_gb: Optional[float] = Field(default=None, gt=0, description="Memory of a task in GB (default: the partition's).")
     timeout_min: float = Field(default=240, gt=0, description="Wall-clock limit of a job in minutes (Slurm: rounded up to whole minutes); before it the job checkpoints and is requeued.")
     array_parallelism: int = Field(default=64, ge=1, description="Array tasks running at once.")
+    experiments_per_worker: int = Field(default=1, ge=1, description=(
+        "Experiments (a trunk with its branches counts as one) each worker of an array task trains in turn: "
+        "pack short experiments so that a task's start (a Python process importing torch, seconds) is paid "
+        "once for several."))
     max_requeues: int = Field(default=3, ge=0, description="Timeouts a job may be requeued after (preemptions requeue without limit).")
     signal_delay_s: int = Field(default=120, ge=1, description="Seconds before the limit at which the checkpoint signal (USR2) is sent.")
     setup: list[str] = Field(default_factory=list, description="Shell lines run before each job (module loads, environment activation).")

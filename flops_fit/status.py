@@ -26,6 +26,7 @@ class ExperimentState(Frozen):
     steps: int
     job_id: Optional[str] = None
     job_state: Optional[str] = None
+    part: str = "sweep"  # "sweep", or the plan file's tag of a forward or transfer check ("confirm-4e+15")
 
 
 def _step_of(store: Store, exp_id: str) -> Optional[int]:
@@ -67,7 +68,8 @@ def sweep_status(plan: Plan, store: Store, scheduler: bool = True) -> list[Exper
     """Each experiment's state (trunks included): done, failed/diverged with the reason, running
     with its owner and step, pending (with the step it resumes from); and its latest job's state."""
     jobs = read_jobs(store.root)
-    latest = {exp.id: jobs.latest_job(exp.id) for exp in plan.units()}
+    units = _units(plan, store)
+    latest = {exp.id: jobs.latest_job(exp.id) for exp, _ in units}
     slurm: dict[str, str] = {}
     if scheduler:
         try:
@@ -75,7 +77,7 @@ def sweep_status(plan: Plan, store: Store, scheduler: bool = True) -> list[Exper
         except Exception as exc:  # sacct could not be asked (not on PATH, down, ...)
             slurm = {f[1].job_id: f"unknown ({type(exc).__name__})" for f in latest.values() if f is not None}
     out = []
-    for exp in plan.units():
+    for exp, part in units:
         record = store.read_result(exp.id, quarantine=False)
         owner = store.holder(exp.id)
         step = _step_of(store, exp.id)
@@ -96,5 +98,21 @@ def sweep_status(plan: Plan, store: Store, scheduler: bool = True) -> list[Exper
             if scheduler:
                 job_state = slurm.get(rec.job_id) if sub.kind == "slurm" else _local_state(sub, rec)
         out.append(ExperimentState(id=exp.id, budget_flops=exp.budget_flops, size=exp.size, state=state, detail=detail,
-                                   step=step, steps=exp.steps, job_id=job_id, job_state=job_state))
+                                   step=step, steps=exp.steps, job_id=job_id, job_state=job_state, part=part))
     return out
+
+
+def _units(plan: Plan, store: Store) -> list[tuple]:
+    """The sweep's experiments, then those of the plan files beside it (``confirm``, ``transfer``)."""
+    units = [(e, "sweep") for e in plan.units()]
+    seen = {e.id for e, _ in units}
+    for path in store.extra_plans():
+        try:
+            extra = Plan.from_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # written by another version, or half-read: not this sweep's
+            continue
+        for e in extra.experiments:
+            if e.id not in seen:
+                seen.add(e.id)
+                units.append((e, path.stem))
+    return units

@@ -185,8 +185,15 @@ class Store:
         self.root.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.root / "report.lock"))
 
-    def write_plan_json(self, text: str) -> None:
-        atomic_write_text(self.root / "plan.json", text)
+    def write_plan_json(self, text: str, name: str = "plan.json") -> None:
+        """The sweep's ``plan.json``, or another plan file the workers read (``plans/<tag>.json``:
+        the experiments of a forward check or a transfer check)."""
+        (self.root / name).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.root / name, text)
+
+    def extra_plans(self) -> list[Path]:
+        """The plan files of experiments trained beside the sweep (``confirm``, ``transfer``)."""
+        return sorted((self.root / "plans").glob("*.json"))
 
 
 def _changed_sources(result: RunRecord, experiment: Experiment) -> list[str]:

@@ -299,7 +299,7 @@ def _suggest(spec: SpecModel, optima: list[SizeOptimum]) -> tuple[Optional[float
     return g, (f"learning_rate = {ref.best_lr:.3g}\nlr_scaling = {{ ref_params = {ref.num_params}, exponent = {g:.3f} }}")
 
 
-def transfer(spec: SpecModel, train: Callable[[list[Experiment], Store], None], middle: bool = False,
+def transfer(spec: SpecModel, train: Callable[[list[Experiment], Store, str], None], middle: bool = False,
              max_steps: int = 2000, coordinate_steps: int = 5) -> Transfer:
     """The coordinate check and the learning-rate sweep; writes ``<run_dir>/transfer/``."""
     plan = compile_plan(spec)
@@ -307,7 +307,7 @@ def transfer(spec: SpecModel, train: Callable[[list[Experiment], Store], None], 
     widths, coordinates = coordinate_check(spec, plan, coordinate_steps)  # also checks the size is a width, before training
     planned = transfer_experiments(spec, plan, middle, max_steps)
     store = Store(Path(plan.run_dir))
-    train([e for _, _, e in planned], store)
+    train([e for _, _, e in planned], store, "transfer")
     sweep = []
     for info, f, exp in planned:
         r: RunRecord | None = store.read_result(exp.id)

@@ -363,7 +363,8 @@ def test_no_launcher_key_changes_an_experiment_id(in_tmp):
     base = [e.id for e in spec.plan().experiments]
     changes = {"kind": "submitit-local", "partition": "p", "account": "a", "gpus_per_task": 2, "gpus_large": 2,
                "cpus_per_gpu": 1, "mem_gb": 8.0, "timeout_min": 5.0, "array_parallelism": 2, "max_requeues": 0,
-               "signal_delay_s": 5, "setup": ["true"], "additional": {"qos": "x"}, "heartbeat_s": 1.0}
+               "signal_delay_s": 5, "setup": ["true"], "additional": {"qos": "x"}, "heartbeat_s": 1.0,
+               "experiments_per_worker": 3}
     assert set(changes) == set(LauncherSpec.model_fields)
     for key, value in changes.items():
         changed = spec.model_copy(update={"launcher": LauncherSpec(**{key: value})})

@@ -8,7 +8,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "flops_fit"
 ORDER = ["_version", "frozen", "errors", "files", "hashing", "imports", "tomlpos", "flops", "components", "launcher_spec", "spec", "schema", "job",
          "records", "sizing", "plan",
-         "validate", "lease", "store", "execute", "eventlog", "launch", "dispatch", "status", "estimate", "analysis", "runs_table", "plots", "verdict", "report", "compare", "confirmation", "confirm", "transfer", "progress", "render", "api", "cli_common", "cli", "entry", "__main__"]
+         "validate", "lease", "store", "execute", "eventlog", "launch", "dispatch", "placement", "status", "estimate", "analysis", "runs_table", "plots", "verdict", "report", "compare", "confirmation", "confirm", "transfer", "progress", "render", "api", "cli_common", "cli", "entry", "__main__"]
 
 
 def _layer(module: str) -> int:

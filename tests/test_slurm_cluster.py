@@ -160,3 +160,39 @@ def test_two_real_arrays_on_one_store_train_each_experiment_once(slurm_cluster, 
     for exp in plan.experiments:
         assert len(re.findall(rf"^ok {exp.id}:", logs, re.M)) == 1, logs[-3000:]  # trained by one job
         assert store.read_result(exp.id).status == "ok"
+
+
+def test_confirm_and_transfer_train_on_the_cluster_and_show_in_status(slurm_cluster, in_tmp):
+    """The forward check's and the transfer check's runs go where the sweep's go (job arrays, several
+    experiments a worker), and ``status`` lists them under their part."""
+    path = _spec(in_tmp, "gpus_per_task = 0\nexperiments_per_worker = 4\n", sizes=(4, 6, 8, 12, 16, 24, 32),
+                 budgets=(1e6, 2e6, 4e6))
+    path.write_text(path.read_text().replace('approaches = ["envelope"]', 'approaches = ["isoflop", "parametric"]')
+                    .replace("[sweep]\n", "[sweep]\nsizes_per_budget = 5\n"))
+    spec = Spec.load(path)
+    res = _cli("run", str(path), cwd=in_tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    def submissions():
+        return json.loads((spec.run_dir / "launcher" / "jobs.json").read_text())["submissions"]
+
+    first = submissions()
+    assert len({j["job_id"] for j in first[0]["jobs"]}) < len(spec.plan().experiments)  # packed: fewer tasks
+    res = _cli("confirm", str(path), "--budget", "8e6", "--sizes", "3", cwd=in_tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = _cli("transfer", str(path), "--middle", "--max-steps", "40", cwd=in_tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    later = submissions()[len(first):]
+    assert len(later) == 2 and all(s["kind"] == "slurm" for s in later), later
+    rows = json.loads(_cli("status", str(path), "--json", cwd=in_tmp).stdout)
+    parts = {}
+    for r in rows:
+        parts.setdefault(r["part"], []).append(r)
+    assert set(parts) == {"sweep", "confirm-8e+06", "transfer"}, set(parts)
+    assert len(parts["confirm-8e+06"]) == 3 and len(parts["transfer"]) == 21  # 3 widths x 7 rates
+    for part, submission in zip(("confirm-8e+06", "transfer"), later):
+        ids = {e for j in submission["jobs"] for e in j["experiments"]}
+        assert ids == {r["id"] for r in parts[part]}
+        assert all(r["state"] == "done" and r["job_id"] for r in parts[part]), parts[part]
+    sacct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State"], capture_output=True, text=True)
+    assert all(j["job_id"].split("_")[0] in sacct.stdout for s in later for j in s["jobs"]), sacct.stdout

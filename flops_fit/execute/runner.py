@@ -90,10 +90,10 @@ def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: A
 
 def run_plan(plan: Plan, store: Store, accelerator: Accelerator, retry_failed: bool = False,
              on_event: Callable[[RunEvent], None] | None = None,
-             select: Callable[[Experiment], bool] | None = None) -> list[RunRecord]:
+             select: Callable[[Experiment], bool] | None = None, plan_file: str = "plan.json") -> list[RunRecord]:
     """Train every pending experiment of ``plan`` (those ``select`` accepts); return the results trained now."""
     if accelerator.is_main_process:
-        store.write_plan_json(plan.to_json())
+        store.write_plan_json(plan.to_json(), plan_file)
     experiments = [e for e in plan.units() if select is None or select(e)]
     return run_experiments(experiments, store, accelerator, retry_failed, on_event, plan.runtime)
 
