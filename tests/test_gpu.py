@@ -123,7 +123,7 @@ def _losses(spec_path, graphs: str, folder):
     plan = spec.plan()
     records = run_experiments(plan.experiments, Store(folder), make_accelerator(plan.runtime, str(folder)),
                               runtime=plan.runtime)
-    return {r.experiment_id: ([p.train_loss for p in r.curve], r.final_loss, r.notes) for r in records}
+    return {r.id: ([p.train_loss for p in r.curve], r.loss, r.notes) for r in records}
 
 
 @pytest.mark.parametrize("model, precision", [("MLP", "bf16"), ("MLP", "fp32"), ("HostSync", "bf16")])

@@ -9,6 +9,7 @@ process decides, leases and writes, and its decision is broadcast to the others.
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -48,6 +49,11 @@ def make_accelerator(runtime: Runtime, project_dir: str) -> Accelerator:
 
     cpu = runtime.device == "cpu" or (runtime.device == "auto" and not torch.cuda.is_available())
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[runtime.precision]
+    from accelerate.state import AcceleratorState
+
+    shared = AcceleratorState._shared_state  # accelerate keeps one precision per process: a later run of
+    if shared.get("_mixed_precision") not in (None, mixed) and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state()      # another precision in this process starts a fresh state
     return Accelerator(cpu=cpu, mixed_precision=mixed, log_with=list(runtime.log_with) or None, project_dir=project_dir)
 
 
