@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 from typing import TYPE_CHECKING
 
-from .errors import DataError, Problem, RunError, SpecError
+from .errors import DataError, Problem, SpecError
 from .estimate import Estimate, estimate_plan
 from .imports import import_path_of, register
 from .placement import extra_plan, train as place_and_train, train_plan
@@ -147,10 +147,10 @@ def _report(spec: SpecModel, plan: Plan, report: bool, track: bool) -> Result:
         if report:
             result.save(run_dir / "report", spec.analysis.figures)
     if report and track and plan.runtime.log_with:
-        from .execute.runner import make_accelerator
+        from .execute.session import Session
         from .execute.tracking import log_summary
 
-        accelerator = make_accelerator(plan.runtime, str(run_dir / "tracking"))
+        accelerator = Session(plan.runtime, str(run_dir / "tracking")).accelerator
         scalars, tables = result.tracker_summary()
         log_summary(accelerator, plan.name, accelerator.logging_dir, scalars, tables, run_dir / "report",
                     {"points": result.fits.num_points, "flop_rule": result.flop_rule})

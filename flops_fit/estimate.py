@@ -16,7 +16,6 @@ GPU figure is ``remaining FLOPs / (peak FLOP/s × MFU)`` for the GPU named in
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal, Optional
@@ -89,31 +88,25 @@ def calibrate(plan: Plan, steps: int, threads: int | None = None) -> dict:
             return calibrate(plan, steps)
         finally:
             torch.set_num_threads(before)
-    from .execute.runner import make_accelerator
-    from .execute.worker import train_experiment
+    from .execute.session import Session
 
     if not plan.experiments:
         return {}
     by_n = sorted(plan.experiments, key=lambda e: e.num_params)
     picks = {by_n[0].num_params: by_n[0], by_n[-1].num_params: by_n[-1]}
-    accelerator = make_accelerator(plan.runtime.model_copy(update={"log_with": []}), tempfile.gettempdir())
-    out = {"device": str(accelerator.device), "points": []}
-    with tempfile.TemporaryDirectory(prefix="flops-fit-calibrate-") as tmp:
-        for n, exp in picks.items():
-            job = exp.job
-            loop = job.loop.model_copy(update={"log_points": 4, "eval_points": 0, "checkpoint_seconds": 1e9,
-                                               "checkpoint_steps": None})
-            job = job.model_copy(update={"steps": steps + 2, "loop": loop, "eval_batches": 1,
-                                         "schedule": job.schedule.model_copy(update={"warmup_steps": 1}),
-                                         "experiment_id": f"calibrate-{n}"})
-            t0 = time.perf_counter()
-            result = train_experiment(job, Store(Path(tmp)), accelerator, compile=plan.runtime.compile,
-                                      cuda_graphs=plan.runtime.cuda_graphs)
-            wall = time.perf_counter() - t0  # the whole call: building model and data, evaluation, result
-            first, last = result.curve[0], result.curve[-1]
-            per_step = (last.seconds - first.seconds) / max(1, last.step - first.step)
-            out["points"].append({"num_params": n, "seconds_per_step": per_step,
-                                  "overhead_seconds": max(0.0, wall - last.step * per_step)})
+    session = Session(plan.runtime, trackers=False)
+    out = {"device": str(session.accelerator.device), "points": []}
+    for n, exp in picks.items():
+        job = exp.job.model_copy(update={"steps": steps + 2,
+                                         "loop": exp.job.loop.model_copy(update={"log_points": 4}),
+                                         "schedule": exp.job.schedule.model_copy(update={"warmup_steps": 1})})
+        t0 = time.perf_counter()
+        result = session.scratch(job, f"calibrate-{n}")
+        wall = time.perf_counter() - t0  # the whole call: building model and data, evaluation, result
+        first, last = result.curve[0], result.curve[-1]
+        per_step = (last.seconds - first.seconds) / max(1, last.step - first.step)
+        out["points"].append({"num_params": n, "seconds_per_step": per_step,
+                              "overhead_seconds": max(0.0, wall - last.step * per_step)})
     return out
 
 

@@ -202,15 +202,14 @@ def _event_printer():
 
 def worker_main(run_dir: str, selection: Selection) -> int:
     """Train the selected experiments of ``RUN_DIR/<selection.plan>``; 0 when every one was decided."""
-    from .execute.runner import make_accelerator, run_experiments
+    from .execute.session import Session
     from .store import Store
 
     store = Store(Path(run_dir))
     plan = Plan.from_json((store.root / selection.plan).read_text(encoding="utf-8"))
-    accelerator = make_accelerator(plan.runtime, str(store.root / "tracking"))
-    experiments = [e for e in plan.units() if selection.accepts(e)]
     on_event, finish = _event_printer()
-    run_experiments(experiments, store, accelerator, selection.retry_failed, on_event, plan.runtime)
+    session = Session(plan.runtime, str(store.root / "tracking"), selection.retry_failed, on_event)
+    session.train([e for e in plan.units() if selection.accepts(e)], store)
     finish()
     return 0
 

@@ -78,8 +78,8 @@ def train_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False,
         if any(codes):
             raise RunError(f"{sum(1 for c in codes if c)} worker process(es) failed (exit codes {codes})")
         return True
-    from .execute.runner import make_accelerator, run_plan
+    from .execute.session import Session
 
-    accelerator = make_accelerator(plan.runtime, str(store.root / "tracking"))
-    run_plan(plan, store, accelerator, retry_failed, on_event, plan_file=plan_file)
-    return accelerator.is_main_process
+    session = Session(plan.runtime, str(store.root / "tracking"), retry_failed, on_event)
+    session.train_plan(plan, store, plan_file)
+    return session.is_main

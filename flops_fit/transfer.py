@@ -36,7 +36,6 @@ import csv
 import io
 import json
 import math
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
@@ -190,38 +189,34 @@ def coordinate_check(spec: SpecModel, plan: Plan, steps: int = 5) -> tuple[list[
     """Mean |activation| of every leaf module over the first ``steps`` steps at three sizes (the real loop)."""
     import torch
 
-    from .execute.runner import make_accelerator
-    from .execute.worker import train_experiment
+    from .execute.session import Session
 
     infos = _chosen(plan, middle=True)
     _check_widths(spec, infos)
-    accelerator = make_accelerator(plan.runtime.model_copy(update={"log_with": []}), tempfile.gettempdir())
+    session = Session(plan.runtime, trackers=False)
     table: dict[str, list[list[float]]] = {}
-    with tempfile.TemporaryDirectory(prefix="flops-fit-coord-") as tmp:
-        for col, info in enumerate(infos):
-            exp = plan_experiment(spec, 1.0, info, steps)
-            job = exp.job.model_copy(update={
-                "experiment_id": f"coord-{info.size}", "eval_batches": 1,
-                "schedule": exp.job.schedule.model_copy(update={"kind": "constant", "warmup_steps": 0}),
-                "loop": exp.job.loop.model_copy(update={"log_points": steps, "eval_points": 0, "checkpoint_steps": None,
-                                                        "checkpoint_seconds": 1e9})})
-            seen: dict[str, list[float]] = {}
+    for col, info in enumerate(infos):
+        exp = plan_experiment(spec, 1.0, info, steps)
+        job = exp.job.model_copy(update={
+            "schedule": exp.job.schedule.model_copy(update={"kind": "constant", "warmup_steps": 0}),
+            "loop": exp.job.loop.model_copy(update={"log_points": steps})})
+        seen: dict[str, list[float]] = {}
 
-            def hang(model: torch.nn.Module) -> None:
-                for name, module in model.named_modules():
-                    if list(module.children()):
-                        continue
+        def hang(model: torch.nn.Module) -> None:
+            for name, module in model.named_modules():
+                if list(module.children()):
+                    continue
 
-                    def hook(mod, args, output, name=name):
-                        out = output[0] if isinstance(output, (tuple, list)) else output
-                        if mod.training and isinstance(out, torch.Tensor) and out.is_floating_point():
-                            seen.setdefault(name, []).append(float(out.detach().abs().mean()))
-                    module.register_forward_hook(hook)
+                def hook(mod, args, output, name=name):
+                    out = output[0] if isinstance(output, (tuple, list)) else output
+                    if mod.training and isinstance(out, torch.Tensor) and out.is_floating_point():
+                        seen.setdefault(name, []).append(float(out.detach().abs().mean()))
+                module.register_forward_hook(hook)
 
-            train_experiment(job, Store(Path(tmp)), accelerator, inspect=hang)
-            for name, values in seen.items():
-                row = table.setdefault(name, [[math.nan] * len(infos), [math.nan] * len(infos)])
-                row[0][col], row[1][col] = values[0], float(np.mean(values[1:steps] or values[:1]))
+        session.scratch(job, f"coord-{info.size}", inspect=hang)
+        for name, values in seen.items():
+            row = table.setdefault(name, [[math.nan] * len(infos), [math.nan] * len(infos)])
+            row[0][col], row[1][col] = values[0], float(np.mean(values[1:steps] or values[:1]))
     widths = np.log([float(i.size) for i in infos])
     rows = []
     for name, (init, last) in table.items():
