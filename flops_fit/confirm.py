@@ -226,7 +226,8 @@ def _extra(spec: SpecModel, plan: Plan, prediction: Prediction, folder: Path, k:
 
 
 def confirm(spec: SpecModel, budget_flops: float, k: int = 3, approach: str | None = None,
-            train: Callable[[list[Experiment], Store, str], None] | None = None, analyze: Callable | None = None,
+            train: Callable[[list[Experiment], Store, str], None] | None = None,
+            analyze: Callable | None = None,
             predict_only: bool = False, bracket: bool = False) -> Confirmation | Prediction:
     """Pre-register a prediction at ``budget_flops``, train the ``k`` sizes around it, compare.
 

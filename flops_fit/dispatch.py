@@ -131,8 +131,9 @@ class SweepTask:
         print(f"{env.job_id}: {len(self.experiment_ids)} experiment(s) of {self.spec_path or self.run_dir}",
               file=sys.stderr, flush=True)
         try:
-            return worker_main(self.run_dir, Selection(ids=list(self.experiment_ids), retry_failed=self.retry_failed,
-                                                       plan=self.plan_file))
+            selection = Selection(ids=list(self.experiment_ids), retry_failed=self.retry_failed,
+                                  plan=self.plan_file)
+            return worker_main(self.run_dir, selection)
         except KeyboardInterrupt:  # the loop checkpointed the step it reached
             if stopping.preempted is None:
                 raise
@@ -242,15 +243,16 @@ def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executo
     if executor is not None:
         processes = executor.parameters.get("tasks_per_node", executor.parameters.get("ntasks_per_node", 1))
         dp = processes > 1
-        tasks = [SweepTask(source, plan.run_dir, tuple(e.id for e in g), roots, retry_failed, dp, plan_file=plan_file)
-                 for g in groups]
+        tasks = [SweepTask(source, plan.run_dir, tuple(e.id for e in g), roots, retry_failed, dp,
+                           plan_file=plan_file) for g in groups]
         batches.append(("data-parallel" if dp else "one-gpu", executor, tasks))
         name = str(getattr(executor, "cluster", type(executor).__name__)).lower()
         kind = "slurm" if "slurm" in name else "submitit-local" if "local" in name else type(executor).__name__
         folder = Path(executor.folder)
     else:
         kind = spec.launcher.kind
-        per_task = max(1, spec.launcher.gpus_per_task) * spec.train.workers_per_gpu * spec.launcher.experiments_per_worker
+        per_task = (max(1, spec.launcher.gpus_per_task) * spec.train.workers_per_gpu
+                    * spec.launcher.experiments_per_worker)
         for array, chosen in _split(spec, groups).items():
             if not chosen:
                 continue
@@ -266,7 +268,8 @@ def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executo
                 n = spec.launcher.array_parallelism
                 chunks = [[g for c in chunks[i::n] for g in c] for i in range(n)]
             tasks = [SweepTask(source, plan.run_dir, tuple(e.id for g in c for e in g), roots, retry_failed,
-                               array == "data-parallel", spec.train.workers_per_gpu, plan_file) for c in chunks]
+                               array == "data-parallel", spec.train.workers_per_gpu, plan_file)
+                     for c in chunks]
             batches.append((array, ex, tasks))
     records, submitted = [], []
     try:

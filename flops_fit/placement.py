@@ -39,7 +39,8 @@ def extra_plan(plan: Plan, experiments: list[Experiment], tag: str | None = None
     ids = [e.id for e in experiments]
     tag = tag or "extra-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:10]
     safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in tag)
-    return plan.model_copy(update={"experiments": list(experiments), "trunks": [], "dropped": []}), f"plans/{safe}.json"
+    extra = plan.model_copy(update={"experiments": list(experiments), "trunks": [], "dropped": []})
+    return extra, f"plans/{safe}.json"
 
 
 def train(spec: SpecModel, plan: Plan, retry_failed: bool = False,

@@ -167,7 +167,8 @@ def test_confirm_and_transfer_train_on_the_cluster_and_show_in_status(slurm_clus
     experiments a worker), and ``status`` lists them under their part."""
     path = _spec(in_tmp, "gpus_per_task = 0\nexperiments_per_worker = 4\n", sizes=(4, 6, 8, 12, 16, 24, 32),
                  budgets=(1e6, 2e6, 4e6))
-    path.write_text(path.read_text().replace('approaches = ["envelope"]', 'approaches = ["isoflop", "parametric"]')
+    text = path.read_text().replace('approaches = ["envelope"]', 'approaches = ["isoflop", "parametric"]')
+    path.write_text(text
                     .replace("[sweep]\n", "[sweep]\nsizes_per_budget = 5\n"))
     spec = Spec.load(path)
     res = _cli("run", str(path), cwd=in_tmp)

@@ -40,8 +40,8 @@ def test_cuda_graphs_on_where_they_cannot_run_is_an_error_with_the_reason_and_th
     model = MLP(8)
     opt = torch.optim.AdamW(model.parameters())
     with pytest.raises(RunError, match=r"cuda_graphs = 'on'.*the device is cpu.*'auto'"):
-        TrainStep(model, torch.nn.functional.mse_loss, opt, _Accelerator("cpu"), 1, 1.0, True, torch.zeros(()),
-                  "on")
+        TrainStep(model, torch.nn.functional.mse_loss, opt, _Accelerator("cpu"), 1, 1.0, True,
+                  torch.zeros(()), "on")
     assert not TrainStep(model, torch.nn.functional.mse_loss, opt, _Accelerator("cpu"), 1, 1.0, True,
                          torch.zeros(()), "auto").graphs
 
@@ -50,7 +50,8 @@ def test_cuda_graphs_setting_reaches_the_runtime_and_the_failed_record(in_tmp):
     from flops_fit.execute.runner import make_accelerator, run_experiments
     from flops_fit.store import Store
 
-    plan = Spec.load(write_toy_spec(in_tmp, sizes=(4, 8), budgets=(1e6,), train='cuda_graphs = "on"\n')).plan()
+    path = write_toy_spec(in_tmp, sizes=(4, 8), budgets=(1e6,), train='cuda_graphs = "on"\n')
+    plan = Spec.load(path).plan()
     assert plan.runtime.cuda_graphs == "on"
     [record] = run_experiments(plan.experiments[:1], Store(in_tmp / "runs"),
                                make_accelerator(plan.runtime, str(in_tmp)), runtime=plan.runtime)

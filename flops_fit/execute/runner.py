@@ -82,7 +82,8 @@ def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: A
                    "num_tokens": exp.num_tokens, "steps": exp.steps, "flops": exp.flops, "seed": exp.job.loop.seed})
     try:
         return train_experiment(exp.job, store, accelerator, resume_from=decision.checkpoint,
-                                on_log=lambda p: emit("log", point=p), compile=runtime.compile, stop=decision.stop,
+                                on_log=lambda p: emit("log", point=p), compile=runtime.compile,
+                                stop=decision.stop,
                                 lease=lease if accelerator.num_processes == 1 else None,
                                 cuda_graphs=runtime.cuda_graphs)
     except (LeaseLost, CorruptCheckpoint):
@@ -96,7 +97,8 @@ def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: A
 
 def run_plan(plan: Plan, store: Store, accelerator: Accelerator, retry_failed: bool = False,
              on_event: Callable[[RunEvent], None] | None = None,
-             select: Callable[[Experiment], bool] | None = None, plan_file: str = "plan.json") -> list[RunRecord]:
+             select: Callable[[Experiment], bool] | None = None,
+             plan_file: str = "plan.json") -> list[RunRecord]:
     """Train every pending experiment of ``plan`` (those ``select`` accepts); return the results trained now."""
     if accelerator.is_main_process:
         store.write_plan_json(plan.to_json(), plan_file)

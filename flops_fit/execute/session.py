@@ -38,11 +38,12 @@ class Session:
 
     def train(self, experiments: list[Experiment], store: Store) -> list[RunRecord]:
         """Decide, claim, train and store each experiment (trunks before their branches)."""
-        return run_experiments(experiments, store, self.accelerator, self.retry_failed, self.on_event, self.runtime)
+        return run_experiments(experiments, store, self.accelerator, self.retry_failed, self.on_event,
+                               self.runtime)
 
     def train_plan(self, plan: Plan, store: Store, plan_file: str = "plan.json",
                    select: Callable[[Experiment], bool] | None = None) -> list[RunRecord]:
-        """Write ``plan`` to ``RUN_DIR/plan_file`` (main process) and train its units that ``select`` accepts."""
+        """Write ``plan`` to ``RUN_DIR/plan_file`` (main process); train its units ``select`` accepts."""
         if self.is_main:
             store.write_plan_json(plan.to_json(), plan_file)
         return self.train([e for e in plan.units() if select is None or select(e)], store)
@@ -50,7 +51,8 @@ class Session:
     def scratch(self, job: Job, name: str, inspect=None) -> RunRecord:
         """Train ``job`` as a measurement: in a temporary store that is deleted afterwards, no
         checkpoint, no evaluation but one batch at the end, no lease, no tracker."""
-        loop = job.loop.model_copy(update={"eval_points": 0, "checkpoint_seconds": 1e9, "checkpoint_steps": None})
+        loop = job.loop.model_copy(update={"eval_points": 0, "checkpoint_seconds": 1e9,
+                                           "checkpoint_steps": None})
         job = job.model_copy(update={"loop": loop, "eval_batches": 1, "experiment_id": name})
         with tempfile.TemporaryDirectory(prefix="flops-fit-scratch-") as tmp:
             return train_experiment(job, Store(Path(tmp)), self.accelerator,

@@ -51,7 +51,9 @@ def graph_blocker(model: torch.nn.Module, device: torch.device, processes: int, 
     if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
         return "global module hooks are registered"
     for name, m in model.named_modules():
-        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None):
+        hooks = (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks,
+                 getattr(m, "_backward_pre_hooks", None))
+        if any(hooks):
             return f"module {name or 'model'} has hooks (their Python would not run on replay)"
     return None
 
@@ -75,7 +77,8 @@ class TrainStep:
         self._static: tuple[list[torch.Tensor], object, list[torch.Tensor], object] | None = None
         self._eager_steps = 0
         blocker = None if mode == "off" else graph_blocker(
-            model, accelerator.device, accelerator.num_processes, accum, accelerator.scaler is not None, direct)
+            model, accelerator.device, accelerator.num_processes, accum, accelerator.scaler is not None,
+            direct)
         if mode == "on" and blocker:
             raise RunError(f"train.cuda_graphs = 'on' but the step cannot be captured: {blocker}; "
                            "set cuda_graphs = 'auto' (eager where graphs cannot be used) or 'off'")
@@ -111,7 +114,8 @@ class TrainStep:
         for k in range(self.accum):
             inputs, targets = next(batches)
             last = k == self.accum - 1
-            with accelerator.no_sync(model) if not last and accelerator.num_processes > 1 else contextlib.nullcontext():
+            sync = not last and accelerator.num_processes > 1
+            with accelerator.no_sync(model) if sync else contextlib.nullcontext():
                 loss = self.loss_fn(call_model(model, inputs), targets)
                 accelerator.backward(loss / self.accum if self.accum > 1 else loss)
             self.acc += loss.detach().float() / self.accum
@@ -160,8 +164,8 @@ class TrainStep:
                 self.acc += loss.detach().float()
         except Exception as error:  # noqa: BLE001 - any failure to capture means: train eagerly
             torch.cuda.synchronize()
-            return self._give_up(f"capture failed ({type(error).__name__}: {str(error).splitlines()[0][:160]})",
-                                 inputs, targets)
+            said = str(error).splitlines()[0][:160] if str(error) else ""
+            return self._give_up(f"capture failed ({type(error).__name__}: {said})", inputs, targets)
         self.graph = graph
         return True
 
@@ -176,8 +180,9 @@ class TrainStep:
         in_leaves, in_spec = pytree.tree_flatten(inputs)
         tg_leaves, tg_spec = pytree.tree_flatten(targets)
         static_in, s_in_spec, static_tg, s_tg_spec = self._static
-        if in_spec != s_in_spec or tg_spec != s_tg_spec or any(
-                a.shape != b.shape or a.dtype != b.dtype for a, b in zip(in_leaves + tg_leaves, static_in + static_tg)):
+        pairs = list(zip(in_leaves + tg_leaves, static_in + static_tg))
+        if in_spec != s_in_spec or tg_spec != s_tg_spec or any(a.shape != b.shape or a.dtype != b.dtype
+                                                               for a, b in pairs):
             return False
         for dst, src in zip(static_in + static_tg, in_leaves + tg_leaves):
             dst.copy_(src, non_blocking=True)

@@ -102,8 +102,8 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
     ``accelerator`` is the run's one Accelerator (built from the plan's ``Runtime``); it
     decides device, mixed precision and the data-parallel split.  ``compile``: torch.compile
     the model (the runtime's ``compile``); ``cuda_graphs``: replay the step from a CUDA graph
-    (:mod:`flops_fit.execute.step`; off while ``inspect`` hooks the model).  SIGINT or SIGTERM (one process) checkpoints the step
-    reached and raises :class:`Interrupted`.  Nothing of the experiment outlives the call: the
+    (:mod:`flops_fit.execute.step`; off while ``inspect`` hooks the model).  SIGINT or SIGTERM (one
+    process) checkpoints the step reached and raises :class:`Interrupted`.  Nothing of the experiment outlives the call: the
     Accelerator's references to the prepared model and optimizer are released and the CUDA
     cache emptied (``accelerator.free_memory()``), also when the user's code raises.
 
@@ -212,8 +212,8 @@ def _train(job: Job, store: Store, accelerator: Accelerator, resume_from: str | 
     count = acc_count
     last_ckpt = time.monotonic()
     batches = source.batches(run.step)
-    train_step = TrainStep(model, loss_fn, step_optimizer, accelerator, layout.accum, o.grad_clip, direct, acc,
-                           cuda_graphs if inspect is None else "off")
+    train_step = TrainStep(model, loss_fn, step_optimizer, accelerator, layout.accum, o.grad_clip, direct,
+                           acc, cuda_graphs if inspect is None else "off")
     model.train()
     start = time.perf_counter()
 
