@@ -4,11 +4,43 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-Result = Any  # a flops_fit.report.Result; this module sits below report and does not import it
+if TYPE_CHECKING:
+    from .analysis import Fits, Points
+    from .runs_table import RunRow
+
+
+class Result(Protocol):
+    """What the figures read of a :class:`flops_fit.report.Result` (this module sits below the report)."""
+
+    fits: "Fits"
+    points: "Points"
+    budgets: list[float]
+    predict_budgets: list[float]
+    flop_rule: str
+    runs: "list[RunRow]"
+
+    def predict(self, budget_flops: float) -> dict[str, Any]: ...
+
+
+class Confirmation(Protocol):
+    """What the forward check's figure reads of a :class:`flops_fit.confirmation.Confirmation`."""
+
+    budget_flops: float
+    predicted: Any
+    measured: list
+
+
+class Comparison(Protocol):
+    """What the comparison figure reads of a :class:`flops_fit.compare.Comparison`."""
+
+    approach: str
+    rows: list
+    a: Any  # each recipe's law
+    b: Any
 
 __all__ = ["make_figures", "confirm_figure", "compare_figure"]
 
@@ -249,7 +281,7 @@ def _lr_schedule(result: Result, plt):
     return fig
 
 
-def confirm_figure(result: Result, confirmation: Any):
+def confirm_figure(result: Result, confirmation: Confirmation):
     """The forward check: L_opt(C) with its band, the sweep's minima, and the measured losses at
     the confirmation budget (left); loss against N at that budget, predicted and measured (right)."""
     plt = _plt()
@@ -302,7 +334,7 @@ def confirm_figure(result: Result, confirmation: Any):
     return fig
 
 
-def compare_figure(a: Result, b: Result, comparison: Any):
+def compare_figure(a: Result, b: Result, comparison: Comparison):
     """Two recipes: both IsoFLOP profiles (left), both N_opt frontiers (middle), both L_opt with the
     measured best run per budget and the effective compute multiplier (right)."""
     plt = _plt()

@@ -21,9 +21,12 @@ too few; ``suggest`` holds them as spec values (``analyze --suggest`` prints the
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from .frozen import Frozen
+
+if TYPE_CHECKING:  # the verdict reads a fit; importing the fitting stack is the caller's business
+    from .analysis import Fits, Points
 
 __all__ = ["Check", "Verdict", "assess"]
 
@@ -73,7 +76,7 @@ def _beyond(sizes: list[tuple[Any, float]], sampled: list[float], side: str, cou
     return out
 
 
-def assess(fits: Any, points: Any, budgets: list[float], predict: Callable[[float], dict]) -> Verdict:
+def assess(fits: "Fits", points: "Points", budgets: list[float], predict: Callable[[float], dict]) -> Verdict:
     """The verdict over ``fits`` (a Fits), ``points`` (Points) and the table ``budgets``."""
     checks: list[Check] = []
     advice: list[str] = []
