@@ -124,7 +124,7 @@ class Spec(SpecModel):
         Writes ``<run_dir>/confirm/<C>/prediction.json`` from the current fits before training,
         then trains the ``sizes`` sizes around the predicted N_opt and reports predicted against
         measured in ``confirm.json`` and ``confirm.png``.  ``predict_only`` returns the registered
-        :class:`~flops_fit.confirm.Prediction` without training.  A larger ``sizes`` than was registered
+        :class:`~flops_fit.confirm.Registration` without training.  A larger ``sizes`` than was registered
         adds sizes (registered before training); ``bracket`` trains the next size beyond an edge while the
         best measured size is at the edge.
         """

@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import Callable
 
 
-from .confirmation import Additions, Confirmation, MeasuredSize, PlannedSize, Prediction
+from .confirmation import Additions, Confirmation, MeasuredSize, PlannedSize, Registration
 from .errors import Problem, SpecError
 from .plan import Experiment, Plan, compile_plan, confirm_experiments, format_number
 from .spec import SpecModel
 from .store import RunRecord, Store, atomic_write_text
 
-__all__ = ["PlannedSize", "Prediction", "MeasuredSize", "Confirmation", "confirm", "preregister", "confirm_dir"]
+__all__ = ["PlannedSize", "Registration", "MeasuredSize", "Confirmation", "confirm", "preregister", "confirm_dir"]
 
 
 def confirm_dir(spec: SpecModel, budget_flops: float, approach: str | None = None) -> Path:
@@ -83,7 +83,7 @@ def _check_budget(spec: SpecModel, plan: Plan, budget_flops: float) -> None:
 
 
 def preregister(spec: SpecModel, plan: Plan, result, budget_flops: float, k: int = 3,
-                approach: str | None = None) -> tuple[Prediction, list[Experiment]]:
+                approach: str | None = None) -> tuple[Registration, list[Experiment]]:
     """The prediction at ``budget_flops`` from ``result``'s fits, and the experiments that will test it (pure)."""
     _check_budget(spec, plan, budget_flops)
     fits = result.fits
@@ -104,7 +104,7 @@ def preregister(spec: SpecModel, plan: Plan, result, budget_flops: float, k: int
         fit_doc.update(fits.parametric.model_dump(include={"E", "A", "B", "alpha", "beta", "a", "b"}))
     else:
         fit_doc.update(fits.isoflop.model_dump(mode="json", include={"n_opt", "loss_opt"}))
-    pred = Prediction(budget_flops=budget_flops, approach=approach, num_params=row.num_params,
+    pred = Registration(budget_flops=budget_flops, approach=approach, num_params=row.num_params,
                       num_tokens=row.num_tokens, loss=row.loss, loss_ci=row.loss_ci,
                       num_params_ci=row.num_params_ci, num_tokens_ci=row.num_tokens_ci,
                       size=row.size, sizes=sizes, fit=fit_doc,
@@ -112,7 +112,7 @@ def preregister(spec: SpecModel, plan: Plan, result, budget_flops: float, k: int
     return pred, experiments
 
 
-def compare(prediction: Prediction, results: dict[str, RunRecord | None], sweep_epochs: float = 1.0,
+def score(prediction: Registration, results: dict[str, RunRecord | None], sweep_epochs: float = 1.0,
             added: list[PlannedSize] = (), beyond: dict[str, float | int | None] | None = None) -> Confirmation:
     """Predicted against measured (``results``: experiment id -> its run record, or None;
     ``sweep_epochs``: the most passes over the data of any sweep run, for the repetition note when the
@@ -160,7 +160,7 @@ def compare(prediction: Prediction, results: dict[str, RunRecord | None], sweep_
                         inside=sum(1 for m in measured if m.inside), notes=notes)
 
 
-def _register(path: Path, prediction: Prediction) -> Prediction:
+def _register(path: Path, prediction: Registration) -> Registration:
     """Write ``prediction.json`` unless one exists (atomic: a hard link never replaces a file)."""
     import os
     import tempfile
@@ -174,7 +174,7 @@ def _register(path: Path, prediction: Prediction) -> Prediction:
             os.fsync(f.fileno())
         os.link(tmp, path)
     except FileExistsError:  # another process registered first: theirs stands
-        return Prediction.model_validate_json(path.read_text(encoding="utf-8"))
+        return Registration.model_validate_json(path.read_text(encoding="utf-8"))
     finally:
         Path(tmp).unlink(missing_ok=True)
     return prediction
@@ -206,7 +206,7 @@ def _beyond(plan: Plan, trained: list[PlannedSize]) -> dict[str, float | int | N
     return {"below": below[-1] if below else None, "above": above[0] if above else None}
 
 
-def _extra(spec: SpecModel, plan: Plan, prediction: Prediction, folder: Path, k: int,
+def _extra(spec: SpecModel, plan: Plan, prediction: Registration, folder: Path, k: int,
            messages: list[str]) -> list[Experiment]:
     """``--sizes k`` beyond the registered count: the new sizes around the registered N_opt, as additions."""
     registered = len(prediction.sizes)
@@ -228,7 +228,7 @@ def _extra(spec: SpecModel, plan: Plan, prediction: Prediction, folder: Path, k:
 def confirm(spec: SpecModel, budget_flops: float, k: int = 3, approach: str | None = None,
             train: Callable[[list[Experiment], Store, str], None] | None = None,
             analyze: Callable | None = None,
-            predict_only: bool = False, bracket: bool = False) -> Confirmation | Prediction:
+            predict_only: bool = False, bracket: bool = False) -> Confirmation | Registration:
     """Pre-register a prediction at ``budget_flops``, train the ``k`` sizes around it, compare.
 
     ``analyze(spec, plan) -> Result`` fits the sweep; ``train(experiments, store)`` trains what
@@ -247,7 +247,7 @@ def confirm(spec: SpecModel, budget_flops: float, k: int = 3, approach: str | No
     result, messages = None, []
     by_size = {s.size: s for s in plan.sizes}
     if path.exists():
-        prediction = Prediction.model_validate_json(path.read_text(encoding="utf-8"))
+        prediction = Registration.model_validate_json(path.read_text(encoding="utf-8"))
         _check_budget(spec, plan, budget_flops)
         missing = [p.size for p in prediction.sizes if p.size not in by_size]
         if missing:
@@ -276,7 +276,7 @@ def confirm(spec: SpecModel, budget_flops: float, k: int = 3, approach: str | No
             train(every, store, f"confirm-{budget_flops:.4g}")
             _wait_for_others(every, store)
         beyond = _beyond(plan, [*prediction.sizes, *added])
-        confirmation = compare(prediction, {e.id: store.read_result(e.id) for e in every}, sweep_epochs, added, beyond)
+        confirmation = score(prediction, {e.id: store.read_result(e.id) for e in every}, sweep_epochs, added, beyond)
         edge = _edge_size(confirmation, beyond)
         if not (bracket and edge is not None and train is not None):
             break

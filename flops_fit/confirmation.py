@@ -11,7 +11,7 @@ from pydantic import Field
 
 from .frozen import Frozen
 
-__all__ = ["PlannedSize", "Prediction", "MeasuredSize", "Confirmation", "Additions"]
+__all__ = ["PlannedSize", "Registration", "MeasuredSize", "Confirmation", "Additions"]
 
 
 class PlannedSize(Frozen):
@@ -27,8 +27,9 @@ class PlannedSize(Frozen):
     created: Optional[str] = None  # additions only: when this size was registered
 
 
-class Prediction(Frozen):
-    """``prediction.json``: written before any confirmation run is trained."""
+class Registration(Frozen):
+    """``prediction.json``: the forward check's pre-registered prediction, written before any of its runs
+    is trained (a Chinchilla-table row is an :class:`~flops_fit.analysis.laws.Prediction`)."""
 
     budget_flops: float
     approach: str
@@ -61,7 +62,7 @@ class Confirmation(Frozen):
     """``confirm.json``: the pre-registered prediction against what was measured."""
 
     budget_flops: float
-    predicted: Prediction
+    predicted: Registration
     measured: list[MeasuredSize]
     added: list[float | int] = Field(default_factory=list)  # sizes registered after the prediction (additions)
     best_size: Optional[float | int]

@@ -107,12 +107,12 @@ def test_confirm_cli(swept):
     assert bad.exit_code == 1 and "one of the sweep's" in bad.output and "Traceback" not in bad.output
 
 
-def test_compare_scores_the_check_and_notes_data_repetition():
-    from flops_fit.confirm import PlannedSize, Prediction, compare
+def test_score_of_the_check_notes_data_repetition():
+    from flops_fit.confirm import PlannedSize, Registration, score
 
     sizes = [PlannedSize(id=f"e{s}", size=s, num_params=n, num_tokens=1e6, loss=2.0, loss_ci=[1.9, 2.1])
              for s, n in ((16, 1000), (24, 2000), (32, 4000))]
-    pred = Prediction(budget_flops=1e12, approach="parametric", num_params=2000, num_tokens=1e6, loss=2.0,
+    pred = Registration(budget_flops=1e12, approach="parametric", num_params=2000, num_tokens=1e6, loss=2.0,
                       loss_ci=[1.9, 2.1], sizes=sizes, fit={}, created="t")
     from flops_fit.store import RunRecord
 
@@ -120,7 +120,7 @@ def test_compare_scores_the_check_and_notes_data_repetition():
         return RunRecord(id=i, hash="h", budget_flops=1e12, status="ok", loss=loss, epochs=epochs, num_params=1,
                          num_tokens=1e6, flops=1e12)
     results = {"e16": record("e16", 2.3, 6.0), "e24": record("e24", 2.05, 3.0), "e32": record("e32", 2.02, 1.5)}
-    c = compare(pred, results, sweep_epochs=2.0)
+    c = score(pred, results, sweep_epochs=2.0)
     assert c.best_size == 32 and c.predicted_size == 24 and not c.best_is_predicted and c.best_is_adjacent
     assert c.loss_error == pytest.approx(2.02 / 2.0 - 1) and c.inside == 2
     assert [m.inside for m in c.measured] == [False, True, True]
@@ -129,19 +129,19 @@ def test_compare_scores_the_check_and_notes_data_repetition():
     assert any("edge of the confirmation sizes" in n for n in c.notes)
 
 
-def test_compare_notes_losses_below_their_interval_and_names_the_size_to_add():
-    from flops_fit.confirm import PlannedSize, Prediction, compare
+def test_score_notes_losses_below_their_interval_and_names_the_size_to_add():
+    from flops_fit.confirm import PlannedSize, Registration, score
     from flops_fit.store import RunRecord
 
     sizes = [PlannedSize(id=f"e{s}", size=s, num_params=n, num_tokens=1e6, loss=2.0, loss_ci=[1.9, 2.1])
              for s, n in ((16, 1000), (24, 2000), (32, 4000))]
-    pred = Prediction(budget_flops=1e12, approach="parametric", num_params=2000, num_tokens=1e6, loss=2.0,
+    pred = Registration(budget_flops=1e12, approach="parametric", num_params=2000, num_tokens=1e6, loss=2.0,
                       loss_ci=[1.9, 2.1], sizes=sizes, fit={"form": "data-constrained"}, created="t")
 
     def record(i, loss, epochs=6.0):
         return RunRecord(id=i, hash="h", budget_flops=1e12, status="ok", loss=loss, epochs=epochs, num_params=1,
                          num_tokens=1e6, flops=1e12)
-    c = compare(pred, {"e16": record("e16", 1.8), "e24": record("e24", 2.0), "e32": record("e32", 2.2)},
+    c = score(pred, {"e16": record("e16", 1.8), "e24": record("e24", 2.0), "e32": record("e32", 2.2)},
                 sweep_epochs=1.0, beyond={"below": 12, "above": 48})
     assert any("e16: measured 1.8000 is below its interval" in n for n in c.notes)
     assert any("e32: measured 2.2000 is above its interval" in n for n in c.notes)
@@ -150,7 +150,7 @@ def test_compare_notes_losses_below_their_interval_and_names_the_size_to_add():
     assert not any("repeats its data" in n for n in c.notes)
     # an added size enters the table, in order, marked as added
     extra = PlannedSize(id="e12", size=12, num_params=500, num_tokens=1e6, loss=2.1, loss_ci=[2.0, 2.2], created="t2")
-    c2 = compare(pred, {"e12": record("e12", 1.95), "e16": record("e16", 1.8)}, added=[extra],
+    c2 = score(pred, {"e12": record("e12", 1.95), "e16": record("e16", 1.8)}, added=[extra],
                  beyond={"below": 8, "above": 48})
     assert [m.size for m in c2.measured] == [12, 16, 24, 32] and c2.added == [12] and c2.best_size == 16
 
