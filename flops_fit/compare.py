@@ -21,7 +21,7 @@ from .frozen import Frozen
 
 __all__ = ["CompareRow", "RecipeLaw", "Comparison", "compare_results", "multiplier"]
 
-Approach = Literal["parametric", "isoflop"]
+ComparedApproach = Literal["parametric", "isoflop"]  # the approaches a recipe comparison can use
 
 
 class CompareRow(Frozen):
@@ -47,14 +47,14 @@ class RecipeLaw(Frozen):
 class Comparison(Frozen):
     """``compare --json`` prints this."""
 
-    approach: Approach
+    approach: ComparedApproach
     a: RecipeLaw
     b: RecipeLaw
     rows: list[CompareRow]
     notes: list[str] = []
 
 
-def _loss_curve(result, approach: Approach, theta: list[float] | None = None):
+def _loss_curve(result, approach: ComparedApproach, theta: list[float] | None = None):
     """C -> the fitted compute-optimal loss (of a bootstrap draw when ``theta`` is given)."""
     if approach == "parametric":
         fit = result.fits.parametric
@@ -81,7 +81,7 @@ def multiplier(loss_a, floor_a: float, target: float, C: float) -> float:
         return math.nan
 
 
-def compare_results(a, b, budgets: list[float] | None = None, approach: Approach = "parametric",
+def compare_results(a, b, budgets: list[float] | None = None, approach: ComparedApproach = "parametric",
                     names: tuple[str, str] = ("A", "B")) -> Comparison:
     """The effective compute multiplier of ``b`` over ``a`` at ``budgets`` (default: both sweeps' budgets)."""
     for name, r in zip(names, (a, b)):

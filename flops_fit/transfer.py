@@ -56,7 +56,7 @@ FACTORS = [2.0 ** k for k in range(-3, 4)]
 #: A slope of ln|activation| against ln(width) above this is growth (0.5: ∝ √width).  Three widths
 #: a few octaves apart over a few steps are noisy: smaller thresholds flag μP models by chance.
 GROWTH = 0.5
-Verdict = Literal["PASS", "WARN", "FAIL"]
+TransferVerdict = Literal["PASS", "WARN", "FAIL"]  # the trust verdict of a fit is verdict.Verdict
 
 
 class CoordinateRow(Frozen):
@@ -94,7 +94,7 @@ class SizeOptimum(Frozen):
 class Transfer(Frozen):
     """``transfer.json``."""
 
-    verdict: Verdict
+    verdict: TransferVerdict
     reasons: list[str]
     recipe: str
     spec_lr: float
@@ -255,7 +255,8 @@ def _optimum(points: list[SweepPoint], spec_lr: float) -> SizeOptimum:
                        edge=vertex in (x[0], x[-1]), spec_lr_fit=fitted, **base)
 
 
-def judge(spec_lr: float, optima: list[SizeOptimum]) -> tuple[Verdict, list[str], Optional[float], Optional[float]]:
+def judge(spec_lr: float, optima: list[SizeOptimum]
+          ) -> tuple[TransferVerdict, list[str], Optional[float], Optional[float]]:
     """The verdict, its reasons, the shift in octaves and the largest size's gap at the spec's rate."""
     small, large = optima[0], optima[-1]
     reasons, verdict = [], "PASS"
