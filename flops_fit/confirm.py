@@ -44,7 +44,8 @@ from .plan import Experiment, Plan, compile_plan, confirm_experiments, format_nu
 from .spec import SpecModel
 from .store import RunRecord, Store, atomic_write_text
 
-__all__ = ["PlannedSize", "Registration", "MeasuredSize", "Confirmation", "confirm", "preregister", "confirm_dir"]
+__all__ = ["PlannedSize", "Registration", "MeasuredSize", "Confirmation", "confirm", "preregister",
+           "confirm_dir"]
 
 
 def confirm_dir(spec: SpecModel, budget_flops: float, approach: str | None = None) -> Path:
@@ -276,7 +277,8 @@ def confirm(spec: SpecModel, budget_flops: float, k: int = 3, approach: str | No
             train(every, store, f"confirm-{budget_flops:.4g}")
             _wait_for_others(every, store)
         beyond = _beyond(plan, [*prediction.sizes, *added])
-        confirmation = score(prediction, {e.id: store.read_result(e.id) for e in every}, sweep_epochs, added, beyond)
+        results = {e.id: store.read_result(e.id) for e in every}
+        confirmation = score(prediction, results, sweep_epochs, added, beyond)
         edge = _edge_size(confirmation, beyond)
         if not (bracket and edge is not None and train is not None):
             break

@@ -70,9 +70,9 @@ def train_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False,
     layout = launch_plan(spec)
     registered = sorted({t for e in plan.experiments for t in e.job.targets if t.startswith("@")})
     if not layout.in_process and registered:
-        warnings.warn(f"{', '.join(registered)} exist only in this process (registered by cache_key), so the sweep "
-                      f"trains here instead of in {layout.workers or layout.gpus} worker processes; pass objects "
-                      f"importable by module path to use them", stacklevel=3)
+        warnings.warn(f"{', '.join(registered)} exist only in this process (registered by cache_key), "
+                      f"so the sweep trains here instead of in {layout.workers or layout.gpus} worker "
+                      f"processes; pass objects importable by module path to use them", stacklevel=3)
     if not layout.in_process and not registered:
         store.write_plan_json(plan.to_json(), plan_file)
         codes = run_launched(layout, plan, retry_failed, on_progress, plan_file)

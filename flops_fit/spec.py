@@ -17,13 +17,14 @@ import re
 from typing import Annotated, Any, Literal, Optional
 
 import tomli_w
-from pydantic import AfterValidator, BaseModel, BeforeValidator, PrivateAttr, WithJsonSchema, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, PrivateAttr, WithJsonSchema, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import Problem, SpecError
 from .frozen import Frozen
 from .imports import IMPORT_PATH_RE
 from .launcher_spec import LauncherSpec
-from .tomlpos import key_lines, format_loc
+from .spec_problems import problem_of as _problem
+from .tomlpos import key_lines
 
 __all__ = [
     "SpecModel", "ModelSpec", "DataSpec", "LossSpec", "SweepSpec", "FlopsSpec", "TrainSpec", "LrScaling",
@@ -350,55 +351,3 @@ def _drop_none(value: Any) -> Any:
     if isinstance(value, list):
         return [_drop_none(v) for v in value]
     return value
-
-
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Known keys of the table that ``loc`` points into (for 'did you mean')."""
-    current: Any = model
-    for part in loc[:-1]:
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        current = field.annotation
-    return list(getattr(current, "model_fields", {}))
-
-
-def _field_description(model: type[BaseModel], loc: tuple) -> str | None:
-    current: Any = model
-    field = None
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
-            return None
-        current = field.annotation
-    return field.description if field else None
-
-
-def _problem(err: dict, model: type[BaseModel], source: str | None, lines: dict) -> Problem:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
-    key = format_loc(loc)
-    line = _line_for(loc, lines)
-    if err["type"] == "extra_forbidden":
-        near = difflib.get_close_matches(str(loc[-1]), _fields_at(model, loc), n=1)
-        hint = f"did you mean '{near[0]}'?" if near else f"known keys: {', '.join(_fields_at(model, loc))}"
-        return Problem(f"unknown key '{loc[-1]}'", key=key, file=source, line=line, hint=hint)
-    if err["type"] == "missing":
-        desc = _field_description(model, loc)
-        return Problem("required key is missing", key=key, file=source, line=line,
-                       hint=f"add it: {desc}" if desc else None)
-    msg = err["msg"].removeprefix("Value error, ")
-    desc = _field_description(model, loc)
-    shown = err.get("input") is not None or err["type"] != "value_error"  # a missing key's check: no "(got None)"
-    return Problem(msg, key=key, file=source, line=line, value=err.get("input"), has_value=shown,
-                   hint=f"expected: {desc}" if desc else None)
-
-
-def _line_for(loc: tuple, lines: dict) -> int | None:
-    keys = tuple(p for p in loc if isinstance(p, str))
-    while keys:
-        if keys in lines:
-            return lines[keys]
-        keys = keys[:-1]
-    return None

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "flops_fit"
-ORDER = ["_version", "frozen", "errors", "files", "hashing", "imports", "tomlpos", "flops", "components", "launcher_spec", "spec", "schema", "job",
+ORDER = ["_version", "frozen", "errors", "files", "hashing", "imports", "tomlpos", "flops", "components", "launcher_spec", "spec_problems", "spec", "schema", "job",
          "records", "sizing", "plan",
          "validate", "lease", "store", "execute", "eventlog", "launch", "dispatch", "placement", "status", "estimate", "analysis", "runs_table", "plots", "verdict", "report", "compare", "confirmation", "confirm", "transfer", "progress", "render", "api", "cli_common", "cli", "entry", "__main__"]
 

@@ -63,8 +63,8 @@ def _record(run: _Run, point: CurvePoint, exp_dir, accelerator: Accelerator, on_
 
 def _rewrite_metrics(exp_dir, curve: list[CurvePoint]) -> None:
     exp_dir.mkdir(parents=True, exist_ok=True)
-    (exp_dir / "metrics.jsonl").write_text("".join(p.model_dump_json(exclude_none=True) + "\n" for p in curve),
-                                           encoding="utf-8")
+    lines = "".join(p.model_dump_json(exclude_none=True) + "\n" for p in curve)
+    (exp_dir / "metrics.jsonl").write_text(lines, encoding="utf-8")
 
 
 def provenance(job: Job, accelerator: Accelerator) -> Provenance:
@@ -73,23 +73,26 @@ def provenance(job: Job, accelerator: Accelerator) -> Provenance:
     return Provenance(
         flops_fit=__version__, torch=torch.__version__, python=platform.python_version(),
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        processes=accelerator.num_processes, precision=str(accelerator.mixed_precision), device_type=device.type,
-        host=platform.node(),
+        processes=accelerator.num_processes, precision=str(accelerator.mixed_precision),
+        device_type=device.type, host=platform.node(),
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         sources=source_digest(job.targets, job.search_path))
 
 
-def _result(job: Job, run: _Run, final: float, source, notes: list[str], accelerator: Accelerator) -> RunRecord:
+def _result(job: Job, run: _Run, final: float, source, notes: list[str],
+            accelerator: Accelerator) -> RunRecord:
     samples = run.step * job.loop.batch_size
+    branch = job.branch
     return RunRecord(
-        id=job.experiment_id, hash=job.hash, budget_flops=job.budget_flops, status=run.status, reason=run.reason,
-        loss=final if math.isfinite(final) else None,
+        id=job.experiment_id, hash=job.hash, budget_flops=job.budget_flops, status=run.status,
+        reason=run.reason, loss=final if math.isfinite(final) else None,
         train_loss=run.curve[-1].train_loss if run.curve else None, initial_loss=run.initial_loss,
-        size=job.size, num_params=job.num_params, num_tokens=samples * job.tokens_per_sample, num_samples=samples,
-        flops=samples * job.flops_per_sample, flops_per_sample=job.flops_per_sample, steps=run.step,
-        planned_steps=job.steps, warmup_steps=job.warmup_steps, batch_size=job.loop.batch_size, seed=job.loop.seed,
-        train_seconds=run.train_seconds, epochs=source.epochs if math.isfinite(source.epochs) else None, notes=notes,
+        size=job.size, num_params=job.num_params, num_tokens=samples * job.tokens_per_sample,
+        num_samples=samples, flops=samples * job.flops_per_sample, flops_per_sample=job.flops_per_sample,
+        steps=run.step, planned_steps=job.steps, warmup_steps=job.warmup_steps,
+        batch_size=job.loop.batch_size, seed=job.loop.seed, train_seconds=run.train_seconds,
+        epochs=source.epochs if math.isfinite(source.epochs) else None, notes=notes,
         curve=run.curve, provenance=provenance(job, accelerator),
-        reuse="trunk" if job.role == "trunk" else ("branch" if job.branch else "none"),
-        trunk_id=job.branch.trunk_id if job.branch else None, branch_step=job.branch.step if job.branch else None,
+        reuse="trunk" if job.role == "trunk" else ("branch" if branch else "none"),
+        trunk_id=branch.trunk_id if branch else None, branch_step=branch.step if branch else None,
         pre_cooldown_loss=run.pre_cooldown_loss, trunk_seconds=run.trunk_seconds)

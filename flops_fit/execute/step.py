@@ -84,10 +84,6 @@ class TrainStep:
                            "set cuda_graphs = 'auto' (eager where graphs cannot be used) or 'off'")
         self.graphs = mode != "off" and blocker is None
 
-    @property
-    def captured(self) -> bool:
-        return self.graph is not None
-
     def __call__(self, batches) -> None:
         if not self.graphs:
             return self._eager(batches)

@@ -103,9 +103,9 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
     decides device, mixed precision and the data-parallel split.  ``compile``: torch.compile
     the model (the runtime's ``compile``); ``cuda_graphs``: replay the step from a CUDA graph
     (:mod:`flops_fit.execute.step`; off while ``inspect`` hooks the model).  SIGINT or SIGTERM (one
-    process) checkpoints the step reached and raises :class:`Interrupted`.  Nothing of the experiment outlives the call: the
-    Accelerator's references to the prepared model and optimizer are released and the CUDA
-    cache emptied (``accelerator.free_memory()``), also when the user's code raises.
+    process) checkpoints the step reached and raises :class:`Interrupted`.  Nothing of the
+    experiment outlives the call: the Accelerator's references to the prepared model and
+    optimizer are released and the CUDA cache emptied (``accelerator.free_memory()``), also when the user's code raises.
 
     ``lease``: the claim this process trains under (one process).  Lost (taken over, deleted), the
     loop raises :class:`~flops_fit.lease.LeaseLost` at the next step, and every checkpoint is
