@@ -186,11 +186,14 @@ def compile_plan(spec: SpecModel, sizes: list[SizeInfo] | None = None) -> Plan:
 
 
 def replicates(spec: SpecModel, budget: float, chosen: list[tuple[SizeInfo, int]]) -> list[Experiment]:
-    """``[sweep] seeds``: the budget's experiments again with each seed but ``train.seed`` (already planned).
+    """``[sweep] seeds``: the budget's experiments again with each seed but ``train.seed`` (already planned),
+    at every budget or only those of ``seed_budgets``.
 
     ``replicate = "optimum"``: the 3 sizes whose D/N is nearest ``tokens_per_param`` (in ln); "all": every one.
     The seed is part of the job's identity, so each replicate is an ordinary experiment with its own id."""
     seeds = [s for s in spec.sweep.seeds if s != spec.train.seed]
+    if spec.sweep.seed_budgets and budget not in spec.sweep.seed_budgets:
+        return []
     if not seeds or not chosen:
         return []
     if spec.sweep.replicate == "optimum":

@@ -47,6 +47,18 @@ def test_replicates_are_hashed_experiments_around_the_optimum(in_tmp):
     assert len(every.experiments) == 3 * len(plain.experiments)
 
 
+def test_seed_budgets_replicate_only_the_budgets_named(in_tmp):
+    sizes = (4, 8, 16, 32, 64, 128)
+    path = _seeded(write_toy_spec(in_tmp, name="one", sizes=sizes, budgets=(1e6, 3e6)))
+    path.write_text(path.read_text().replace("[sweep]\n", "[sweep]\nseed_budgets = [1e6]\n"))
+    plan = Spec.load(path).plan()
+    seeded = [e for e in plan.experiments if e.job.loop.seed != 0]
+    assert len(seeded) == 2 * 3 and {e.budget_flops for e in seeded} == {1e6}
+    path.write_text(path.read_text().replace("seed_budgets = [1e6]", "seed_budgets = [2e6]"))
+    with pytest.raises(SpecError, match=r"seed_budgets \[2000000.0\] are not among sweep.budgets"):
+        Spec.load(path)
+
+
 def test_seeds_with_branching_are_refused(in_tmp):
     path = _seeded(write_toy_spec(in_tmp, train='schedule = "wsd"\nwarmup_tokens = 16'))
     path.write_text(path.read_text().replace("[sweep]\n", '[sweep]\nreuse = "branch"\n'))
