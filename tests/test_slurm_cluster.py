@@ -122,6 +122,38 @@ def test_scontrol_requeue_of_a_running_task_resumes_to_the_in_process_loss(slurm
         assert store.read_result(eid).loss == pytest.approx(loss, rel=1e-6)
 
 
+def test_a_job_past_its_slurm_time_limit_checkpoints_on_usr2_and_resumes_after_its_requeue(slurm_cluster, in_tmp):
+    """Slurm's own limit: ``--time=1 --signal=USR2@30`` (Slurm may send it up to 60 s early, so the
+    test asks only for "before the limit").  The loop finishes its step and checkpoints, submitit
+    requeues the job, the requeued task resumes at that step and ends with the loss trained in
+    process (the sleep of SlowMLP changes the time a step takes, not what it computes)."""
+    launcher = "gpus_per_task = 0\nsignal_delay_s = 30\nmax_requeues = 10\n"
+    path = _spec(in_tmp, launcher, model="SlowMLP", sizes=(8, 16), budgets=(6e7,))
+    path.write_text(path.read_text().replace("timeout_min = 10", "timeout_min = 1")
+                    .replace('device = "cpu"\n', 'device = "cpu"\ncheckpoint_seconds = 600\n'))
+    spec = Spec.load(path)
+    exp = next(e for e in spec.plan().experiments if e.size == 8)  # ~50 s of steps: past the signal
+    started = time.time()
+    res = _cli("run", str(path), cwd=in_tmp)
+    wall = time.time() - started
+    assert res.returncode == 0, res.stderr[-3000:]
+    logs = _logs(spec)
+    assert "checkpoint written; requeueing" in logs, logs[-3000:]
+    resumed = [int(s) for s in re.findall(rf"resume {exp.id}: checkpoint at step (\d+)/", logs)]
+    assert resumed and all(0 < s < exp.steps for s in resumed), logs[-3000:]
+    job_id = next(j["job_id"] for j in json.loads((spec.run_dir / "launcher" / "jobs.json").read_text())
+                  ["submissions"][0]["jobs"] if exp.id in j["experiments"])
+    history = subprocess.run(["sacct", "-n", "-X", "-P", "-D", "-j", job_id, "-o", "JobID,State"],
+                             capture_output=True, text=True).stdout
+    assert "REQUEUED" in history or history.count("\n") > 1, history  # it ran more than once
+    record = Store(spec.run_dir).read_result(exp.id)
+    assert record.status == "ok" and record.steps == exp.steps
+    plain = Spec.load(path).model_copy(update={"model": spec.model.model_copy(update={"target": "tests.toy:MLP"})})
+    twin = next(e for e in plain.plan().experiments if e.size == 8)
+    assert record.loss == pytest.approx(_reference(plain, in_tmp / "ref")[twin.id], rel=1e-6)
+    print(f"requeued past its limit and resumed: {wall:.1f} s, resumed at steps {resumed}, sacct: {history!r}")
+
+
 def test_scancel_then_run_again_resumes_and_a_crashing_task_is_reported_with_its_log(slurm_cluster, in_tmp):
     path = _spec(in_tmp, "gpus_per_task = 0\n", model="SlowMLP", sizes=(8, 16), budgets=(3e6,))
     path.write_text(path.read_text().replace('device = "cpu"\n', 'device = "cpu"\ncheckpoint_steps = 20\n'))
