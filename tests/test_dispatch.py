@@ -427,15 +427,17 @@ def test_the_submitting_process_killed_mid_sweep_loses_nothing_and_trains_nothin
     """`run` with the local submitit launcher is SIGKILLed while its jobs train; `status` answers
     (one line per experiment, no traceback), and `run` again finishes the sweep: every experiment
     trained exactly once over both runs' jobs, losses equal to the in-process run."""
-    path = _spec(in_tmp, LOCAL, model="SlowMLP", sizes=(4, 8), budgets=(2e6,), analysis='approaches = ["envelope"]')
+    path = _spec(in_tmp, LOCAL, model="SlowMLP", sizes=(4, 8), budgets=(2e6,), analysis='approaches = ["envelope"]',
+                 train="checkpoint_steps = 20\n")
     spec = Spec.load(path)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
     cli = [sys.executable, "-m", "flops_fit"]
     first = subprocess.Popen(cli + ["run", str(path)], cwd=in_tmp, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not list(spec.run_dir.glob("experiments/*/checkpoints")) and time.time() < deadline:
+    while not list(spec.run_dir.glob("experiments/*/checkpoints/*")) and time.time() < deadline:
         time.sleep(0.05)
+    assert not list(spec.run_dir.glob("experiments/*/result.json")), "killed after the sweep, not during it"
     first.send_signal(signal.SIGKILL)
     first.wait()
     status = subprocess.run(cli + ["status", str(path), "--json"], cwd=in_tmp, env=env, capture_output=True,
