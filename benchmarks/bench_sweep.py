@@ -81,7 +81,7 @@ def engine_sweep(path: str, name: str, graphs: str, workers: int, budgets, peak:
 def bare_step(path: str, size, graphs: bool, steps: int, warmup: int = 20) -> dict:
     """Seconds a step of a hand-written loop for one size (and the capture's seconds)."""
     from flops_fit import Spec
-    from flops_fit.components import build_data, build_loss, build_model
+    from flops_fit.spec.components import build_data, build_loss, build_model
 
     job = next(e.job for e in Spec.load(path).plan().experiments if e.job.size == size)
     device = torch.device("cuda")

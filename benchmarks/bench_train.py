@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from flops_fit.execute.runner import make_accelerator
 from flops_fit.execute.worker import train_experiment
-from flops_fit.plan import Component, Job, Loop, Optim, Runtime, Schedule
-from flops_fit.store import Store
+from flops_fit.plan.plan import Component, Job, Loop, Optim, Runtime, Schedule
+from flops_fit.store.store import Store
 
 PEAK = 989e12
 GPT_SIZES = {  # name: (d_model, num_layers)

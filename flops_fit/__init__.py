@@ -8,11 +8,22 @@ the optimal N, D and loss for any compute budget::
     print(result.chinchilla_table().to_markdown())
 """
 
+import os as _os
+import sys as _sys
+
+if _sys.orig_argv[1:3] == ["-m", "flops_fit"] or _os.path.basename(_sys.argv[0]) == "flops-fit":
+    # The command line (not a library import): a Ctrl-C from here until flops_fit.entry installs
+    # its handler is noted and ends the command with its one `interrupted` line (entry.main).
+    import signal as _signal
+
+    _early_interrupts: list[int] = []
+    _signal.signal(_signal.SIGINT, lambda signum, frame: _early_interrupts.append(signum))
+
 from ._version import __version__
 
-from .errors import FlopsFitError, SpecError  # noqa: E402
+from .core.errors import FlopsFitError, SpecError  # noqa: E402
 
-_LAZY = {"Spec": "api", "find_optimal": "api", "fit": "api", "Result": "report", "Points": "analysis",
+_LAZY = {"Spec": "api", "find_optimal": "api", "fit": "api", "Result": "report.report", "Points": "analysis",
          "Point": "analysis"}
 
 

@@ -12,23 +12,23 @@ from typing import Any, Callable, Iterable
 
 from typing import TYPE_CHECKING
 
-from .errors import DataError, Problem, SpecError
-from .estimate import Estimate, estimate_plan
-from .imports import import_path_of, register
-from .placement import extra_plan, train as place_and_train, train_plan
-from .plan import Plan, compile_plan
-from .spec import SpecModel
-from .store import Store
-from .validate import check
+from .core.errors import DataError, Problem, SpecError
+from .verbs.estimate import Estimate, estimate_plan
+from .core.imports import import_path_of, register
+from .execute.placement import extra_plan, train as place_and_train, train_plan
+from .plan.plan import Plan, compile_plan
+from .spec.spec import SpecModel
+from .store.store import Store
+from .plan.validate import check
 
 if TYPE_CHECKING:  # the training and fitting stacks load on first use, so `validate` starts fast
     from .analysis import Points
-    from .confirm import Confirmation
-    from .dispatch import Submission
-    from .status import ExperimentState
+    from .verbs.confirm import Confirmation
+    from .execute.dispatch import Submission
+    from .verbs.status import ExperimentState
     from .execute.runner import RunEvent
-    from .report import Result
-    from .transfer import Transfer
+    from .report.report import Result
+    from .verbs.transfer import Transfer
 
 __all__ = ["Spec", "find_optimal", "fit", "analyze_plan", "train_plan", "compare"]
 
@@ -51,7 +51,7 @@ class Spec(SpecModel):
     def estimate(self, retry_failed: bool = False) -> Estimate:
         """Dry run: per-experiment action and reason, FLOPs and wall-clock estimates, and the last
         learning-rate transfer verdict for this recipe.  Writes nothing."""
-        from .transfer import last_verdict
+        from .verbs.transfer import last_verdict
 
         plan = check(self)
         verdict, _ = last_verdict(self, plan.sizes)
@@ -60,17 +60,17 @@ class Spec(SpecModel):
     def transfer(self, middle: bool = False, max_steps: int = 2000, coordinate_steps: int = 5,
                  on_event: Callable[[RunEvent], None] | None = None) -> "Transfer":
         """Does one learning rate serve every size?  The coordinate check and the learning-rate
-        sweep of :mod:`flops_fit.transfer`, trained as cached experiments of this spec's store;
-        writes ``<run_dir>/transfer/`` and returns the :class:`~flops_fit.transfer.Transfer`."""
-        from .transfer import transfer
+        sweep of :mod:`flops_fit.verbs.transfer`, trained as cached experiments of this spec's store;
+        writes ``<run_dir>/transfer/`` and returns the :class:`~flops_fit.verbs.transfer.Transfer`."""
+        from .verbs.transfer import transfer
 
         check(self)
         return transfer(self, self._trainer(False, on_event), middle, max_steps, coordinate_steps)
 
     def _trainer(self, retry_failed: bool, on_event) -> Callable:
         """``train(experiments, store, tag)``: experiments beside the sweep (a forward check, a transfer
-        check), placed as ``run`` places the sweep's (:mod:`flops_fit.placement`: ``[launcher]``, worker
-        processes, or here), from ``<run_dir>/plans/<tag>.json``."""
+        check), placed as ``run`` places the sweep's (:mod:`flops_fit.execute.placement`:
+        ``[launcher]``, worker processes, or here), from ``<run_dir>/plans/<tag>.json``."""
         def train(experiments, store, tag: str | None = None) -> None:
             plan, plan_file = extra_plan(compile_plan(self), experiments, tag)
             place_and_train(self, plan, retry_failed, on_event, plan_file=plan_file)
@@ -83,7 +83,7 @@ class Spec(SpecModel):
         """Train every pending experiment (cached ones are reused), fit and report.
 
         Several GPUs or ``train.workers_per_gpu > 1`` spread the sweep over worker processes
-        (see :mod:`flops_fit.launch`), ``find_optimal`` included; objects registered under a
+        (see :mod:`flops_fit.execute.launch`), ``find_optimal`` included; objects registered under a
         ``cache_key`` exist only in this process, so such a sweep trains here.  Under
         ``accelerate launch`` only the main process fits and reports (the others return None).
 
@@ -100,7 +100,7 @@ class Spec(SpecModel):
     def submit(self, retry_failed: bool = False, executor: Any = None) -> Submission:
         """Submit the pending experiments as job arrays (``[launcher]``, or a submitit ``executor``)
         and return at once; ``<run_dir>/launcher/jobs.json`` records job ids ↔ experiment ids."""
-        from .dispatch import launcher_problem, submit_plan
+        from .execute.dispatch import launcher_problem, submit_plan
 
         if executor is None and self.launcher.kind == "local":
             raise SpecError([launcher_problem(self, "`submit` sends experiments to a scheduler", hint=(
@@ -111,7 +111,7 @@ class Spec(SpecModel):
     def status(self, scheduler: bool = True) -> list[ExperimentState]:
         """Each experiment's state from the store (done, running with its step, pending, failed with
         the reason) and, for submitted ones, its job's state from the scheduler."""
-        from .status import sweep_status
+        from .verbs.status import sweep_status
 
         plan = compile_plan(self)
         return sweep_status(plan, Store(Path(plan.run_dir)), scheduler)
@@ -119,16 +119,16 @@ class Spec(SpecModel):
     def confirm(self, budget_flops: float, sizes: int = 3, approach: str | None = None, retry_failed: bool = False,
                 on_event: Callable[[RunEvent], None] | None = None, predict_only: bool = False,
                 bracket: bool = False) -> Confirmation:
-        """The forward check at ``budget_flops`` (see :mod:`flops_fit.confirm`).
+        """The forward check at ``budget_flops`` (see :mod:`flops_fit.verbs.confirm`).
 
         Writes ``<run_dir>/confirm/<C>/prediction.json`` from the current fits before training,
         then trains the ``sizes`` sizes around the predicted N_opt and reports predicted against
         measured in ``confirm.json`` and ``confirm.png``.  ``predict_only`` returns the registered
-        :class:`~flops_fit.confirm.Registration` without training.  A larger ``sizes`` than was registered
-        adds sizes (registered before training); ``bracket`` trains the next size beyond an edge while the
-        best measured size is at the edge.
+        :class:`~flops_fit.verbs.confirm.Registration` without training.  A larger ``sizes`` than
+        was registered adds sizes (registered before training); ``bracket`` trains the next size
+        beyond an edge while the best measured size is at the edge.
         """
-        from .confirm import confirm
+        from .verbs.confirm import confirm
 
         return confirm(self, float(budget_flops), sizes, approach, train=self._trainer(retry_failed, on_event), analyze=analyze_plan,
                        predict_only=predict_only, bracket=bracket)
@@ -159,7 +159,7 @@ def _report(spec: SpecModel, plan: Plan, report: bool, track: bool) -> Result:
 
 def _warn_transfer(spec: SpecModel, plan: Plan) -> None:
     """One warning (not a stop) when the last transfer check of this recipe failed."""
-    from .transfer import last_verdict
+    from .verbs.transfer import last_verdict
 
     verdict, path = last_verdict(spec, plan.sizes)
     if verdict == "FAIL":
@@ -170,7 +170,7 @@ def _warn_transfer(spec: SpecModel, plan: Plan) -> None:
 def analyze_plan(spec: SpecModel, plan: Plan) -> Result:
     """Collect the plan's finished experiments from the store and fit them."""
     from .analysis import Points, fit_points
-    from .report import Result
+    from .report.report import Result
 
     store = Store(Path(plan.run_dir))
     records = store.collect(plan.experiments)
@@ -181,7 +181,7 @@ def analyze_plan(spec: SpecModel, plan: Plan) -> Result:
                                  unique_tokens=spec.data.unique_tokens)
     a = spec.analysis
     fits = fit_points(points, a.approaches, a.bootstrap, a.seed, a.keep_outliers, a.outlier_z, profile=a.profile)
-    from .runs_table import cost_of, run_rows
+    from .report.runs_table import cost_of, run_rows
 
     runs = run_rows(plan, records + store.collect(plan.trunks), fits)  # the trunks' cost too
     return Result(fits=fits, points=points, budgets=plan.budgets, predict_budgets=a.predict, size_param=plan.size_param,
@@ -198,7 +198,7 @@ def fit(points: "Points | str | Path | Iterable[dict]", approaches: Iterable[str
 
     from .analysis import Points, fit_points
     from .analysis.evaluate import evaluate as evaluate_rows, read_rows
-    from .report import Result
+    from .report.report import Result
 
     rows = read_rows(evaluate) if evaluate is not None else None  # a bad file fails before the fit
 
@@ -261,7 +261,7 @@ def find_optimal(model_cls: Any, model_size_param: str, model_sizes: list, datas
         return spec.run(retry_failed=retry_failed, on_event=on_event)
     from rich.console import Console
 
-    from .progress import progress_handler
+    from .report.progress import progress_handler
 
     bar, show = progress_handler(Console(stderr=True))
 
@@ -277,15 +277,15 @@ def find_optimal(model_cls: Any, model_size_param: str, model_sizes: list, datas
 
 def compare(a: "Spec | str | Path", b: "Spec | str | Path", approach: str = "parametric", retry_failed: bool = False,
             on_event: Callable[[RunEvent], None] | None = None, budgets: list[float] | None = None):
-    """Recipe ``b`` against recipe ``a`` at equal compute (see :mod:`flops_fit.compare`).
+    """Recipe ``b`` against recipe ``a`` at equal compute (see :mod:`flops_fit.verbs.compare`).
 
     Trains what either sweep has pending (specs may share a store: nothing is trained twice), fits
     both, and writes ``compare.json`` and ``compare.png`` under ``<a's runs_dir>/compare/<a>-vs-<b>/``.
-    Returns the :class:`~flops_fit.compare.Comparison`.
+    Returns the :class:`~flops_fit.verbs.compare.Comparison`.
     """
-    from .compare import compare_results
-    from .plots import compare_figure
-    from .store import atomic_write_text
+    from .verbs.compare import compare_results
+    from .report.plots import compare_figure
+    from .store.store import atomic_write_text
 
     specs = [s if isinstance(s, Spec) else Spec.load(s) for s in (a, b)]
     results = [s.run(retry_failed=retry_failed, on_event=on_event) for s in specs]

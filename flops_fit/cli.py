@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import FlopsFitError, Problem
+from .core.errors import FlopsFitError, Problem
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Plan, train and fit compute-optimal scaling laws for your model and data.")
@@ -25,8 +25,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 from .cli_common import (  # noqa: E402
     JsonOpt, Approach, Profile, RetryOpt, SpecArg, VerboseOpt, _budgets, _emit_json, _guard, _load, err, out,
 )
-from .progress import JobsProgress as _jobs_progress, format_seconds as _fmt_seconds, progress_handler as _progress_handler  # noqa: E402
-from .render import ci_text, no_fit, print_result, runs_table  # noqa: E402
+from .report.progress import (  # noqa: E402
+    JobsProgress as _jobs_progress, format_seconds as _fmt_seconds, progress_handler as _progress_handler)
+from .report.render import ci_text, no_fit, print_result, runs_table  # noqa: E402
 
 
 @app.command()
@@ -34,7 +35,7 @@ def validate(spec: str = SpecArg, verbose: bool = VerboseOpt) -> None:
     """Check everything that can fail before training; writes nothing."""
     def go() -> None:
         t0 = time.perf_counter()
-        from .validate import fit_problems
+        from .plan.validate import fit_problems
 
         plan = _load(spec).check()
         err.print(f"[green]ok[/] {spec}: {len(plan.experiments)} experiments over {len(plan.budgets)} budgets, "
@@ -325,7 +326,7 @@ def transfer(spec: str = SpecArg,
 @app.command()
 def schema(output: str = typer.Option("schemas/spec.schema.json", help="Where to write the JSON Schema.")) -> None:
     """Write the JSON Schema of the spec (for editors and CI)."""
-    from .schema import spec_schema
+    from .spec.schema import spec_schema
 
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(json.dumps(spec_schema(), indent=2) + "\n")

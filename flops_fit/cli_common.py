@@ -16,8 +16,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import FlopsFitError
-from .eventlog import VERBOSE_ENV
+from .core.errors import FlopsFitError
+from .core.eventlog import VERBOSE_ENV
 
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 220)  # progress, messages, --json's company
 # the human report: `flops-fit fit x.csv > report.txt` keeps it whole
@@ -27,7 +27,7 @@ def _choices(name: str, field: str) -> type[Enum]:
     """A CLI Enum of the spec's own Literal for ``[analysis] field`` (one list of names, not two)."""
     from typing import get_args
 
-    from .spec import AnalysisSpec
+    from .spec.spec import AnalysisSpec
 
     kind = AnalysisSpec.model_fields[field].annotation
     values = get_args(get_args(kind)[0] if field == "approaches" else kind)

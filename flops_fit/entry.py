@@ -7,7 +7,10 @@ initialisation (torch's, through pybind11) and abort the interpreter (SIGABRT, o
 with no message).  The held-back signal is delivered again every 50 ms until it lands outside
 an import, where it is the ordinary KeyboardInterrupt every command handles.  One still held back
 when the command has finished is dropped (the command's own exit code stands): the interpreter's
-shutdown is not interrupted either.
+shutdown is not interrupted either.  A SIGINT before this module's handler is installed (while
+the package itself loads) is noted by ``flops_fit/__init__`` when it runs as the command line, and
+ends the command the same way; only the interpreter's own start-up (its ``site`` imports, the
+first ~50 ms) comes before any of this program runs.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def interrupt(signum, frame) -> None:
 def main() -> None:
     signal.signal(signal.SIGINT, interrupt)
     try:
+        if getattr(sys.modules["flops_fit"], "_early_interrupts", None):  # noted by flops_fit/__init__
+            raise KeyboardInterrupt
         from .cli import main as cli_main
     except KeyboardInterrupt:
         sys.stderr.write("interrupted: nothing was started\n")

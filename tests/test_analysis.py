@@ -15,8 +15,8 @@ from flops_fit import Point, Points, fit
 from flops_fit.analysis import fit_points
 from flops_fit.analysis.laws import ParametricFit
 from flops_fit.analysis.parametric import fit_parametric
-from flops_fit.errors import DataError
-from flops_fit.report import Result
+from flops_fit.core.errors import DataError
+from flops_fit.report.report import Result
 
 DATA = Path(__file__).parent / "data/chinchilla_epoch.csv"  # Besiroglu et al. 2024, see the README beside it
 CHINCHILLA_BUDGETS = np.array([6e18, 1e19, 3e19, 6e19, 1e20, 3e20, 6e20, 1e21, 3e21])

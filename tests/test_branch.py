@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from flops_fit import Spec
-from flops_fit.errors import SpecError
+from flops_fit.core.errors import SpecError
 from flops_fit.execute.schedule import lr_multiplier
 from tests.conftest import write_toy_spec
 
@@ -234,7 +234,7 @@ def test_a_branched_regression_sweep_costs_at_most_three_quarters_and_agrees_wit
 def test_makespan_waits_for_the_trunk_to_reach_each_branch_point():
     """A branch cannot start before its trunk is pinned: workers take other work meanwhile, and wait
     only when nothing else is ready (as the runner does)."""
-    from flops_fit.estimate import makespan
+    from flops_fit.verbs.estimate import makespan
 
     assert makespan([100, 20, 20], 2) == 100  # as if independent: both branches beside the trunk
     assert makespan([100, 20, 20], 2, [None, (0, 80.0), (0, 80.0)]) == 120

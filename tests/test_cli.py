@@ -66,7 +66,7 @@ def test_fit_csv(tmp_path):
 
 def test_batch_that_does_not_split_fails_validation_once(in_tmp, monkeypatch):
     from flops_fit import Spec
-    from flops_fit.errors import SpecError
+    from flops_fit.core.errors import SpecError
     from tests.conftest import write_toy_spec
 
     spec = Spec.load(write_toy_spec(in_tmp))  # batch_size 16

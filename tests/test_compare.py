@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from flops_fit import fit
 from flops_fit.analysis.laws import ParametricFit
 from flops_fit.cli import app
-from flops_fit.compare import compare_results
+from flops_fit.verbs.compare import compare_results
 from tests.conftest import write_toy_spec
 
 E, A, B, ALPHA, BETA = 1.82, 482.0, 2085.4, 0.3478, 0.3658

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from flops_fit import Spec
 from flops_fit.cli import app
-from flops_fit.errors import SpecError
+from flops_fit.core.errors import SpecError
 from tests.conftest import ROOT, write_toy_spec
 
 pytestmark = pytest.mark.xdist_group("confirm")  # one worker builds the shared store once
@@ -108,13 +108,13 @@ def test_confirm_cli(swept):
 
 
 def test_score_of_the_check_notes_data_repetition():
-    from flops_fit.confirm import PlannedSize, Registration, score
+    from flops_fit.verbs.confirm import PlannedSize, Registration, score
 
     sizes = [PlannedSize(id=f"e{s}", size=s, num_params=n, num_tokens=1e6, loss=2.0, loss_ci=[1.9, 2.1])
              for s, n in ((16, 1000), (24, 2000), (32, 4000))]
     pred = Registration(budget_flops=1e12, approach="parametric", num_params=2000, num_tokens=1e6, loss=2.0,
                       loss_ci=[1.9, 2.1], sizes=sizes, fit={}, created="t")
-    from flops_fit.store import RunRecord
+    from flops_fit.store.store import RunRecord
 
     def record(i, loss, epochs):
         return RunRecord(id=i, hash="h", budget_flops=1e12, status="ok", loss=loss, epochs=epochs, num_params=1,
@@ -130,8 +130,8 @@ def test_score_of_the_check_notes_data_repetition():
 
 
 def test_score_notes_losses_below_their_interval_and_names_the_size_to_add():
-    from flops_fit.confirm import PlannedSize, Registration, score
-    from flops_fit.store import RunRecord
+    from flops_fit.verbs.confirm import PlannedSize, Registration, score
+    from flops_fit.store.store import RunRecord
 
     sizes = [PlannedSize(id=f"e{s}", size=s, num_params=n, num_tokens=1e6, loss=2.0, loss_ci=[1.9, 2.1])
              for s, n in ((16, 1000), (24, 2000), (32, 4000))]

@@ -12,9 +12,9 @@ import pytest
 
 from flops_fit import Spec, find_optimal
 from flops_fit.analysis import Point, Points, fit_points
-from flops_fit.plan import NOT_HASHED
-from flops_fit.spec import LrScaling, TrainSpec
-from flops_fit.store import CurvePoint, Store
+from flops_fit.plan.plan import NOT_HASHED
+from flops_fit.spec.spec import LrScaling, TrainSpec
+from flops_fit.store.store import CurvePoint, Store
 from tests.conftest import write_toy_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,7 +208,7 @@ def test_find_optimal_reuses_its_cache(in_tmp):
 
 def test_a_failed_experiment_has_the_same_record_shape(in_tmp):
     from flops_fit.execute.runner import make_accelerator, run_experiments
-    from flops_fit.store import RunRecord
+    from flops_fit.store.store import RunRecord
 
     spec = Spec.load(write_toy_spec(in_tmp, model="FailsLater", sizes=(8, 16, 32), budgets=(1e6,)))
     plan = spec.plan()
@@ -222,9 +222,9 @@ def test_a_failed_experiment_has_the_same_record_shape(in_tmp):
 
 def test_one_spec_class():
     import flops_fit
-    import flops_fit.spec
+    import flops_fit.spec.spec
 
-    assert not hasattr(flops_fit.spec, "Spec") and flops_fit.Spec.__mro__[1] is flops_fit.spec.SpecModel
+    assert not hasattr(flops_fit.spec.spec, "Spec") and flops_fit.Spec.__mro__[1] is flops_fit.spec.spec.SpecModel
 
 
 def test_lr_scaling_sets_each_sizes_rate_and_its_id(in_tmp):

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from flops_fit.execute.data import Layout, _Order, make_sources
-from flops_fit.plan import Component, Job, Loop, Optim, Schedule
+from flops_fit.plan.plan import Component, Job, Loop, Optim, Schedule
 from tests.toy import DictData, regression
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from flops_fit import Spec
-from flops_fit.launcher_spec import LauncherSpec
-from flops_fit.lease import LeaseInfo, acquire, holder
-from flops_fit.store import Store, decide
+from flops_fit.spec.launcher import LauncherSpec
+from flops_fit.store.lease import LeaseInfo, acquire, holder
+from flops_fit.store.store import Store, decide
 from tests.conftest import write_toy_spec
 
 submitit = pytest.importorskip("submitit")
@@ -83,7 +83,7 @@ def test_a_lease_of_this_host_whose_process_is_gone_is_dead_at_once(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     now = time.time()
-    info = LeaseInfo(host=__import__("flops_fit.lease", fromlist=["x"]).host_name(), pid=dead.pid, token="t",
+    info = LeaseInfo(host=__import__("flops_fit.store.lease", fromlist=["x"]).host_name(), pid=dead.pid, token="t",
                      since=now, heartbeat=now, interval_s=30.0)
     (tmp_path / "lease.0").write_text(info.model_dump_json())
     assert holder(tmp_path) is None  # a killed local run is resumed at once, as with a file lock
@@ -114,7 +114,7 @@ def test_a_sigkilled_owners_lease_is_taken_over_after_its_expiry(in_tmp):
     store.write_plan_json(plan.to_json())
     selection = json.dumps({"ids": [exp.id]})
     env = {**os.environ, "FLOPS_FIT_HOST": "node-a"}
-    victim = subprocess.Popen([sys.executable, "-m", "flops_fit.launch", str(spec.run_dir), selection], env=env,
+    victim = subprocess.Popen([sys.executable, "-m", "flops_fit.execute.launch", str(spec.run_dir), selection], env=env,
                               stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while store.latest_checkpoint(exp.id) is None and time.time() < deadline:
@@ -199,7 +199,7 @@ def test_a_job_past_its_timeout_is_requeued_and_resumes_to_the_same_loss(in_tmp)
 
 @pytest.mark.slow
 def test_two_job_arrays_on_one_store_never_train_the_same_experiment(in_tmp):
-    from flops_fit.dispatch import submit_plan, wait_for
+    from flops_fit.execute.dispatch import submit_plan, wait_for
 
     spec = Spec.load(_spec(in_tmp, LOCAL, model="SlowMLP", sizes=(4, 8, 16), budgets=(3e6,)))  # 1-4 s each
     plan = spec.check()
@@ -219,7 +219,7 @@ def test_a_failed_job_is_one_line_with_its_experiment_and_log(in_tmp):
     from typer.testing import CliRunner
 
     from flops_fit.cli import app
-    from flops_fit.dispatch import submit_plan, wait_for
+    from flops_fit.execute.dispatch import submit_plan, wait_for
 
     path = _spec(in_tmp, LOCAL, model="DiesInJobs", sizes=(4, 8, 16), budgets=(1e6,))
     spec = Spec.load(path)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flops_fit import Spec
-from flops_fit.store import Store
+from flops_fit.store.store import Store
 from tests.conftest import write_toy_spec
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -61,7 +61,7 @@ def _jobs_spec(folder, launcher: str, **kw):
 
 
 def _reference_losses(spec, folder) -> dict:
-    from flops_fit.launcher_spec import LauncherSpec
+    from flops_fit.spec.launcher import LauncherSpec
 
     local = spec.model_copy(update={"launcher": LauncherSpec(), "runs_dir": str(folder)})
     local.run(report=False)

@@ -102,7 +102,7 @@ def test_store_faults_are_one_line_errors(tmp_path, monkeypatch):
     assert res.exit_code == 1 and "runs_dir: runs is a file, not a folder" in res.stderr, res.stderr
     (tmp_path / "runs").unlink()
     real_access = __import__("os").access
-    monkeypatch.setattr("flops_fit.validate.os.access", lambda p, mode: False if str(p) == "." else real_access(p, mode))
+    monkeypatch.setattr("flops_fit.plan.validate.os.access", lambda p, mode: False if str(p) == "." else real_access(p, mode))
     res = _run("validate", path)
     assert res.exit_code == 1 and "is not writable by this user" in res.stderr, res.stderr
     monkeypatch.undo()
@@ -116,14 +116,14 @@ def test_store_faults_are_one_line_errors(tmp_path, monkeypatch):
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "runs/toy/plan.json"))
-    monkeypatch.setattr("flops_fit.store.atomic_write_text", full)
+    monkeypatch.setattr("flops_fit.store.store.atomic_write_text", full)
     res = _run("run", path)
     assert res.exit_code == 1 and "No space left on device" in res.stderr and res.stderr.count("error:") == 1
 
 
 def test_the_report_is_collected_under_the_store_lock(in_tmp, monkeypatch):
     from flops_fit import Spec
-    from flops_fit.store import Store
+    from flops_fit.store.store import Store
 
     held = []
     collect = Store.collect

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from flops_fit import Spec, find_optimal
-from flops_fit.errors import DataError, Problem
-from flops_fit.launch import Selection
-from flops_fit.store import Store
+from flops_fit.core.errors import DataError, Problem
+from flops_fit.execute.launch import Selection
+from flops_fit.store.store import Store
 from tests.conftest import ROOT, write_toy_spec
 
 
@@ -25,13 +25,13 @@ def test_a_worker_needs_only_plan_json_and_a_selection(in_tmp):
     threshold = sorted(e.num_params for e in plan.experiments)[1]
     selection = Selection(max_params=threshold).model_dump_json()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "flops_fit.launch", plan.run_dir, selection], cwd=in_tmp, env=env,
+    proc = subprocess.run([sys.executable, "-m", "flops_fit.execute.launch", plan.run_dir, selection], cwd=in_tmp, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     done = {e.id for e in plan.experiments if store.read_result(e.id) is not None}
     assert done == {e.id for e in plan.experiments if e.num_params < threshold} and len(done) == 1
     assert proc.stdout == ""  # progress goes to stderr: a parent's --json stays clean
-    bad = subprocess.run([sys.executable, "-m", "flops_fit.launch"], env=env, capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "flops_fit.execute.launch"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "usage" in bad.stderr
 
 
@@ -103,7 +103,7 @@ def _workers_of(folder: Path) -> list[str]:
             cwd = os.readlink(cmdline.parent / "cwd")
         except OSError:
             continue
-        if "flops_fit.launch" in args and cwd == str(folder):
+        if "flops_fit.execute.launch" in args and cwd == str(folder):
             found.append(" ".join(args))
     return found
 

@@ -1,4 +1,4 @@
-"""Imports point one way: leaves < spec < plan < validate < store < execute < analysis < report < api < cli."""
+"""Imports point one way: core < spec < plan < store < execute < analysis < report < verbs < api < cli."""
 
 from __future__ import annotations
 
@@ -6,13 +6,26 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "flops_fit"
-ORDER = ["_version", "frozen", "errors", "files", "hashing", "imports", "tomlpos", "flops", "components", "launcher_spec", "spec_problems", "spec", "schema", "job",
-         "records", "sizing", "plan",
-         "validate", "lease", "store", "execute", "eventlog", "launch", "dispatch", "placement", "status", "estimate", "analysis", "runs_table", "plots", "verdict", "report", "compare", "confirmation", "confirm", "transfer", "progress", "render", "api", "cli_common", "cli", "entry", "__main__"]
+ORDER = ["_version",
+         "core.frozen", "core.errors", "core.files", "core.hashing", "core.imports", "core.tomlpos",
+         "core.eventlog", "core",
+         "spec.components", "spec.launcher", "spec.problems", "spec.spec", "spec.schema", "spec",
+         "plan.job", "plan.flops", "plan.sizing", "plan.plan", "plan.validate", "plan",
+         "store.records", "store.lease", "store.store", "store",
+         "execute", "analysis",
+         "report.runs_table", "report.plots", "report.verdict", "report.report", "report.progress",
+         "report.render", "report",
+         "verbs.status", "verbs.estimate", "verbs.compare", "verbs.confirmation", "verbs.confirm",
+         "verbs.transfer", "verbs",
+         "api", "cli_common", "cli", "entry", "__main__"]
 
 
 def _layer(module: str) -> int:
-    return ORDER.index(module.split(".")[0])
+    """A module's place: its own entry (``plan.sizing``), else its stage folder's (``execute.*``,
+    ``analysis.*``, and a package's ``__init__``)."""
+    parts = module.removesuffix(".__init__").split(".")
+    name = ".".join(parts[:2])
+    return ORDER.index(name if name in ORDER else parts[0])
 
 
 def _imports(path: Path) -> set[str]:
@@ -50,8 +63,8 @@ def test_the_analysis_reads_records_without_the_training_side():
     import subprocess
     import sys
 
-    code = ("import sys, flops_fit.analysis, flops_fit.report, flops_fit.records; "
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('flops_fit.store', "
-            "'flops_fit.execute', 'flops_fit.lease', 'flops_fit.plan'))))")
+    code = ("import sys, flops_fit.analysis, flops_fit.report.report, flops_fit.store.records; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('flops_fit.store.store', "
+            "'flops_fit.execute', 'flops_fit.store.lease', 'flops_fit.plan.plan'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent, check=True)
     assert out.stdout.strip() == "[]", out.stdout

@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from flops_fit import Spec
-from flops_fit.lease import LeaseInfo, LeaseLost, acquire
-from flops_fit.store import Store
+from flops_fit.store.lease import LeaseInfo, LeaseLost, acquire
+from flops_fit.store.store import Store
 from tests.conftest import ROOT, write_toy_spec
 
 
@@ -90,7 +90,7 @@ def test_sigstop_past_expiry_then_sigcont_after_a_takeover_writes_nothing(in_tmp
     exp = next(e for e in plan.experiments if e.size == 16)
     store = Store(spec.run_dir)
     store.write_plan_json(plan.to_json())
-    owner = subprocess.Popen([sys.executable, "-m", "flops_fit.launch", str(spec.run_dir),
+    owner = subprocess.Popen([sys.executable, "-m", "flops_fit.execute.launch", str(spec.run_dir),
                               json.dumps({"ids": [exp.id]})], env=_env("node-a"), stderr=subprocess.PIPE, text=True)
     try:
         _wait(lambda: store.latest_checkpoint(exp.id) is not None)
@@ -146,7 +146,7 @@ def test_a_lease_deleted_while_its_owner_trains_stops_it_and_a_rerun_finishes(in
 
 def test_a_folder_where_no_lease_can_be_written_is_one_line(in_tmp, monkeypatch):
     """A read-only experiments folder (or a full disk): one error line naming the file, exit 1."""
-    import flops_fit.lease as lease_mod
+    import flops_fit.store.lease as lease_mod
     from flops_fit.cli import app
 
     path = write_toy_spec(in_tmp, sizes=(4, 8), budgets=(1e6,))

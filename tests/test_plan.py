@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from flops_fit import Spec
-from flops_fit.components import build_model
-from flops_fit.flops import count_params
-from flops_fit.hashing import canonical_json, content_hash
-from flops_fit.plan import Plan
+from flops_fit.spec.components import build_model
+from flops_fit.plan.flops import count_params
+from flops_fit.core.hashing import canonical_json, content_hash
+from flops_fit.plan.plan import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY = ROOT / "tests/fixtures/valid/toy.toml"

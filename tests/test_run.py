@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from flops_fit import Spec, find_optimal
-from flops_fit.errors import SpecError
+from flops_fit.core.errors import SpecError
 from tests.conftest import ROOT, write_toy_spec
 
 
@@ -167,7 +167,7 @@ def test_worker_processes_share_the_sweep(in_tmp):
     n = len(Spec.load(spec_path).plan().experiments)
     assert sorted(trained) == sorted(set(trained)) and len(trained) == n
     assert json.loads(proc.stdout)["points"] + len(json.loads(proc.stdout)["excluded"]) == n
-    from flops_fit.launch import launch_plan
+    from flops_fit.execute.launch import launch_plan
 
     layout = launch_plan(Spec.load(spec_path), gpus=0)
     assert layout.workers == 2 and not layout.data_parallel
@@ -199,9 +199,9 @@ def test_estimate_models_worker_processes_within_2x_of_a_measured_run(in_tmp):
 
 
 def test_corrupt_result_is_quarantined_and_ok_results_are_never_overwritten(in_tmp):
-    from flops_fit.store import Store
+    from flops_fit.store.store import Store
 
-    from flops_fit.store import RunRecord
+    from flops_fit.store.store import RunRecord
 
     store = Store(in_tmp / "runs" / "s")
     ok = RunRecord(id="e1", hash="h", budget_flops=1e6, status="ok", loss=1.0, num_params=10, num_tokens=1e3, flops=1e6)

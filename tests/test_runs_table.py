@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from flops_fit import Spec
 from flops_fit.cli import app
-from flops_fit.runs_table import COLUMNS
+from flops_fit.report.runs_table import COLUMNS
 from tests.conftest import write_toy_spec
 
 
@@ -51,7 +51,7 @@ def test_points_csv_dataframe_and_pending_rows(in_tmp):
 
 
 def test_to_pandas_says_how_to_install_it(monkeypatch):
-    from flops_fit.report import Result
+    from flops_fit.report.report import Result
 
     monkeypatch.setitem(sys.modules, "pandas", None)  # as if not installed
     result = Result.model_construct(runs=[])
@@ -60,7 +60,7 @@ def test_to_pandas_says_how_to_install_it(monkeypatch):
 
 
 def test_cost_in_gpu_hours_and_dollars(in_tmp):
-    from flops_fit.flops import PEAK_FLOPS
+    from flops_fit.plan.flops import PEAK_FLOPS
 
     path = write_toy_spec(in_tmp, sizes=(4, 8, 16), budgets=(1e6, 2e6, 4e6),
                           analysis="\n[estimate]\ncalibrate = false\nusd_per_gpu_hour = 2.5\ngpu = \"A100\"\nmfu = 0.5\n")

@@ -11,8 +11,8 @@ from flops_fit import Point, Points, Spec
 from flops_fit.analysis import fit_points
 from flops_fit.analysis.laws import ParametricFit
 from flops_fit.analysis.noise import cell_means, noise_floor
-from flops_fit.errors import SpecError
-from flops_fit.store import Store
+from flops_fit.core.errors import SpecError
+from flops_fit.store.store import Store
 from tests.conftest import write_toy_spec
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from flops_fit import Spec
-from flops_fit.launcher_spec import LauncherSpec
-from flops_fit.store import Store
+from flops_fit.spec.launcher import LauncherSpec
+from flops_fit.store.store import Store
 from tests.conftest import ROOT, write_toy_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one cluster, on one worker
@@ -179,7 +179,7 @@ def test_scancel_then_run_again_resumes_and_a_crashing_task_is_reported_with_its
 
 
 def test_two_real_arrays_on_one_store_train_each_experiment_once(slurm_cluster, in_tmp):
-    from flops_fit.dispatch import submit_plan, wait_for
+    from flops_fit.execute.dispatch import submit_plan, wait_for
 
     spec = Spec.load(_spec(in_tmp, "gpus_per_task = 0\n", model="SlowMLP", sizes=(4, 8, 16), budgets=(1e6,)))
     plan = spec.check()

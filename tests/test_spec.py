@@ -11,7 +11,7 @@ import pytest
 import tomllib
 
 from flops_fit import Spec, SpecError
-from flops_fit.schema import spec_schema
+from flops_fit.spec.schema import spec_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 INVALID = sorted((ROOT / "tests/fixtures/invalid").glob("*.toml"))
@@ -97,7 +97,7 @@ def test_defaults_and_import_path_forms():
                            "sweep": {"budgets": [1e6]}})
     assert spec.train.precision == "fp32" and spec.flops.rule == "6N" and spec.analysis.approaches == ["isoflop", "parametric"]
     assert spec.cost.gpu == "H100"
-    from flops_fit.imports import resolve
+    from flops_fit.core.imports import resolve
     from tests.toy import MLP
 
     assert resolve("tests.toy.MLP") is MLP and resolve("tests.toy:MLP") is MLP

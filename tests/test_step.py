@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flops_fit import Spec
-from flops_fit.errors import RunError
+from flops_fit.core.errors import RunError
 from flops_fit.execute.step import TrainStep, graph_blocker
 from tests.conftest import write_toy_spec
 from tests.toy import MLP
@@ -48,7 +48,7 @@ def test_cuda_graphs_on_where_they_cannot_run_is_an_error_with_the_reason_and_th
 
 def test_cuda_graphs_setting_reaches_the_runtime_and_the_failed_record(in_tmp):
     from flops_fit.execute.runner import make_accelerator, run_experiments
-    from flops_fit.store import Store
+    from flops_fit.store.store import Store
 
     path = write_toy_spec(in_tmp, sizes=(4, 8), budgets=(1e6,), train='cuda_graphs = "on"\n')
     plan = Spec.load(path).plan()

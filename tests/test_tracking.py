@@ -9,10 +9,10 @@ from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
 
 from flops_fit import Spec
-from flops_fit.errors import SpecError
+from flops_fit.core.errors import SpecError
 from flops_fit.execute.runner import run_plan
 from flops_fit.execute.tracking import log_summary
-from flops_fit.store import Store
+from flops_fit.store.store import Store
 from tests.conftest import write_toy_spec
 
 

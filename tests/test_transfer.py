@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from flops_fit import Spec
-from flops_fit.errors import SpecError
+from flops_fit.core.errors import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
 

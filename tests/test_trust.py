@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from benchmarks import interval_coverage as ic
 from flops_fit.analysis import Point, Points, fit_points
 from flops_fit.cli import app
-from flops_fit.report import Result
+from flops_fit.report.report import Result
 
 
 @pytest.fixture

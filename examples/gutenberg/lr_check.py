@@ -22,8 +22,8 @@ import numpy as np
 def lr_check(spec_path: str, sizes: list[float], tokens: float, multipliers: list[float], on_event=None) -> dict:
     from flops_fit.api import Spec
     from flops_fit.execute.runner import make_accelerator, run_experiments
-    from flops_fit.plan import compile_plan, size_infos
-    from flops_fit.store import Store
+    from flops_fit.plan.plan import compile_plan, size_infos
+    from flops_fit.store.store import Store
 
     base = Spec.load(spec_path)
     infos = {i.size: i for i in size_infos(base)}

@@ -18,8 +18,8 @@ from typing import Optional
 import numpy as np
 from pydantic import Field
 
-from ..errors import DataError, Problem
-from ..frozen import Frozen
+from ..core.errors import DataError, Problem
+from ..core.frozen import Frozen
 from .laws import ParametricFit
 from .points import _cell_problems, _read_columns
 

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 from pydantic import Field
 
-from ..frozen import Frozen
+from ..core.frozen import Frozen
 from .envelope import envelope
 from .isoflop import budget_minima, loss_law, power_law, profile_minimum, profile_residuals
 from .shape import fit_shape

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field
 from scipy import stats
 
-from ..frozen import Frozen
+from ..core.frozen import Frozen
 
 __all__ = ["OLS", "PowerLaw", "LossLaw", "BudgetMinimum", "DroppedBudget", "Prediction", "IsoflopFit",
            "FlopsPerUnit", "ParametricFit", "EnvelopePoint", "EnvelopeFit", "percentile_interval", "hull",

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 from pydantic import Field
 
-from ..frozen import Frozen
+from ..core.frozen import Frozen
 
 __all__ = ["Cell", "NoiseFloor", "UnresolvedBudget", "cell_means", "noise_floor", "seed_draw"]
 

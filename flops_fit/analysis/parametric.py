@@ -24,7 +24,7 @@ from lmfit import Parameters, minimize
 from pydantic import Field
 from scipy.optimize import least_squares, nnls
 
-from ..frozen import Frozen
+from ..core.frozen import Frozen
 from .constrained import (MIN_POINTS_PER_PARAMETER, MIN_REPEATED_POINTS, R_STAR_BOUNDS, R_STAR_D, R_STAR_N, fit_constrained, log_n_base,
                           log_pred, repetition_design)
 from .laws import FlopsPerUnit, ParametricFit

@@ -16,9 +16,9 @@ from typing import Any, Optional
 import numpy as np
 from pydantic import Field, model_validator
 
-from ..frozen import Frozen
-from ..errors import DataError, Problem
-from ..records import CurvePoint, RunRecord
+from ..core.frozen import Frozen
+from ..core.errors import DataError, Problem
+from ..store.records import CurvePoint, RunRecord
 
 __all__ = ["Point", "Points", "group_budgets"]
 

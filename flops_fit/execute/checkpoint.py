@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..store import Store, atomic_write_json
+from ..store.store import Store, atomic_write_json
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CorruptCheckpoint"]
 

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, Subset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
-from ..components import split_batch
+from ..spec.components import split_batch
 
 __all__ = ["BatchSource", "make_sources", "to_device"]
 

@@ -12,9 +12,9 @@ import torch
 from accelerate import Accelerator
 
 from .._version import __version__
-from ..imports import source_digest
-from ..plan import Job
-from ..records import CurvePoint, Provenance, RunRecord
+from ..core.imports import source_digest
+from ..plan.plan import Job
+from ..store.records import CurvePoint, Provenance, RunRecord
 
 __all__ = ["provenance"]
 

@@ -1,7 +1,7 @@
 """Run a Plan: decide per experiment (the same ``decide`` as ``estimate``), lease, train, store.
 
 Several ``run`` processes (or scheduler jobs) may share a store: each experiment is trained
-under its lease (:mod:`flops_fit.lease`, safe on NFS and Lustre), and the decision is re-read
+under its lease (:mod:`flops_fit.store.lease`, safe on NFS and Lustre), and the decision is re-read
 once the lease is held, so none is trained twice.  Under
 ``accelerate launch`` every process trains each experiment data-parallel; only the main
 process decides, leases and writes, and its decision is broadcast to the others.
@@ -19,10 +19,10 @@ from typing import Any, Callable, Literal, Optional
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from ..plan import Experiment, Plan, Runtime
-from ..lease import HEARTBEAT_S, Lease, LeaseLost
+from ..plan.plan import Experiment, Plan, Runtime
+from ..store.lease import HEARTBEAT_S, Lease, LeaseLost
 from .checkpoint import CorruptCheckpoint
-from ..store import CurvePoint, Decision, RunRecord, Store, decide
+from ..store.store import CurvePoint, Decision, RunRecord, Store, decide
 from .tracking import finish_runs, start_run
 from .worker import Interrupted, provenance, stopping, train_experiment
 

@@ -4,7 +4,7 @@ Every place that trains goes through a :class:`Session`: a worker process and th
 of ``run`` (:meth:`Session.train_plan`), and the short measurements that are not experiments —
 the estimate's calibration and the transfer check's coordinate check (:meth:`Session.scratch`).
 The Accelerator is built once per session from the plan's ``Runtime``; the stop signal is the
-process's (:mod:`.signals`), the loss of a lease belongs to its claim (:class:`~flops_fit.lease.Lease`).
+process's (:mod:`.signals`), the loss of a lease belongs to its claim (:class:`~flops_fit.store.lease.Lease`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from ..plan import Experiment, Job, Plan, Runtime
-from ..store import RunRecord, Store
+from ..plan.plan import Experiment, Job, Plan, Runtime
+from ..store.store import RunRecord, Store
 from .runner import RunEvent, make_accelerator, run_experiments
 from .worker import train_experiment
 

@@ -27,8 +27,8 @@ from typing import Callable, Literal
 import torch
 from torch.utils import _pytree as pytree
 
-from ..components import call_model
-from ..errors import RunError
+from ..spec.components import call_model
+from ..core.errors import RunError
 
 __all__ = ["TrainStep", "graph_blocker", "WARMUP_STEPS"]
 

@@ -19,11 +19,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 
-from ..components import build_data, build_loss, build_model, call_model
-from ..errors import RunError
-from ..plan import Job, Optim
-from ..lease import Lease, LeaseLost
-from ..store import CurvePoint, RunRecord, Store
+from ..spec.components import (
+    build_data, build_loss, build_model, call_model)
+from ..core.errors import RunError
+from ..plan.plan import Job, Optim
+from ..store.lease import Lease, LeaseLost
+from ..store.store import CurvePoint, RunRecord, Store
 from .checkpoint import load_checkpoint, save_checkpoint, save_rng
 from .run_state import _diverged, _record, _result, _rewrite_metrics, _Run, provenance
 from .signals import Interrupted, stopping
@@ -69,7 +70,7 @@ def _param_groups(model: torch.nn.Module, o: Optim) -> list[dict]:
 
 def _optimizer(o: Optim, model: torch.nn.Module, device: torch.device, folders: list[str]) -> torch.optim.Optimizer:
     if o.target:
-        from ..imports import resolve
+        from ..core.imports import resolve
 
         return resolve(o.target, folders)(model.parameters(), o.learning_rate)
     return torch.optim.AdamW(_param_groups(model, o), lr=o.learning_rate, betas=tuple(o.betas), eps=o.eps,
@@ -108,7 +109,7 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
     optimizer are released and the CUDA cache emptied (``accelerator.free_memory()``), also when the user's code raises.
 
     ``lease``: the claim this process trains under (one process).  Lost (taken over, deleted), the
-    loop raises :class:`~flops_fit.lease.LeaseLost` at the next step, and every checkpoint is
+    loop raises :class:`~flops_fit.store.lease.LeaseLost` at the next step, and every checkpoint is
     written only after the lease was renewed: nothing of a lost claim reaches the store.
     """
     try:
