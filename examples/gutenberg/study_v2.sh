@@ -26,7 +26,9 @@ stamp start
 source "$(dirname "$0")/prepare.sh"
 
 # 1. Does one rate serve every width?  PROCS processes share the 21 runs through the store's leases.
-for i in $(seq "$PROCS"); do ff transfer "$CHECK" --middle --max-steps 600 > /dev/null 2> "$LOG/transfer-$i.log" & done
+for i in $(seq "$PROCS"); do
+    ff transfer "$CHECK" --middle --max-steps 600 > /dev/null 2> "$LOG/transfer-$i.log" &
+done
 wait
 ff transfer "$CHECK" --middle --max-steps 600 --json > "$LOG/transfer.json" 2> "$LOG/transfer.log"
 rc=$?; stamp "transfer rc=$rc"; [ $rc = 0 ] || exit $rc
@@ -38,7 +40,8 @@ if doc["verdict"] == "PASS" or not doc.get("suggestion"):
     sys.exit(0)
 text = open(sys.argv[2]).read()
 lr, scaling = doc["suggestion"].split("\n")
-text = re.sub(r"^learning_rate = .*$", lr + "  # at base_width 128, from the transfer check", text, flags=re.M)
+note = "  # at base_width 128, from the transfer check"
+text = re.sub(r"^learning_rate = .*$", lr + note, text, flags=re.M)
 text = re.sub(r"^lr_scaling = .*\n", "", text, flags=re.M)
 text = re.sub(r"^(learning_rate = .*\n)", r"\1" + scaling + "\n", text, count=1, flags=re.M)
 open(sys.argv[2], "w").write(text)
@@ -52,13 +55,15 @@ rc=$?; stamp "swept rc=$rc"; [ $rc = 0 ] || exit $rc
 
 # 3. Forward checks: every prediction registered before any of them trains.
 for B in $BUDGETS; do
-    ff confirm "$SPEC" --budget "$B" --sizes 5 --predict-only --json > "$LOG/prediction-$B.json" 2> "$LOG/register-$B.log"
+    ff confirm "$SPEC" --budget "$B" --sizes 5 --predict-only --json > "$LOG/prediction-$B.json" \
+        2> "$LOG/register-$B.log"
     ff confirm "$SPEC" --budget "$B" --sizes 5 --approach isoflop --predict-only --json \
         > "$LOG/prediction-$B-isoflop.json" 2> "$LOG/register-$B-isoflop.log"
 done
 stamp registered
 for B in $BUDGETS; do
-    ff confirm "$SPEC" --budget "$B" --sizes 5 --bracket --json > "$LOG/confirm-$B.json" 2> "$LOG/confirm-$B.log"
+    ff confirm "$SPEC" --budget "$B" --sizes 5 --bracket --json > "$LOG/confirm-$B.json" \
+        2> "$LOG/confirm-$B.log"
     stamp "confirmed $B rc=$?"
 done
 for B in $BUDGETS; do

@@ -105,8 +105,9 @@ def allocate_capped(
     ±``span`` in ln N around the unconstrained optimum, then five finer grids of 101 points, each
     between the best point's neighbours on the last (the cell shrinks 50× a round, from 0.025 in
     ln N, in six vectorised evaluations; the loss is so flat at its minimum that double precision
-    places N_opt to ~1e-7: the closed form's optimum, without repetition, to 7e-8).  Without repetition this is the closed form's optimum.  ``theta``: a
-    7-vector (floats back) or an (S, 7) stack of bootstrap fits (arrays of S back, NaN where degenerate)."""
+    places N_opt to ~1e-7).  Without repetition this is the closed form's optimum (to 7e-8).
+    ``theta``: a 7-vector (floats back) or an (S, 7) stack of bootstrap fits (arrays of S back,
+    NaN where degenerate)."""
     t = np.atleast_2d(np.asarray(theta, dtype=float))
     a, b, _, alpha, beta = (col[:, 0] for col in _columns(t)[:5])
     C, lnU = float(budget_flops), math.log(unique_tokens)

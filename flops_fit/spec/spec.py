@@ -147,8 +147,9 @@ class SweepSpec(_Frozen):
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, description="Seeds to replicate chosen experiments with (each an ordinary hashed experiment; train.seed's is the one already planned); fits use each cell's mean and report the seeds' standard deviation as the noise floor.")
     replicate: Literal["optimum", "all"] = Field(default="optimum", description="Which experiments the seeds replicate: 'optimum', the 3 sizes of each budget nearest the planned optimum (D/N = tokens_per_param); 'all', every one.")
     seed_budgets: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
-        default_factory=list, description="Budgets whose experiments the seeds replicate (each one of sweep.budgets); "
-        "empty: every budget.  One small budget measures the noise floor at a fraction of the cost.")
+        default_factory=list, description="Budgets whose experiments the seeds replicate (each one of "
+        "sweep.budgets); empty: every budget.  One small budget measures the noise floor at a fraction of "
+        "the cost.")
 
     _v_budgets = field_validator("budgets")(lambda v: _sorted_distinct(v, "budgets"))
     _v_seeds = field_validator("seeds")(lambda v: _sorted_distinct(v, "seeds"))
