@@ -43,7 +43,7 @@ def validate(spec: str = SpecArg, verbose: bool = VerboseOpt) -> None:
         for why in fit_problems(plan):
             err.print(f"[yellow]warning: this plan cannot give a fit: {why}; add budgets or sizes[/]")
         _print_plan_notes(plan)
-    _guard(go, verbose)
+    _guard(go, verbose, trains=False)
 
 
 def _print_plan_notes(plan) -> None:
@@ -82,7 +82,7 @@ def estimate(spec: str = SpecArg, as_json: bool = JsonOpt, retry_failed: bool = 
             err.print(f"reuse = branch: {est.total_flops:.3g} FLOPs for the sweep against {est.standalone_flops:.3g} with "
                       f"reuse = none, saving {est.saved_flops:.3g} ({est.saved_flops / est.standalone_flops:.0%})"
                       + (f", ~{_fmt_seconds(est.saved_seconds)} here" if est.saved_seconds is not None else ""))
-    _guard(go, verbose, as_json)
+    _guard(go, verbose, as_json, trains=False)
 
 
 def _print_result(result, as_json: bool) -> None:
@@ -169,7 +169,7 @@ def status(spec: str = SpecArg, as_json: bool = JsonOpt,
         out.print(t)
         counts = {k: sum(r.state == k for r in rows) for k in ("done", "running", "pending", "failed", "diverged")}
         err.print(", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no experiments")
-    _guard(go, verbose, as_json)
+    _guard(go, verbose, as_json, trains=False)
 
 
 @app.command()
@@ -198,7 +198,7 @@ def analyze(spec: str = SpecArg, as_json: bool = JsonOpt,
             if not (advice["sizes"] or advice["budgets"]):
                 err.print("nothing to add: every budget has an interior minimum and there are enough budgets")
         err.print(f"report: {s.run_dir / 'report'}")
-    _guard(go, verbose, as_json)
+    _guard(go, verbose, as_json, trains=False)
 
 
 @app.command("fit")
@@ -229,7 +229,7 @@ def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,toke
             result.save(Path(report))
         if _no_fit(result):
             raise typer.Exit(1)
-    _guard(go, verbose, as_json)
+    _guard(go, verbose, as_json, trains=False)
 
 
 @app.command()

@@ -61,10 +61,11 @@ def _emit_json(text: str) -> None:
     print(text, file=_JSON_OUT[0] or sys.stdout, flush=True)
 
 
-def _guard(fn: Callable[[], None], verbose: bool, as_json: bool = False) -> None:
+def _guard(fn: Callable[[], None], verbose: bool, as_json: bool = False, trains: bool = True) -> None:
     """Run ``fn``; user errors become one line per problem on stderr and exit code 1.  With
     ``as_json`` anything printed while it runs (a user module printing at import) goes to stderr:
-    stdout carries the JSON document only."""
+    stdout carries the JSON document only.  ``trains``: the verb can train, so an interrupt
+    says that finished experiments are kept."""
     _JSON_OUT[0] = sys.stdout
     if verbose:  # every decision in the log, also in worker processes (they inherit the environment)
         os.environ[VERBOSE_ENV] = "1"
@@ -78,7 +79,8 @@ def _guard(fn: Callable[[], None], verbose: bool, as_json: bool = False) -> None
             err.print(traceback.format_exc())
         raise typer.Exit(1)
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted: finished experiments are kept; rerun to resume[/]")
+        kept = ": finished experiments are kept; rerun to resume" if trains else ""
+        err.print(f"[yellow]interrupted{kept}[/]")
         raise typer.Exit(130)
     except OSError as exc:  # the filesystem said no: read-only, full, a folder where a file should be
         where = f"{exc.filename}: " if exc.filename else ""

@@ -43,6 +43,8 @@ def test_ctrl_c_while_importing_is_one_line_and_exit_130(tmp_path):
             # one line, or none when the signal came before any of flops-fit's code ran (a loaded
             # machine: the interpreter was still starting, and it exits 130 by itself, silently)
             assert err.count("interrupted") == 1 or not err.strip(), (delay, err)
+            # validate trains nothing: its interrupt says nothing of experiments kept
+            assert verb == "run" or "experiments are kept" not in err, (delay, err)
         else:
             assert proc.returncode == 0, (delay, proc.returncode, err)  # finished before the signal came
     assert outcomes[-1] == 130  # run is still importing at 1 s: stopped once its own code runs
