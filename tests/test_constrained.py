@@ -129,6 +129,8 @@ def test_allocation_under_a_data_cap_against_closed_forms(C):
     assert fit.predict(C).epochs == pytest.approx(min(C / (6 * n_chin), U) / U, rel=1e-3)
     # the fresh-data form ignores U
     assert ParametricFit.from_theta(TRUE[:5]).allocate(C)[0] == pytest.approx(n_chin, rel=1e-9)
+    # the kink at D = U lies between the coarse grid's points: the zoom places it to ~1e-7
+    assert allocate_capped(zero, C, U)[0] == pytest.approx(expect, rel=1e-6)
 
 
 def _write(path, header, rows):
