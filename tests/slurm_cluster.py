@@ -122,7 +122,9 @@ class SlurmCluster:
         Path("/run/munge").mkdir(parents=True, exist_ok=True)
         self.munge_socket = Path("/run/munge/munge.socket.2")
         if self.munge_socket.exists():
-            raise ClusterUnavailable(f"{self.munge_socket} exists: another munged runs on this machine")
+            if self._run("munge", "-n", f"--socket={self.munge_socket}", check=False).returncode == 0:
+                return  # a live munged: Slurm's daemons and commands all use it, whatever its key
+            # a socket left by a munged that died without removing it: --force below replaces it
         key = self.root / "munge" / "munge.key"
         self._run("mungekey", "--create", f"--keyfile={key}")
         os.chmod(key, 0o600)
@@ -130,7 +132,8 @@ class SlurmCluster:
                                f"--socket={self.munge_socket}", f"--pid-file={self.root / 'munge' / 'munged.pid'}",
                                f"--log-file={self.root / 'log' / 'munged.log'}",
                                f"--seed-file={self.root / 'munge' / 'munged.seed'}"])
-        self._wait("munged", self.munge_socket.exists)
+        self._wait("munged", lambda: self._run("munge", "-n", f"--socket={self.munge_socket}",
+                                               check=False).returncode == 0)
 
     def _mariadb(self) -> None:
         # mysql must reach its data directory: not under pytest's folders (mode 0700, root's)
