@@ -33,6 +33,7 @@ UNHASHED_CHANGES = {
     "device": "cpu", "compile": True, "log_with": ["tensorboard"], "log_points": 10, "eval_points": 1, "num_workers": 2,
     "checkpoint_seconds": 5.0, "checkpoint_steps": 3, "keep_checkpoints": 3, "parallel": "data", "workers_per_gpu": 2,
     "data_parallel_min_params": 10.0, "micro_batch_size": 8, "cuda_graphs": "off",
+    "group": "off",
 }
 
 

@@ -38,6 +38,8 @@ def test_ctrl_c_while_importing_is_one_line_and_exit_130(tmp_path):
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
         outcomes.append(proc.returncode)
+        if "init_import_site" in err and delay < 0.5:  # a loaded machine: the signal came while the
+            continue  # interpreter imported its own site module, before any line of flops-fit ran
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, (delay, err)
         if proc.returncode == 130:
             # one line, or none when the signal came before any of flops-fit's code ran (a loaded

@@ -24,7 +24,8 @@ from ..store.lease import HEARTBEAT_S, Lease, LeaseLost
 from .checkpoint import CorruptCheckpoint
 from ..store.store import CurvePoint, Decision, RunRecord, Store, decide
 from .tracking import finish_runs, start_run
-from .worker import Interrupted, provenance, stopping, train_experiment
+from .group import MAX_GROUP, group_key
+from .worker import Interrupted, provenance, stopping, train_experiment, train_group
 
 __all__ = ["RunEvent", "run_plan", "run_experiments", "make_accelerator"]
 
@@ -95,6 +96,85 @@ def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: A
         finish_runs(accelerator)
 
 
+def _grouping(runtime: Runtime, accelerator: Accelerator) -> bool:
+    """Whether this process steps experiments of one shape together (``[train] group``)."""
+    if runtime.group == "off" or accelerator.num_processes > 1 or runtime.compile or accelerator.log_with:
+        return False
+    if accelerator.scaler is not None:  # fp16 loss scaling: one scaler per optimizer step
+        return False
+    return runtime.group == "on" or accelerator.device.type == "cuda"
+
+
+def _claim_mates(key: str, rest: list, taken: set, store: Store, retry_failed: bool, runtime: Runtime,
+                 emit) -> list:
+    """Claim up to MAX_GROUP - 1 later experiments of the same shape that are to be trained now."""
+    mates = []
+    for index, exp in rest:
+        if len(mates) == MAX_GROUP - 1:
+            break
+        if exp.id in taken or group_key(exp.job) != key:
+            continue
+        decision, lease = _claim(store, exp, retry_failed, [], runtime.heartbeat_s)
+        if decision.action == "wait":
+            continue
+        taken.add(exp.id)
+        emit("decision", exp=exp, index=index, decision=decision)
+        if decision.action != "skip":
+            mates.append((index, exp, decision, lease))
+    return mates
+
+
+def _store(result: RunRecord, exp: Experiment, lease: Lease | None, store: Store, accelerator: Accelerator,
+           branches: dict, trained: list, emit) -> None:
+    if accelerator.is_main_process:
+        store.write_result(result)  # "done": written last, atomically
+        store.clear_checkpoints(exp.id)
+        if exp.job.branch is not None:
+            store.release_pins(exp.job.branch.trunk_id, branches.get(exp.job.branch.trunk_id, []))
+    trained.append(result)
+    emit("result", result=result)
+
+
+def _train_group(members: list, store: Store, accelerator: Accelerator, emit, trained: list, by_id: dict,
+                 again: list, branches: dict) -> None:
+    """Train claimed ``(index, experiment, decision, lease)`` members together; each result is
+    stored as its member ends, under its own lease (lost: nothing written)."""
+    def on_done(k: int, outcome) -> None:
+        index, exp, decision, lease = members[k]
+        try:
+            if isinstance(outcome, CorruptCheckpoint):
+                again.extend(_set_aside(outcome, exp, store, accelerator, by_id,
+                                        lambda kind, **kw: emit(kind, exp=exp, index=index, **kw)))
+                return
+            if not isinstance(outcome, LeaseLost) and lease is not None:
+                try:
+                    lease.check()
+                except LeaseLost as lost:
+                    outcome = lost
+            if isinstance(outcome, LeaseLost):
+                emit("decision", exp=exp, index=index, decision=Decision("skip", str(outcome)))
+                return
+            _store(outcome, exp, lease, store, accelerator, branches, trained,
+                   lambda kind, **kw: emit(kind, exp=exp, index=index, **kw))
+        finally:
+            if lease is not None:
+                lease.release()
+
+    def log(index: int, exp: Experiment):
+        return lambda point: emit("log", exp=exp, index=index, point=point)
+
+    try:
+        train_group([(exp.job, decision.checkpoint, lease, log(index, exp))
+                     for index, exp, decision, lease in members], store, accelerator, on_done)
+    finally:
+        for _, _, _, lease in members:
+            if lease is not None:
+                lease.release()
+    if stopping.pending() is not None:
+        raise Interrupted(f"{members[0][1].id} and {len(members) - 1} grouped: finished as the signal came; "
+                          "the sweep stops here")
+
+
 def run_plan(plan: Plan, store: Store, accelerator: Accelerator, retry_failed: bool = False,
              on_event: Callable[[RunEvent], None] | None = None,
              select: Callable[[Experiment], bool] | None = None,
@@ -144,10 +224,14 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
                 for e in experiments if e.job.role == "trunk"}
     queue = list(enumerate(experiments))
     by_id = {e.id: (i, e) for i, e in queue}
+    grouping = _grouping(runtime, accelerator)
     while queue:
-        waiting, again = [], []
-        for index, exp in queue:
-            def emit(kind: str, **kw: Any) -> None:
+        waiting, again, taken = [], [], set()
+        for position, (index, exp) in enumerate(queue):
+            if exp.id in taken:  # trained in an earlier member's group
+                continue
+
+            def emit(kind: str, exp: Experiment = exp, index: int = index, **kw: Any) -> None:
                 if on_event is not None and accelerator.is_main_process:
                     on_event(RunEvent(kind, exp, index=index, total=total, **kw))
 
@@ -163,6 +247,17 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
             emit("decision", decision=decision)
             if decision.action == "skip":
                 continue
+            key = group_key(exp.job) if grouping else None
+            if key is not None:
+                mates = _claim_mates(key, queue[position + 1:], taken, store, retry_failed, runtime, emit)
+                if mates:
+                    _train_group([(index, exp, decision, lease)] + mates, store, accelerator, emit, trained,
+                                 by_id, again, branches)
+                    continue
+            def store_result(result: RunRecord, exp: Experiment = exp, lease: Lease | None = lease,
+                             emit=emit) -> None:
+                _store(result, exp, lease, store, accelerator, branches, trained, emit)
+
             try:
                 try:
                     result = _train_one(exp, decision, store, accelerator, emit, runtime, store.root.name,
@@ -175,13 +270,7 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
                 except CorruptCheckpoint as bad:  # moved aside; decided again (a lost pin: the trunk too)
                     again.extend(_set_aside(bad, exp, store, accelerator, by_id, emit))
                     continue
-                if accelerator.is_main_process:
-                    store.write_result(result)  # "done": written last, atomically
-                    store.clear_checkpoints(exp.id)
-                    if exp.job.branch is not None:
-                        store.release_pins(exp.job.branch.trunk_id, branches.get(exp.job.branch.trunk_id, []))
-                trained.append(result)
-                emit("result", result=result)
+                store_result(result)
                 if stopping.pending() is not None:  # Ctrl-C during the last step: stop after recording it
                     raise Interrupted(f"{exp.id}: finished as the signal came; the sweep stops here")
             finally:

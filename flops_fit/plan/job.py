@@ -71,6 +71,7 @@ class Runtime(Frozen):
     device: Literal["auto", "cpu", "cuda"]
     compile: bool
     cuda_graphs: Literal["auto", "on", "off"] = "auto"
+    group: Literal["auto", "on", "off"] = "auto"
     log_with: list[str] = Field(default_factory=list)
     heartbeat_s: float = 30.0  # [launcher] heartbeat_s: how often a held lease is refreshed
 
@@ -80,6 +81,7 @@ NOT_HASHED: dict[str, str] = {
     "device": "where it runs, not what it computes",
     "compile": "same computation, compiled",
     "cuda_graphs": "the same kernels on the same inputs, replayed from a graph (the optimizer stays eager)",
+    "group": "each member's own loss and gradients, batched (equal to float rounding, as compiled)",
     "log_with": "trackers only observe",
     "log_points": "when the loss is read, not the loss",
     "eval_points": "held-out evaluations during training do not touch the weights",

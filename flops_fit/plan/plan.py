@@ -291,6 +291,7 @@ def runtime(spec: SpecModel) -> Runtime:
     """The run-level part of ``[train]`` (precision, device, compile, trackers) and the lease heartbeat."""
     t = spec.train
     return Runtime(precision=t.precision, device=t.device, compile=t.compile, cuda_graphs=t.cuda_graphs,
+                   group=t.group,
                    log_with=list(t.log_with),
                    heartbeat_s=spec.launcher.heartbeat_s)
 

@@ -213,6 +213,11 @@ class TrainSpec(_Frozen):
         "Replay forward, backward and clip from a CUDA graph (small models are launch-bound): 'auto' "
         "where replay is exact (CUDA, one process, no accumulation, no fp16 scaler, no hooks), 'on' (an "
         "error where it cannot), 'off'."))
+    group: Literal["auto", "on", "off"] = Field(default="auto", description=(
+        "Step experiments of one shape (seeds, learning rates, replicates of a size) together, up to 8: "
+        "their parameters stacked, one batched forward and backward (torch.func.vmap), each its own "
+        "optimizer, curve, checkpoints and result. 'auto': on CUDA (one process, no compile, no fp16 "
+        "scaler, no trackers); 'on': also on the CPU (no faster there); 'off'."))
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="'auto': CUDA when present, else CPU.")
     log_with: list[Annotated[str, AfterValidator(_tracker_name)]] = Field(default_factory=list, description="Trackers, by accelerate's names (tensorboard, wandb, mlflow, aim, comet_ml, clearml, dvclive, swanlab, trackio, ...): one run per experiment grouped by the spec's name, and a summary run; metrics.jsonl is always written.")
     log_points: int = Field(default=40, ge=4, description="Points of the loss curve, spaced in FLOPs (half geometric, half linear).")

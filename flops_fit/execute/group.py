@@ -1,0 +1,130 @@
+"""Many models per kernel: one step for several experiments of one shape.
+
+Seeds, learning-rate sweeps (``transfer``) and replicates of one size are the same computation
+with different numbers.  Small models leave a GPU idle between kernel launches, so training K of
+them one after another costs about K times one step; stacked, they cost about one.  A
+:class:`GroupStep` stacks the lanes' parameters (``torch.stack``, so each lane's own parameters
+get their gradients back through it), runs one forward and backward over all of them with
+``torch.func.vmap`` over ``torch.func.functional_call`` of the first lane's module, each lane on
+its own batch, and then gives each lane its own gradient clip and optimizer step.  Every member
+stays an ordinary experiment: its own seed and initial weights, data order, learning rate and
+schedule, curve, checkpoints, lease and result; members may stand at different steps and leave
+the group when they finish or diverge.
+
+Batched kernels add in another order than single ones, so a grouped loss equals the one-at-a-time
+loss to float rounding, not bit for bit (``[train] group`` is not hashed, like ``compile``).  A
+model the vmap cannot run (a buffer updated in place, a value read back to the host, an op
+without a batching rule that fails) is trained one lane at a time from that step on, with a note.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch.utils import _pytree as pytree
+
+from ..core.hashing import content_hash
+from ..plan.plan import Job
+from .step import TrainStep
+
+__all__ = ["GroupStep", "group_key", "GroupMode", "MAX_GROUP"]
+
+GroupMode = Literal["auto", "on", "off"]
+#: The most experiments one group trains together.
+MAX_GROUP = 8
+
+
+def group_key(job: Job) -> str | None:
+    """Experiments with equal keys can be stepped together: the same model, size, loss, data and
+    batch; None for those that cannot (a trunk or a branch, gradient accumulation)."""
+    lp = job.loop
+    if job.role == "trunk" or job.branch is not None or (lp.micro_batch_size or lp.batch_size) != lp.batch_size:
+        return None
+    return content_hash({"model": job.model.model_dump(), "size_param": job.size_param, "size": job.size,
+                         "loss": job.loss.model_dump(), "data": job.data.model_dump(),
+                         "tokens_per_sample": job.tokens_per_sample, "batch_size": lp.batch_size,
+                         "precision": job.precision})
+
+
+class GroupStep:
+    """Callable ``step(lanes) -> {position: exception}``: one optimizer step of every lane in
+    ``lanes``, batched while the model allows it; the exceptions are those of lanes stepped one at
+    a time (the user's code failed for that lane only).  ``.note`` says why grouping stopped."""
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self.grouped = True
+        self.note: str | None = None
+        self._eager: dict[int, TrainStep] = {}
+
+    def __call__(self, lanes: list) -> dict[int, BaseException]:
+        if len(lanes) > 1 and self.grouped:
+            batches = [next(lane.batches) for lane in lanes]
+            try:
+                self._batched(lanes, batches)
+                return {}
+            except Exception as error:  # noqa: BLE001 - any failure: these lanes one at a time from now on
+                said = str(error).splitlines()[0][:160] if str(error) else ""
+                self.grouped = True
+                self.note = f"grouped training off: {type(error).__name__}: {said}; trained one at a time"
+                for lane in lanes:
+                    lane.optimizer.zero_grad(set_to_none=True)
+                return self._one_at_a_time(lanes, [iter([b]) for b in batches])
+        return self._one_at_a_time(lanes, [lane.batches for lane in lanes])
+
+    def _one_at_a_time(self, lanes: list, batches: list) -> dict[int, BaseException]:
+        failed = {}
+        for k, (lane, source) in enumerate(zip(lanes, batches)):
+            step = self._eager.get(id(lane))
+            if step is None:
+                step = self._eager[id(lane)] = TrainStep(
+                    lane.model, lane.loss_fn, lane.step_optimizer, self.accelerator, lane.layout.accum,
+                    lane.job.optim.grad_clip, lane.direct, lane.acc, "off")
+            try:
+                step(source)
+            except Exception as error:  # noqa: BLE001 - the user's code failed for this lane
+                failed[k] = error
+        return failed
+
+    def _batched(self, lanes: list, batches: list) -> None:
+        from torch.func import functional_call, vmap
+
+        base = lanes[0].raw_model
+        members = [dict(lane.raw_model.named_parameters()) for lane in lanes]
+        buffers = [dict(lane.raw_model.named_buffers()) for lane in lanes]
+        params = {name: torch.stack([m[name] for m in members]) for name in members[0]}
+        stacked_buffers = {name: torch.stack([b[name] for b in buffers]) for name in buffers[0]}
+        inputs = _stack([b[0] for b in batches])
+        targets = _stack([b[1] for b in batches])
+        loss_fn = lanes[0].loss_fn
+
+        def one(p, b, x, y):
+            out = functional_call(base, (p, b), (), x) if isinstance(x, dict) else functional_call(base, (p, b), (x,))
+            return loss_fn(out, y)
+
+        with self.accelerator.autocast():
+            losses = vmap(one, randomness="different")(params, stacked_buffers, inputs, targets)
+        losses.sum().backward()  # members are independent: each gets the gradient of its own loss
+        detached = losses.detach().float()
+        for k, lane in enumerate(lanes):
+            lane.acc += detached[k]
+            clip = lane.job.optim.grad_clip
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_([p for p in lane.raw_model.parameters() if p.requires_grad], clip)
+            lane.step_optimizer.step()
+            lane.step_optimizer.zero_grad(set_to_none=True)
+
+
+def _stack(values: list):
+    """Stack the lanes' batches leaf by leaf (the same structure and shapes, or ValueError)."""
+    flat = [pytree.tree_flatten(v) for v in values]
+    spec = flat[0][1]
+    if any(s != spec for _, s in flat):
+        raise ValueError("the lanes' batches differ in structure")
+    leaves = []
+    for parts in zip(*(f for f, _ in flat)):
+        if not all(isinstance(t, torch.Tensor) and t.shape == parts[0].shape for t in parts):
+            raise ValueError("the lanes' batches differ in shape")
+        leaves.append(torch.stack(parts))
+    return pytree.tree_unflatten(leaves, spec)

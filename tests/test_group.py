@@ -1,0 +1,98 @@
+"""[train] group: experiments of one shape stepped together (one batched forward and backward),
+each still its own experiment — the same losses as one at a time, its own checkpoints and resume,
+a fallback with a note where the model cannot be batched."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from flops_fit import Spec
+from flops_fit.execute.group import group_key
+from flops_fit.execute.signals import Interrupted
+from tests.conftest import write_toy_spec
+
+
+def _seeded(in_tmp, name: str, group: str, model: str = "MLP"):
+    path = write_toy_spec(in_tmp, name=name, model=model, sizes=(4, 8, 16), budgets=(1e6,),
+                          train=f'group = "{group}"\ndevice = "cpu"\n')
+    path.write_text(path.read_text().replace("[sweep]\n", '[sweep]\nseeds = [0, 1, 2]\nreplicate = "all"\n'))
+    return Spec.load(path)
+
+
+def _losses(spec) -> dict[str, tuple[float, list[float]]]:
+    out = {}
+    for f in (spec.run_dir / "experiments").glob("*/result.json"):
+        r = json.loads(f.read_text())
+        out[r["id"]] = (r["loss"], [p["train_loss"] for p in r["curve"]], r["notes"])
+    return out
+
+
+def test_grouped_seeds_train_to_the_losses_of_one_at_a_time(in_tmp):
+    alone, grouped = _seeded(in_tmp, "alone", "off"), _seeded(in_tmp, "grouped", "on")
+    plan = grouped.plan()
+    keys = {}
+    for e in plan.experiments:
+        keys.setdefault(group_key(e.job), []).append(e.size)
+    assert sorted(len(v) for v in keys.values()) == [3, 3, 3]  # one group per size: the three seeds
+    alone.run(report=False)
+    events = []
+    grouped.run(report=False, on_event=events.append)
+    a, g = _losses(alone), _losses(grouped)
+    assert set(a) == set(g) and len(g) == 9
+    for exp_id, (loss, curve, notes) in g.items():
+        assert loss == pytest.approx(a[exp_id][0], rel=1e-4), exp_id
+        assert curve == pytest.approx(a[exp_id][1], rel=1e-4), exp_id
+        assert any("stepped together with 2 other" in n for n in notes), notes
+        assert not any("grouped training off" in n for n in notes), notes
+        assert not any("stepped together" in n for n in a[exp_id][2])
+    assert sum(e.kind == "result" for e in events) == 9
+    assert {e.experiment.id for e in events if e.kind == "log"} == set(g)  # every member's curve is reported
+
+
+def test_a_grouped_run_stopped_by_a_signal_checkpoints_every_member_and_resumes(in_tmp):
+    whole = _seeded(in_tmp, "whole", "on")
+    whole.run(report=False)
+    spec = _seeded(in_tmp, "stopped", "on")
+    seen = []
+
+    def stop_midway(event):
+        if event.kind == "log" and event.point.step >= 20 and not seen:
+            seen.append(event.experiment.id)
+            os.kill(os.getpid(), signal.SIGINT)  # the loop's handler notes it; the group checkpoints
+
+    with pytest.raises(Interrupted):
+        spec.run(report=False, on_event=stop_midway)
+    stopped = [d for d in (spec.run_dir / "experiments").iterdir() if (d / "checkpoints").exists()
+               and any((d / "checkpoints").glob("*/COMPLETE"))]
+    assert len(stopped) == 3  # the three seeds of the first size, each its own checkpoint
+    events = []
+    spec.run(report=False, on_event=events.append)
+    resumed = [e for e in events if e.kind == "decision" and e.decision.action == "resume"]
+    assert len(resumed) == 3
+    w, s = _losses(whole), _losses(spec)
+    assert {k: v[0] for k, v in s.items()} == pytest.approx({k: v[0] for k, v in w.items()}, rel=1e-6)
+
+
+def test_a_model_vmap_cannot_run_trains_one_at_a_time_with_a_note(in_tmp):
+    alone, grouped = _seeded(in_tmp, "alone", "off", "HostSync"), _seeded(in_tmp, "grouped", "on", "HostSync")
+    alone.run(report=False)
+    grouped.run(report=False)
+    a, g = _losses(alone), _losses(grouped)
+    for exp_id, (loss, curve, notes) in g.items():
+        assert loss == a[exp_id][0] and curve == a[exp_id][1]  # one at a time: the very same computation
+        assert any("grouped training off" in n for n in notes), notes
+
+
+def test_group_auto_is_off_on_the_cpu_and_trunks_are_never_grouped(in_tmp):
+    spec = _seeded(in_tmp, "auto", "auto")
+    spec.run(report=False)
+    assert not any("stepped together" in n for _, _, notes in _losses(spec).values() for n in notes)
+    wsd = write_toy_spec(in_tmp, name="wsd", sizes=(4, 8), budgets=(1e6, 2e6),
+                         train='schedule = "wsd"\nwarmup_tokens = 16\ndecay_fraction = 0.3\n')
+    wsd.write_text(wsd.read_text().replace("[sweep]\n", '[sweep]\nreuse = "branch"\n'))
+    plan = Spec.load(wsd).plan()
+    assert all(group_key(e.job) is None for e in plan.units() if e.job.role == "trunk" or e.job.branch)
