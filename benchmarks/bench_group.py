@@ -10,7 +10,8 @@ timed over ``--steps`` rounds after a warm-up (a round = one optimizer step of e
 * ``one_eager``: the engine's :class:`TrainStep` per member, eager;
 * ``one_graphs``: the same with the step captured in a CUDA graph (the engine's default on CUDA);
 * ``grouped``: the engine's :class:`GroupStep`: parameters stacked, one vmapped forward and
-  backward, each member's own clip and optimizer step.
+  backward, each member's own clip and optimizer step;
+* ``grouped_graphs``: the same with the batched forward, backward and clips in a CUDA graph.
 
 Reported per width: milliseconds per member-step, FLOP/s and MFU (6·N·tokens per member-step,
 N = all parameters, the attention's T² term left out: MFU is a lower bound), the speed-up of
@@ -36,11 +37,12 @@ from flops_fit.execute.step import TrainStep
 PEAK = 989e12
 
 
-def _members(width: int, k: int, accelerator: Accelerator, batch: int, seq: int, vocab: int, layers: int):
+def _members(width: int, k: int, accelerator: Accelerator, batch: int, seq: int, vocab: int, layers: int,
+             head_dim: int):
     lanes = []
     for i in range(k):
         torch.manual_seed(i)
-        model = GPT(width, num_layers=layers, vocab_size=vocab, seq_len=seq, head_dim=16,
+        model = GPT(width, num_layers=layers, vocab_size=vocab, seq_len=seq, head_dim=head_dim,
                     base_width=128).to(accelerator.device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3 * 2.0 ** (i - k // 2),
                                 fused=accelerator.device.type == "cuda")
@@ -74,15 +76,15 @@ def _time(fn, steps: int, warmup: int, device: torch.device) -> float:
 
 
 def bench(width: int, k: int, steps: int, warmup: int, accelerator: Accelerator, args) -> dict:
-    shape = (args.batch, args.seq, args.vocab, args.layers)
+    shape = (args.batch, args.seq, args.vocab, args.layers, args.head_dim)
     out = {"width": width, "members": k}
     losses = {}
-    for way in ("one_eager", "one_graphs", "grouped"):
-        if way == "one_graphs" and accelerator.device.type != "cuda":
+    for way in ("one_eager", "one_graphs", "grouped", "grouped_graphs"):
+        if way.endswith("graphs") and accelerator.device.type != "cuda":
             continue
         lanes = _members(width, k, accelerator, *shape)
-        if way == "grouped":
-            step = GroupStep(accelerator)
+        if way.startswith("grouped"):
+            step = GroupStep(accelerator, "auto" if way == "grouped_graphs" else "off")
 
             def fn():
                 step(lanes)
@@ -100,17 +102,21 @@ def bench(width: int, k: int, steps: int, warmup: int, accelerator: Accelerator,
         out[way] = {"ms_per_member_step": 1e3 * seconds / k, "flops_per_s": flops * k / seconds,
                     "mfu": flops * k / seconds / args.peak, "num_params": n}
         losses[way] = [float(l.acc) for l in lanes]
-        if way == "grouped" and step.note:
-            out["grouped_note"] = step.note
+        if way.startswith("grouped") and step.note:
+            out[f"{way}_note"] = step.note
         del lanes
         accelerator.free_memory()
         if accelerator.device.type == "cuda":
             torch.cuda.empty_cache()
+    best = min((w for w in ("grouped", "grouped_graphs") if w in out), key=lambda w: out[w]["ms_per_member_step"])
     for way in ("one_eager", "one_graphs"):
         if way in out:
-            out[f"grouped_speedup_over_{way}"] = out[way]["ms_per_member_step"] / out["grouped"]["ms_per_member_step"]
-    out["grouped_vs_eager_max_rel_loss_diff"] = max(
-        abs(a - b) / abs(b) for a, b in zip(losses["grouped"], losses["one_eager"]))
+            out[f"best_grouped_speedup_over_{way}"] = (out[way]["ms_per_member_step"]
+                                                      / out[best]["ms_per_member_step"])
+    for way in ("grouped", "grouped_graphs", "one_graphs"):
+        if way in losses:
+            out[f"{way}_vs_one_eager_max_rel_loss_diff"] = max(
+                abs(a - b) / abs(b) for a, b in zip(losses[way], losses["one_eager"]))
     return out
 
 
@@ -124,11 +130,15 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--head-dim", type=int, default=16)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--peak", type=float, default=PEAK)
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     cuda = torch.cuda.is_available() and not args.cpu
+    if args.threads:
+        torch.set_num_threads(args.threads)
     accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
     device = torch.cuda.get_device_name() if cuda else "cpu"
     rows = []

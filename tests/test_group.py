@@ -96,3 +96,16 @@ def test_group_auto_is_off_on_the_cpu_and_trunks_are_never_grouped(in_tmp):
     wsd.write_text(wsd.read_text().replace("[sweep]\n", '[sweep]\nreuse = "branch"\n'))
     plan = Spec.load(wsd).plan()
     assert all(group_key(e.job) is None for e in plan.units() if e.job.role == "trunk" or e.job.branch)
+
+
+def test_a_transfer_sweep_trains_each_sizes_rates_as_one_group(in_tmp):
+    from tests.test_transfer import _mlp
+
+    alone = _mlp(in_tmp, name="alone", sizes=(8, 64))
+    grouped = _mlp(in_tmp, name="grouped", sizes=(8, 64))
+    grouped = grouped.model_copy(update={"train": grouped.train.model_copy(update={"group": "on"})})
+    a, g = alone.transfer(max_steps=150), grouped.transfer(max_steps=150)
+    assert [p.loss for p in g.sweep] == pytest.approx([p.loss for p in a.sweep], rel=1e-4)
+    assert [o.best_lr for o in g.optima] == pytest.approx([o.best_lr for o in a.optima], rel=1e-3)
+    notes = [n for _, _, ns in _losses(grouped).values() for n in ns]
+    assert sum("stepped together with 6 other" in n for n in notes) == 14  # 7 rates x 2 sizes, one group each

@@ -26,7 +26,7 @@ from torch.utils import _pytree as pytree
 
 from ..core.hashing import content_hash
 from ..plan.plan import Job
-from .step import TrainStep
+from .step import WARMUP_STEPS, GraphMode, TrainStep
 
 __all__ = ["GroupStep", "group_key", "GroupMode", "MAX_GROUP"]
 
@@ -52,26 +52,69 @@ class GroupStep:
     ``lanes``, batched while the model allows it; the exceptions are those of lanes stepped one at
     a time (the user's code failed for that lane only).  ``.note`` says why grouping stopped."""
 
-    def __init__(self, accelerator):
+    def __init__(self, accelerator, graphs: GraphMode = "off"):
         self.accelerator = accelerator
         self.grouped = True
         self.note: str | None = None
         self._eager: dict[int, TrainStep] = {}
+        # CUDA graphs of the batched forward + backward + clips (the optimizers stay eager): captured
+        # for one set of members after WARMUP_STEPS batched steps, captured again when the set changes
+        self.graphs = graphs != "off" and accelerator.device.type == "cuda"
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_for: tuple[int, ...] = ()
+        self._static: tuple | None = None
+        self._warm = 0
 
     def __call__(self, lanes: list) -> dict[int, BaseException]:
         if len(lanes) > 1 and self.grouped:
             batches = [next(lane.batches) for lane in lanes]
             try:
-                self._batched(lanes, batches)
+                if self.graphs:
+                    self._graphed(lanes, batches)
+                else:
+                    self._batched(lanes, batches)
+                    self._optimizers(lanes)
                 return {}
             except Exception as error:  # noqa: BLE001 - any failure: these lanes one at a time from now on
                 said = str(error).splitlines()[0][:160] if str(error) else ""
-                self.grouped = True
+                if self.graphs:
+                    torch.cuda.synchronize()
+                self.grouped, self.graphs, self._graph, self._static = False, False, None, None
                 self.note = f"grouped training off: {type(error).__name__}: {said}; trained one at a time"
                 for lane in lanes:
                     lane.optimizer.zero_grad(set_to_none=True)
                 return self._one_at_a_time(lanes, [iter([b]) for b in batches])
         return self._one_at_a_time(lanes, [lane.batches for lane in lanes])
+
+    def _graphed(self, lanes: list, batches: list) -> None:
+        members = tuple(id(lane) for lane in lanes)
+        if members != self._graph_for:  # another set of members: warm up again, then capture
+            self._graph, self._graph_for, self._static, self._warm = None, members, None, 0
+        if self._graph is None and self._warm < WARMUP_STEPS:
+            self._warm += 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._batched(lanes, batches)
+                self._optimizers(lanes)
+            torch.cuda.current_stream().wait_stream(side)
+            return
+        inputs, targets = _stack([b[0] for b in batches]), _stack([b[1] for b in batches])
+        if self._graph is None:
+            for lane in lanes:  # the backward inside the graph allocates the gradients: static
+                lane.step_optimizer.zero_grad(set_to_none=True)
+            self._static = (inputs, targets)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._batched(lanes, None, stacked=self._static)
+            self._graph = graph
+        else:
+            for dst, src in zip(pytree.tree_leaves(self._static), pytree.tree_leaves((inputs, targets))):
+                if dst.shape != src.shape or dst.dtype != src.dtype:
+                    raise ValueError("a batch of another shape than the captured one")
+                dst.copy_(src, non_blocking=True)
+        self._graph.replay()
+        self._optimizers(lanes, zero=False)  # the graph's gradients are overwritten by the next replay
 
     def _one_at_a_time(self, lanes: list, batches: list) -> dict[int, BaseException]:
         failed = {}
@@ -87,7 +130,8 @@ class GroupStep:
                 failed[k] = error
         return failed
 
-    def _batched(self, lanes: list, batches: list) -> None:
+    def _batched(self, lanes: list, batches: list | None, stacked: tuple | None = None) -> None:
+        """Forward and backward of every lane at once, each lane's clip and loss accumulation."""
         from torch.func import functional_call, vmap
 
         base = lanes[0].raw_model
@@ -95,8 +139,7 @@ class GroupStep:
         buffers = [dict(lane.raw_model.named_buffers()) for lane in lanes]
         params = {name: torch.stack([m[name] for m in members]) for name in members[0]}
         stacked_buffers = {name: torch.stack([b[name] for b in buffers]) for name in buffers[0]}
-        inputs = _stack([b[0] for b in batches])
-        targets = _stack([b[1] for b in batches])
+        inputs, targets = stacked or (_stack([b[0] for b in batches]), _stack([b[1] for b in batches]))
         loss_fn = lanes[0].loss_fn
 
         def one(p, b, x, y):
@@ -112,8 +155,13 @@ class GroupStep:
             clip = lane.job.optim.grad_clip
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_([p for p in lane.raw_model.parameters() if p.requires_grad], clip)
+
+    @staticmethod
+    def _optimizers(lanes: list, zero: bool = True) -> None:
+        for lane in lanes:
             lane.step_optimizer.step()
-            lane.step_optimizer.zero_grad(set_to_none=True)
+            if zero:
+                lane.step_optimizer.zero_grad(set_to_none=True)
 
 
 def _stack(values: list):

@@ -136,7 +136,7 @@ def _store(result: RunRecord, exp: Experiment, lease: Lease | None, store: Store
 
 
 def _train_group(members: list, store: Store, accelerator: Accelerator, emit, trained: list, by_id: dict,
-                 again: list, branches: dict) -> None:
+                 again: list, branches: dict, runtime: Runtime) -> None:
     """Train claimed ``(index, experiment, decision, lease)`` members together; each result is
     stored as its member ends, under its own lease (lost: nothing written)."""
     def on_done(k: int, outcome) -> None:
@@ -165,7 +165,8 @@ def _train_group(members: list, store: Store, accelerator: Accelerator, emit, tr
 
     try:
         train_group([(exp.job, decision.checkpoint, lease, log(index, exp))
-                     for index, exp, decision, lease in members], store, accelerator, on_done)
+                     for index, exp, decision, lease in members], store, accelerator, on_done,
+                    runtime.cuda_graphs)
     finally:
         for _, _, _, lease in members:
             if lease is not None:
@@ -252,7 +253,7 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
                 mates = _claim_mates(key, queue[position + 1:], taken, store, retry_failed, runtime, emit)
                 if mates:
                     _train_group([(index, exp, decision, lease)] + mates, store, accelerator, emit, trained,
-                                 by_id, again, branches)
+                                 by_id, again, branches, runtime)
                     continue
             def store_result(result: RunRecord, exp: Experiment = exp, lease: Lease | None = lease,
                              emit=emit) -> None:

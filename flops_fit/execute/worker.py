@@ -92,12 +92,13 @@ def _release(accelerator: Accelerator, compiled: bool) -> None:
 
 def train_group(members: list[tuple[Job, str | None, Lease | None, Callable[[CurvePoint], None] | None]],
                 store: Store, accelerator: Accelerator,
-                on_done: Callable[[int, RunRecord | BaseException], None]) -> None:
+                on_done: Callable[[int, RunRecord | BaseException], None], cuda_graphs: GraphMode = "auto") -> None:
     """Train experiments of one shape together (:mod:`.group`): ``members`` are ``(job, resume_from,
     lease, on_log)``.  ``on_done(k, outcome)`` is called as soon as member ``k`` ends — with its
     result, a failed record (its own code raised), or the :class:`LeaseLost` /
     :class:`CorruptCheckpoint` that ends it without a result — so finished members are stored while
-    the others train.  A signal checkpoints every member still training, then raises Interrupted."""
+    the others train.  A signal checkpoints every member still training, then raises Interrupted.
+    ``cuda_graphs``: replay the batched forward and backward from a CUDA graph (as one experiment's)."""
     from .group import GroupStep
 
     def failed(job: Job, exc: BaseException) -> RunRecord:
@@ -114,7 +115,7 @@ def train_group(members: list[tuple[Job, str | None, Lease | None, Callable[[Cur
                     on_done(k, exc)
                 except Exception as exc:  # noqa: BLE001 - the user's code failed for this member
                     on_done(k, failed(job, exc))
-            step, together = GroupStep(accelerator), len(active)
+            step, together = GroupStep(accelerator, cuda_graphs), len(active)
 
             def notes() -> list[str]:
                 if not step.grouped:
