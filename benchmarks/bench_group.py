@@ -90,8 +90,8 @@ def bench(width: int, k: int, steps: int, warmup: int, accelerator: Accelerator,
                 step(lanes)
         else:
             mode = "off" if way == "one_eager" else "auto"
-            steppers = [TrainStep(l.model, l.loss_fn, l.step_optimizer, accelerator, 1, 1.0, True, l.acc, mode)
-                        for l in lanes]
+            steppers = [TrainStep(m.model, m.loss_fn, m.step_optimizer, accelerator, 1, 1.0, True, m.acc, mode)
+                        for m in lanes]
 
             def fn():
                 for s, l in zip(steppers, lanes):
@@ -108,7 +108,8 @@ def bench(width: int, k: int, steps: int, warmup: int, accelerator: Accelerator,
         accelerator.free_memory()
         if accelerator.device.type == "cuda":
             torch.cuda.empty_cache()
-    best = min((w for w in ("grouped", "grouped_graphs") if w in out), key=lambda w: out[w]["ms_per_member_step"])
+    best = min((w for w in ("grouped", "grouped_graphs") if w in out),
+               key=lambda w: out[w]["ms_per_member_step"])
     for way in ("one_eager", "one_graphs"):
         if way in out:
             out[f"best_grouped_speedup_over_{way}"] = (out[way]["ms_per_member_step"]

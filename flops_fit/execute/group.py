@@ -39,7 +39,8 @@ def group_key(job: Job) -> str | None:
     """Experiments with equal keys can be stepped together: the same model, size, loss, data and
     batch; None for those that cannot (a trunk or a branch, gradient accumulation)."""
     lp = job.loop
-    if job.role == "trunk" or job.branch is not None or (lp.micro_batch_size or lp.batch_size) != lp.batch_size:
+    accumulates = (lp.micro_batch_size or lp.batch_size) != lp.batch_size
+    if job.role == "trunk" or job.branch is not None or accumulates:
         return None
     return content_hash({"model": job.model.model_dump(), "size_param": job.size_param, "size": job.size,
                          "loss": job.loss.model_dump(), "data": job.data.model_dump(),
@@ -143,7 +144,8 @@ class GroupStep:
         loss_fn = lanes[0].loss_fn
 
         def one(p, b, x, y):
-            out = functional_call(base, (p, b), (), x) if isinstance(x, dict) else functional_call(base, (p, b), (x,))
+            args, kwargs = ((), x) if isinstance(x, dict) else ((x,), None)
+            out = functional_call(base, (p, b), args, kwargs)
             return loss_fn(out, y)
 
         with self.accelerator.autocast():
@@ -154,7 +156,8 @@ class GroupStep:
             lane.acc += detached[k]
             clip = lane.job.optim.grad_clip
             if clip is not None:
-                torch.nn.utils.clip_grad_norm_([p for p in lane.raw_model.parameters() if p.requires_grad], clip)
+                trained = [p for p in lane.raw_model.parameters() if p.requires_grad]
+                torch.nn.utils.clip_grad_norm_(trained, clip)
 
     @staticmethod
     def _optimizers(lanes: list, zero: bool = True) -> None:

@@ -101,7 +101,8 @@ class Lane:
                  on_log: Callable[[CurvePoint], None] | None = None, compile: bool = False,
                  end: int | None = None, inspect: Callable[[torch.nn.Module], None] | None = None,
                  lease: Lease | None = None):
-        self.job, self.store, self.accelerator, self.on_log, self.lease = job, store, accelerator, on_log, lease
+        self.job, self.store, self.accelerator = job, store, accelerator
+        self.on_log, self.lease = on_log, lease
         self.end = end or job.steps
         o, sched, lp = job.optim, job.schedule, job.loop
         folders = job.search_path
@@ -131,7 +132,8 @@ class Lane:
         # package lookup per optimizer step, module walks per clip): step and clip with torch directly.
         self.direct = accelerator.scaler is None and accelerator.distributed_type in (
             DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
-        self.step_optimizer = getattr(self.optimizer, "optimizer", self.optimizer) if self.direct else self.optimizer
+        self.step_optimizer = (getattr(self.optimizer, "optimizer", self.optimizer) if self.direct
+                               else self.optimizer)
 
         # 3. Data: this process's share of each global batch, split into micro-batches.
         world = accelerator.num_processes
@@ -161,7 +163,7 @@ class Lane:
         self.acc = torch.full((), acc_sum, device=accelerator.device)
         self.batches = self.source.batches(run.step)
         self.last_ckpt = time.monotonic()
-        self.agree_every = max(8, job.steps // 2000)  # data-parallel: ranks agree on a signal ~2000 times a run
+        self.agree_every = max(8, job.steps // 2000)  # data-parallel: ranks agree on a signal ~2000 times
         self.model.train()
         self.start = time.perf_counter()
 
@@ -171,11 +173,12 @@ class Lane:
         run.step, run.initial_loss = state["step"], state["initial_loss"]
         run.curve = [CurvePoint.model_validate(p) for p in state["curve"]]
         run.train_seconds, self.count = state["train_seconds"], state["acc_count"]
-        run.pre_cooldown_loss, run.trunk_seconds = state.get("pre_cooldown_loss"), state.get("trunk_seconds", 0.0)
+        run.pre_cooldown_loss = state.get("pre_cooldown_loss")
+        run.trunk_seconds = state.get("trunk_seconds", 0.0)
         if self.job.branch is not None and folder.parent.name == "pinned":  # a branch starts off its trunk
             run.pre_cooldown_loss, run.trunk_seconds = state.get("eval_loss"), run.train_seconds
             _take_schedule(self.optimizer, self.scheduler)
-            if run.curve and run.curve[-1].step == run.step:  # the trunk logged its next rate: use the cooldown's
+            if run.curve and run.curve[-1].step == run.step:  # the trunk logged its next rate: the cooldown's
                 run.curve[-1] = run.curve[-1].model_copy(update={"lr": self.scheduler.get_last_lr()[0]})
         return state["acc_sum"]
 
@@ -220,11 +223,12 @@ class Lane:
             batch = job.loop.batch_size
             point = CurvePoint(step=run.step, tokens=run.step * batch * job.tokens_per_sample,
                                flops=run.step * batch * job.flops_per_sample, train_loss=train_loss,
-                               lr=self.scheduler.get_last_lr()[0], seconds=run.train_seconds, eval_loss=eval_loss)
+                               lr=self.scheduler.get_last_lr()[0], seconds=run.train_seconds,
+                               eval_loss=eval_loss)
             _record(run, point, self.exp_dir, accelerator, self.on_log)
             if _diverged(run, train_loss):
                 return False
-        if run.step in self.pins and run.status == "ok":  # a trunk's branch point: pinned, with its held-out loss
+        if run.step in self.pins and run.status == "ok":  # a trunk's branch point: pinned, held-out loss
             run.train_seconds += time.perf_counter() - self.start
             pin_loss = self.evaluate()
             if self.lease is not None:

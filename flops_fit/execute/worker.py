@@ -65,7 +65,8 @@ def train_experiment(job: Job, store: Store, accelerator: Accelerator, resume_fr
                 train_step(lane.batches)
                 if lane.advance():  # Ctrl-C / SIGTERM / a job's preemption: checkpoint written
                     raise Interrupted(f"{job.experiment_id}: stopped by signal {stopping.signum} at step "
-                                      f"{lane.run.step}/{lane.end}; checkpoint written, the next run resumes there")
+                                      f"{lane.run.step}/{lane.end}; checkpoint written, the next run "
+                                      "resumes there")
             return lane.finish([train_step.note])
     finally:
         _release(accelerator, compile)
@@ -92,7 +93,8 @@ def _release(accelerator: Accelerator, compiled: bool) -> None:
 
 def train_group(members: list[tuple[Job, str | None, Lease | None, Callable[[CurvePoint], None] | None]],
                 store: Store, accelerator: Accelerator,
-                on_done: Callable[[int, RunRecord | BaseException], None], cuda_graphs: GraphMode = "auto") -> None:
+                on_done: Callable[[int, RunRecord | BaseException], None],
+                cuda_graphs: GraphMode = "auto") -> None:
     """Train experiments of one shape together (:mod:`.group`): ``members`` are ``(job, resume_from,
     lease, on_log)``.  ``on_done(k, outcome)`` is called as soon as member ``k`` ends — with its
     result, a failed record (its own code raised), or the :class:`LeaseLost` /
@@ -142,7 +144,8 @@ def train_group(members: list[tuple[Job, str | None, Lease | None, Callable[[Cur
                         del active[k]
                         on_done(k, outcome)
                 if stopped:
-                    raise Interrupted(f"{len(active)} grouped experiments stopped by signal {stopping.signum}; "
+                    raise Interrupted(f"{len(active)} grouped experiments stopped by signal "
+                                      f"{stopping.signum}; "
                                       "checkpoints written, the next run resumes there")
     finally:
         _release(accelerator, False)
