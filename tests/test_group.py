@@ -109,3 +109,15 @@ def test_a_transfer_sweep_trains_each_sizes_rates_as_one_group(in_tmp):
     assert [o.best_lr for o in g.optima] == pytest.approx([o.best_lr for o in a.optima], rel=1e-3)
     notes = [n for _, _, ns in _losses(grouped).values() for n in ns]
     assert sum("stepped together with 6 other" in n for n in notes) == 14  # 7 rates x 2 sizes, one group each
+
+
+def test_estimate_says_which_experiments_group_and_why(in_tmp):
+    on, auto = _seeded(in_tmp, "on", "on"), _seeded(in_tmp, "auto", "auto")
+    on = on.model_copy(update={"cost": on.cost.model_copy(update={"calibrate": False})})
+    auto = auto.model_copy(update={"cost": auto.cost.model_copy(update={"calibrate": False})})
+    [note] = [n for n in on.estimate().notes if "groups of one shape" in n]
+    assert note.startswith("9 experiments train in 3 groups of one shape (3, 3, 3)"), note
+    [note] = [n for n in auto.estimate().notes if "groups of one shape" in n]
+    assert "could train in 3 groups" in note and "'auto' groups on CUDA only" in note, note
+    on.run(report=False)
+    assert not [n for n in on.estimate().notes if "groups of one shape" in n]  # nothing left to train

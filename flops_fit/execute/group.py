@@ -28,7 +28,7 @@ from ..core.hashing import content_hash
 from ..plan.plan import Job
 from .step import WARMUP_STEPS, GraphMode, TrainStep
 
-__all__ = ["GroupStep", "group_key", "GroupMode", "MAX_GROUP"]
+__all__ = ["GroupStep", "group_key", "grouping", "group_sizes", "GroupMode", "MAX_GROUP"]
 
 GroupMode = Literal["auto", "on", "off"]
 #: The most experiments one group trains together.
@@ -46,6 +46,35 @@ def group_key(job: Job) -> str | None:
                          "loss": job.loss.model_dump(), "data": job.data.model_dump(),
                          "tokens_per_sample": job.tokens_per_sample, "batch_size": lp.batch_size,
                          "precision": job.precision})
+
+
+def grouping(runtime, device_type: str, processes: int = 1, scaler: bool = False) -> tuple[bool, str]:
+    """Whether experiments of one shape are stepped together here, and why (``runtime`` is the plan's
+    :class:`~flops_fit.plan.job.Runtime`).  The runner and ``estimate`` both decide with this."""
+    if runtime.group == "off":
+        return False, "[train] group = 'off'"
+    blocker = ("data-parallel processes" if processes > 1 else "compile = true" if runtime.compile else
+               "trackers (one run at a time)" if runtime.log_with else
+               "fp16 loss scaling" if scaler or runtime.precision == "fp16" else None)
+    if blocker:
+        return False, f"not grouped: {blocker}"
+    if runtime.group == "auto" and device_type != "cuda":
+        return False, f"'auto' groups on CUDA only (no faster on {device_type}); group = 'on' to force"
+    return True, f"grouped ([train] group = '{runtime.group}' on {device_type})"
+
+
+def group_sizes(jobs: list[Job]) -> list[int]:
+    """How many experiments each group of ``jobs`` holds (groups of one left out), as the runner forms
+    them: same :func:`group_key`, up to MAX_GROUP."""
+    counts: dict[str, int] = {}
+    for job in jobs:
+        key = group_key(job)
+        if key is not None:
+            counts[key] = counts.get(key, 0) + 1
+    sizes = []
+    for n in counts.values():
+        sizes += [MAX_GROUP] * (n // MAX_GROUP) + ([n % MAX_GROUP] if n % MAX_GROUP else [])
+    return sorted((s for s in sizes if s > 1), reverse=True)
 
 
 class GroupStep:

@@ -24,7 +24,7 @@ from ..store.lease import HEARTBEAT_S, Lease, LeaseLost
 from .checkpoint import CorruptCheckpoint
 from ..store.store import CurvePoint, Decision, RunRecord, Store, decide
 from .tracking import finish_runs, start_run
-from .group import MAX_GROUP, group_key
+from .group import MAX_GROUP, group_key, grouping
 from .worker import Interrupted, provenance, stopping, train_experiment, train_group
 
 __all__ = ["RunEvent", "run_plan", "run_experiments", "make_accelerator"]
@@ -98,11 +98,8 @@ def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: A
 
 def _grouping(runtime: Runtime, accelerator: Accelerator) -> bool:
     """Whether this process steps experiments of one shape together (``[train] group``)."""
-    if runtime.group == "off" or accelerator.num_processes > 1 or runtime.compile or accelerator.log_with:
-        return False
-    if accelerator.scaler is not None:  # fp16 loss scaling: one scaler per optimizer step
-        return False
-    return runtime.group == "on" or accelerator.device.type == "cuda"
+    on, _ = grouping(runtime, accelerator.device.type, accelerator.num_processes, accelerator.scaler is not None)
+    return on and not accelerator.log_with
 
 
 def _claim_mates(key: str, rest: list, taken: set, store: Store, retry_failed: bool, runtime: Runtime,

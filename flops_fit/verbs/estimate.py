@@ -209,6 +209,25 @@ def _own_steps(exp: Experiment) -> int:
     return exp.steps - (exp.job.branch.step if exp.job.branch is not None else 0)
 
 
+def _group_note(plan: Plan, units: list[Experiment], rows: list[EstimateRow], layout, calib: dict) -> list[str]:
+    """What ``[train] group`` will do with the experiments left to train (the runner's decision)."""
+    from ..execute.group import group_sizes, grouping
+
+    pending = [e.job for e, r in zip(units, rows) if r.action in ("run", "resume")]
+    sizes = group_sizes(pending)
+    if not sizes:
+        return []
+    rt = plan.runtime
+    cuda = layout.gpus or calib.get("device", "").startswith("cuda")
+    device = rt.device if rt.device != "auto" else ("cuda" if cuda else "cpu")
+    on, why = grouping(rt, device, scaler=rt.precision == "fp16" and device == "cuda")
+    counts = ", ".join(str(n) for n in sizes)
+    if on:
+        return [f"{sum(sizes)} experiments train in {len(sizes)} groups of one shape ({counts}): {why}; "
+                "the times above are one at a time"]
+    return [f"{sum(sizes)} experiments could train in {len(sizes)} groups of one shape ({counts}); {why}"]
+
+
 def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calibrate_steps: int | None = None) -> Estimate:
     """The dry-run report for ``plan`` against the store in ``spec.run_dir``."""
     import os
@@ -243,6 +262,7 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calib
         total_seconds = makespan([r.est_seconds or 0.0 for r in rows], workers, _waits(units, calib, starts)) + start
     elif calib and any(r.est_seconds for r in rows):
         total_seconds += _first_call(calib)
+    notes = list(plan.notes) + _group_note(plan, units, rows, layout, calib)
     gpu_hours = remaining_flops / gpu_rate / 3600
     total = sum(e.flops * _own_steps(e) / e.steps for e in units)
     standalone = sum(e.flops for e in plan.experiments)
@@ -253,7 +273,7 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calib
             return makespan(each, workers, _waits(items, calib, {})) if workers > 1 else sum(each)
         saved_seconds = sweep_seconds(plan.experiments, lambda e: e.steps) - sweep_seconds(units, _own_steps)
     return Estimate(flop_rule=plan.flop_rule, flop_rule_description=RULE_DESCRIPTIONS[plan.flop_rule], experiments=rows,
-                    reuse=plan.reuse, notes=list(plan.notes), standalone_flops=standalone, saved_flops=standalone - total, saved_seconds=saved_seconds,
+                    reuse=plan.reuse, notes=notes, standalone_flops=standalone, saved_flops=standalone - total, saved_seconds=saved_seconds,
                     dropped=list(plan.dropped), total_flops=total,
                     remaining_flops=remaining_flops, est_seconds=total_seconds if calib else None,
                     device=calib.get("device", "not calibrated"), calibration=calib, gpu=spec.cost.gpu,
