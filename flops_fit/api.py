@@ -58,14 +58,15 @@ class Spec(SpecModel):
         return estimate_plan(self, plan, retry_failed).model_copy(update={"transfer": verdict})
 
     def transfer(self, middle: bool = False, max_steps: int = 2000, coordinate_steps: int = 5,
-                 on_event: Callable[[RunEvent], None] | None = None) -> "Transfer":
+                 on_event: Callable[[RunEvent], None] | None = None, octaves: int = 3) -> "Transfer":
         """Does one learning rate serve every size?  The coordinate check and the learning-rate
         sweep of :mod:`flops_fit.verbs.transfer`, trained as cached experiments of this spec's store;
-        writes ``<run_dir>/transfer/`` and returns the :class:`~flops_fit.verbs.transfer.Transfer`."""
+        writes ``<run_dir>/transfer/`` and returns the :class:`~flops_fit.verbs.transfer.Transfer`.
+        ``octaves``: rates spec·2^-octaves … spec·2^octaves (3: seven rates; 2: five)."""
         from .verbs.transfer import transfer
 
         check(self)
-        return transfer(self, self._trainer(False, on_event), middle, max_steps, coordinate_steps)
+        return transfer(self, self._trainer(False, on_event), middle, max_steps, coordinate_steps, octaves)
 
     def _trainer(self, retry_failed: bool, on_event) -> Callable:
         """``train(experiments, store, tag)``: experiments beside the sweep (a forward check, a transfer

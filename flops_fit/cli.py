@@ -304,13 +304,15 @@ def confirm(spec: str = SpecArg,
 def transfer(spec: str = SpecArg,
              middle: bool = typer.Option(False, "--middle", help="Also sweep a middle size (three sizes: the lr_scaling fit)."),
              max_steps: int = typer.Option(2000, "--max-steps", min=1, help="Cap on each sweep run's steps."),
+             octaves: int = typer.Option(3, "--octaves", min=2, max=6,
+                                         help="Rates spec x 2^-k .. 2^k (3: seven rates; 2: five)."),
              as_json: bool = JsonOpt, verbose: bool = VerboseOpt) -> None:
     """Does one learning rate serve every size?  Coordinate check and learning-rate sweep; PASS / WARN / FAIL."""
     def go() -> None:
         s = _load(spec)
         progress, handle = _progress_handler(err, label="transfer")
         try:
-            t = s.transfer(middle=middle, max_steps=max_steps, on_event=handle)
+            t = s.transfer(middle=middle, max_steps=max_steps, on_event=handle, octaves=octaves)
         finally:
             progress.stop()
         if as_json:

@@ -107,3 +107,16 @@ def test_a_grid_that_diverges_everywhere_fails_with_the_reason(in_tmp):
     assert t.verdict == "FAIL" and "every learning rate diverged" in t.reasons[0]
     with pytest.warns(UserWarning, match="transfer check of this recipe failed"):
         spec.run(report=False)
+
+
+def test_a_narrower_grid_is_the_middle_of_the_wider_one(in_tmp):
+    spec = _mlp(in_tmp, name="narrow", sizes=(8, 64))
+    narrow = spec.transfer(max_steps=150, octaves=2)
+    assert sorted({p.factor for p in narrow.sweep}) == [0.25, 0.5, 1.0, 2.0, 4.0] and len(narrow.sweep) == 10
+    events = []
+    wide = spec.transfer(max_steps=150, on_event=events.append)
+    trained = {e.experiment.id for e in events if e.kind == "result"}
+    assert len(wide.sweep) == 14 and len(trained) == 4  # only 1/8 and 8 are new, for each size
+    assert {p.id for p in narrow.sweep} < {p.id for p in wide.sweep}
+    with pytest.raises(ValueError, match="at least 2 octaves"):
+        spec.transfer(octaves=1)

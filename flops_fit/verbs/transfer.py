@@ -50,9 +50,16 @@ from ..spec.spec import SpecModel
 from ..store.store import RunRecord, Store, atomic_write_text
 
 __all__ = ["CoordinateRow", "SweepPoint", "SizeOptimum", "Transfer", "transfer", "transfer_experiments",
-           "recipe_hash", "last_verdict", "FACTORS"]
+           "recipe_hash", "last_verdict", "FACTORS", "factors"]
 
 FACTORS = [2.0 ** k for k in range(-3, 4)]
+
+
+def factors(octaves: int = 3) -> list[float]:
+    """The grid of learning-rate factors 2^-octaves … 2^octaves, one per octave."""
+    if octaves < 2:
+        raise ValueError("the learning-rate grid needs at least 2 octaves each side (five rates for the parabola)")
+    return [2.0 ** k for k in range(-octaves, octaves + 1)]
 #: A slope of ln|activation| against ln(width) above this is growth (0.5: ∝ √width).  Three widths
 #: a few octaves apart over a few steps are noisy: smaller thresholds flag μP models by chance.
 GROWTH = 0.5
@@ -147,8 +154,10 @@ def _chosen(plan: Plan, middle: bool) -> list[SizeInfo]:
     return list({s.num_params: s for s in picks}.values())
 
 
-def transfer_experiments(spec: SpecModel, plan: Plan, middle: bool = False, max_steps: int = 2000) -> list[tuple[SizeInfo, float, Experiment]]:
-    """The learning-rate sweep as ordinary experiments: (size, factor, experiment)."""
+def transfer_experiments(spec: SpecModel, plan: Plan, middle: bool = False, max_steps: int = 2000,
+                         octaves: int = 3) -> list[tuple[SizeInfo, float, Experiment]]:
+    """The learning-rate sweep as ordinary experiments: (size, factor, experiment), factors
+    2^-octaves … 2^octaves (:func:`factors`)."""
     _need_two(spec, plan)
     chosen = _chosen(plan, middle)
     largest = max(chosen, key=lambda s: s.num_params)
@@ -156,7 +165,7 @@ def transfer_experiments(spec: SpecModel, plan: Plan, middle: bool = False, max_
     steps = min(max(steps, spec.sweep.min_steps), max_steps)  # one horizon for every size
     out = []
     for info in chosen:
-        for f in FACTORS:
+        for f in factors(octaves):
             varied = spec.model_copy(update={"train": spec.train.model_copy(update={"learning_rate": spec.train.learning_rate * f})})
             flops = steps * spec.train.batch_size * info.flops_per_sample
             out.append((info, f, plan_experiment(varied, flops, info, steps)))
@@ -296,12 +305,15 @@ def _suggest(spec: SpecModel, optima: list[SizeOptimum]) -> tuple[Optional[float
 
 
 def transfer(spec: SpecModel, train: Callable[[list[Experiment], Store, str], None], middle: bool = False,
-             max_steps: int = 2000, coordinate_steps: int = 5) -> Transfer:
-    """The coordinate check and the learning-rate sweep; writes ``<run_dir>/transfer/``."""
+             max_steps: int = 2000, coordinate_steps: int = 5, octaves: int = 3) -> Transfer:
+    """The coordinate check and the learning-rate sweep; writes ``<run_dir>/transfer/``.  ``octaves``:
+    the grid's reach each side of the spec's rate (3: seven rates; 2: five, when the rate is roughly
+    known — the same experiments as the wider grid's middle five, so a wider check reuses them)."""
+    factors(octaves)  # a grid too narrow for the parabola fails before anything trains
     plan = compile_plan(spec)
     _need_two(spec, plan)
     widths, coordinates = coordinate_check(spec, plan, coordinate_steps)  # also checks the size is a width, before training
-    planned = transfer_experiments(spec, plan, middle, max_steps)
+    planned = transfer_experiments(spec, plan, middle, max_steps, octaves)
     store = Store(Path(plan.run_dir))
     train([e for _, _, e in planned], store, "transfer")
     sweep = []
