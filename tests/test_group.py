@@ -117,7 +117,23 @@ def test_estimate_says_which_experiments_group_and_why(in_tmp):
     auto = auto.model_copy(update={"cost": auto.cost.model_copy(update={"calibrate": False})})
     [note] = [n for n in on.estimate().notes if "groups of one shape" in n]
     assert note.startswith("9 experiments train in 3 groups of one shape (3, 3, 3)"), note
-    [note] = [n for n in auto.estimate().notes if "groups of one shape" in n]
-    assert "could train in 3 groups" in note and "'auto' groups on CUDA only" in note, note
+    assert not [n for n in auto.estimate().notes if "groups of one shape" in n]  # the CPU: no faster, no word
+    traced = on.model_copy(update={"train": on.train.model_copy(update={"compile": True})})
+    [note] = [n for n in traced.estimate().notes if "groups of one shape" in n]
+    assert "could train in 3 groups" in note and "compile = true" in note, note
     on.run(report=False)
     assert not [n for n in on.estimate().notes if "groups of one shape" in n]  # nothing left to train
+
+
+def test_members_that_diverge_leave_the_group_with_the_reason_of_a_run_alone(in_tmp):
+    from tests.test_transfer import _mlp
+
+    alone = _mlp(in_tmp, name="boom_alone", model="Exploding", sizes=(4, 8), extra="", lr=10.0)
+    grouped = _mlp(in_tmp, name="boom_grouped", model="Exploding", sizes=(4, 8), extra="", lr=10.0)
+    grouped = grouped.model_copy(update={"train": grouped.train.model_copy(update={"group": "on"})})
+    a, g = alone.transfer(max_steps=150), grouped.transfer(max_steps=150)
+    assert a.verdict == g.verdict == "FAIL"
+    assert [(p.status, p.factor) for p in g.sweep] == [(p.status, p.factor) for p in a.sweep]
+    reasons = {r["id"]: r["reason"] for r in map(lambda f: json.loads(f.read_text()),
+                                                 (grouped.run_dir / "experiments").glob("*/result.json"))}
+    assert len(reasons) == 14 and all("training loss" in why or "non-finite" in why for why in reasons.values())

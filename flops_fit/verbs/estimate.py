@@ -225,6 +225,8 @@ def _group_note(plan: Plan, units: list[Experiment], rows: list[EstimateRow], la
     if on:
         return [f"{sum(sizes)} experiments train in {len(sizes)} groups of one shape ({counts}): {why}; "
                 "the times above are one at a time"]
+    if rt.group == "off" or device != "cuda" and rt.group == "auto":  # asked for, or no faster here
+        return []
     return [f"{sum(sizes)} experiments could train in {len(sizes)} groups of one shape ({counts}); {why}"]
 
 
