@@ -159,3 +159,31 @@ def test_a_folder_where_no_lease_can_be_written_is_one_line(in_tmp, monkeypatch)
     assert res.exit_code == 1, res.output
     assert res.stderr.count("error:") == 1 and "lease.0" in res.stderr and "Permission denied" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_a_grouped_members_lease_deleted_stops_that_member_only(in_tmp):
+    """[train] group = "on", two seeds a size: the member whose lease is deleted stops with nothing
+    written, its group-mate trains on to its result, and a rerun finishes the stopped one."""
+    path = _spec(in_tmp, train='group = "on"\n')
+    path.write_text(path.read_text().replace("[sweep]\n", '[sweep]\nseeds = [0, 1]\nreplicate = "all"\n'))
+    spec = Spec.load(path)
+    store = Store(spec.run_dir)
+    first = spec.plan().experiments[0]
+    run = subprocess.Popen([sys.executable, "-m", "flops_fit", "run", str(path)], cwd=in_tmp, env=_env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    folder = store.root / "experiments" / first.id
+    _wait(lambda: store.latest_checkpoint(first.id) is not None and list(folder.glob("lease.*")))
+    for lease in folder.glob("lease.*"):
+        lease.unlink()
+    _, err = run.communicate(timeout=300)
+    assert "deleted" in err and "Traceback" not in err, err[-2000:]
+    assert store.read_result(first.id) is None  # nothing of the lost claim was written
+    mates = [e for e in spec.plan().experiments if e.size == first.size and e.id != first.id]
+    assert mates and all(store.read_result(e.id).status == "ok" for e in mates)  # the group went on
+    assert any("stepped together" in n for e in mates for n in store.read_result(e.id).notes)
+    rerun = subprocess.run([sys.executable, "-m", "flops_fit", "run", str(path)], cwd=in_tmp, env=_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    reference = _reference(spec, in_tmp / "ref")
+    assert {e.id: store.read_result(e.id).loss for e in spec.plan().experiments} == pytest.approx(reference, rel=1e-4)
