@@ -186,4 +186,5 @@ def test_a_grouped_members_lease_deleted_stops_that_member_only(in_tmp):
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     reference = _reference(spec, in_tmp / "ref")
-    assert {e.id: store.read_result(e.id).loss for e in spec.plan().experiments} == pytest.approx(reference, rel=1e-4)
+    losses = {e.id: store.read_result(e.id).loss for e in spec.plan().experiments}
+    assert losses == pytest.approx(reference, rel=1e-4)  # grouped kernels: float rounding
