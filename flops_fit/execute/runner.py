@@ -222,7 +222,7 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
                 for e in experiments if e.job.role == "trunk"}
     queue = list(enumerate(experiments))
     by_id = {e.id: (i, e) for i, e in queue}
-    grouping = _grouping(runtime, accelerator)
+    group_on = _grouping(runtime, accelerator)
     while queue:
         waiting, again, taken = [], [], set()
         for position, (index, exp) in enumerate(queue):
@@ -245,17 +245,13 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
             emit("decision", decision=decision)
             if decision.action == "skip":
                 continue
-            key = group_key(exp.job) if grouping else None
+            key = group_key(exp.job) if group_on else None
             if key is not None:
                 mates = _claim_mates(key, queue[position + 1:], taken, store, retry_failed, runtime, emit)
                 if mates:
                     _train_group([(index, exp, decision, lease)] + mates, store, accelerator, emit, trained,
                                  by_id, again, branches, runtime)
                     continue
-            def store_result(result: RunRecord, exp: Experiment = exp, lease: Lease | None = lease,
-                             emit=emit) -> None:
-                _store(result, exp, lease, store, accelerator, branches, trained, emit)
-
             try:
                 try:
                     result = _train_one(exp, decision, store, accelerator, emit, runtime, store.root.name,
@@ -268,7 +264,7 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
                 except CorruptCheckpoint as bad:  # moved aside; decided again (a lost pin: the trunk too)
                     again.extend(_set_aside(bad, exp, store, accelerator, by_id, emit))
                     continue
-                store_result(result)
+                _store(result, exp, lease, store, accelerator, branches, trained, emit)
                 if stopping.pending() is not None:  # Ctrl-C during the last step: stop after recording it
                     raise Interrupted(f"{exp.id}: finished as the signal came; the sweep stops here")
             finally:
