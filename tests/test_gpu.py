@@ -154,8 +154,9 @@ def test_cuda_graphs_train_exactly_what_eager_trains(in_tmp, model, precision):
 @pytest.mark.parametrize("graphs", ["off", "auto"])
 def test_grouped_seeds_on_a_gpu_match_one_at_a_time(in_tmp, graphs):
     """[train] group = "auto" groups on CUDA, eager or replayed from a CUDA graph: each member's
-    losses equal its one-at-a-time losses to float rounding, and every member says it was grouped."""
-    path = write_toy_spec(in_tmp, sizes=(64, 256), budgets=(3e8,), extra_kwargs=", depth = 3",
+    losses equal its one-at-a-time losses to float rounding, and every member says it was grouped.
+    Two budgets: a size's members differ in length, so the group shrinks (and is captured again)."""
+    path = write_toy_spec(in_tmp, sizes=(64, 256), budgets=(3e8, 6e8), extra_kwargs=", depth = 3",
                           train=f'precision = "bf16"\ngrad_clip = 0.5\ncuda_graphs = "{graphs}"\n')
     path.write_text(path.read_text().replace("[sweep]\n", '[sweep]\nseeds = [0, 1, 2]\nreplicate = "all"\n'))
     from flops_fit.execute.runner import make_accelerator, run_experiments
@@ -168,7 +169,7 @@ def test_grouped_seeds_on_a_gpu_match_one_at_a_time(in_tmp, graphs):
         records = run_experiments(plan.experiments, Store(in_tmp / group),
                                   make_accelerator(plan.runtime, str(in_tmp)), runtime=plan.runtime)
         results[group] = {r.id: r for r in records}
-    assert results["off"].keys() == results["auto"].keys() and len(results["auto"]) == 6
+    assert results["off"].keys() == results["auto"].keys() and len(results["auto"]) >= 6
     for exp_id, r in results["auto"].items():
-        assert any("stepped together with 2 other" in n for n in r.notes), r.notes
+        assert any("stepped together with" in n for n in r.notes), r.notes
         assert r.loss == pytest.approx(results["off"][exp_id].loss, rel=2e-2)  # bf16, batched kernels

@@ -96,6 +96,12 @@ class GroupStep:
         self._warm = 0
 
     def __call__(self, lanes: list) -> dict[int, BaseException]:
+        if self._graph is not None and tuple(id(lane) for lane in lanes) != self._graph_for:
+            # a replay leaves its gradients in the members (the optimizers step on them): clear them
+            # before any other kind of step accumulates into them, and capture again for the new set
+            for lane in lanes:
+                lane.step_optimizer.zero_grad(set_to_none=True)
+            self._graph, self._static, self._graph_for = None, None, ()
         if len(lanes) > 1 and self.grouped:
             batches = [next(lane.batches) for lane in lanes]
             try:
@@ -119,7 +125,7 @@ class GroupStep:
     def _graphed(self, lanes: list, batches: list) -> None:
         members = tuple(id(lane) for lane in lanes)
         if members != self._graph_for:  # another set of members: warm up again, then capture
-            self._graph, self._graph_for, self._static, self._warm = None, members, None, 0
+            self._graph_for, self._warm = members, 0
         if self._graph is None and self._warm < WARMUP_STEPS:
             self._warm += 1
             side = torch.cuda.Stream()
