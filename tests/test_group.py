@@ -136,4 +136,5 @@ def test_members_that_diverge_leave_the_group_with_the_reason_of_a_run_alone(in_
     assert [(p.status, p.factor) for p in g.sweep] == [(p.status, p.factor) for p in a.sweep]
     reasons = {r["id"]: r["reason"] for r in map(lambda f: json.loads(f.read_text()),
                                                  (grouped.run_dir / "experiments").glob("*/result.json"))}
-    assert len(reasons) == 14 and all("training loss" in why or "non-finite" in why for why in reasons.values())
+    assert len(reasons) == 14
+    assert all("training loss" in why or "non-finite" in why for why in reasons.values()), reasons

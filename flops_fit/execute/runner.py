@@ -98,7 +98,8 @@ def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: A
 
 def _grouping(runtime: Runtime, accelerator: Accelerator) -> bool:
     """Whether this process steps experiments of one shape together (``[train] group``)."""
-    on, _ = grouping(runtime, accelerator.device.type, accelerator.num_processes, accelerator.scaler is not None)
+    on, _ = grouping(runtime, accelerator.device.type, accelerator.num_processes,
+                     accelerator.scaler is not None)
     return on and not accelerator.log_with
 
 

@@ -58,7 +58,8 @@ FACTORS = [2.0 ** k for k in range(-3, 4)]
 def factors(octaves: int = 3) -> list[float]:
     """The grid of learning-rate factors 2^-octaves … 2^octaves, one per octave."""
     if octaves < 2:
-        raise ValueError("the learning-rate grid needs at least 2 octaves each side (five rates for the parabola)")
+        raise ValueError("the learning-rate grid needs at least 2 octaves each side "
+                         "(five rates for the parabola)")
     return [2.0 ** k for k in range(-octaves, octaves + 1)]
 #: A slope of ln|activation| against ln(width) above this is growth (0.5: ∝ √width).  Three widths
 #: a few octaves apart over a few steps are noisy: smaller thresholds flag μP models by chance.
