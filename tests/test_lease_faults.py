@@ -122,25 +122,36 @@ def _run_one(spec: Spec, exp) -> None:
     assert [r.id for r in trained] == [exp.id]
 
 
+def _run_deleting_a_lease(in_tmp, path, store: Store, exp_id: str) -> str:
+    """``flops-fit run`` in a subprocess; once ``exp_id`` has a checkpoint, its lease file is deleted
+    under it.  Returns the run's stderr."""
+    run = subprocess.Popen([sys.executable, "-m", "flops_fit", "run", str(path)], cwd=in_tmp, env=_env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    folder = store.root / "experiments" / exp_id
+    _wait(lambda: store.latest_checkpoint(exp_id) is not None and list(folder.glob("lease.*")))
+    for lease in folder.glob("lease.*"):
+        lease.unlink()
+    return run.communicate(timeout=300)[1]
+
+
+def _rerun_and_reference(in_tmp, path, spec: Spec) -> dict[str, float]:
+    """Run again (it must finish), then the in-process reference losses."""
+    rerun = subprocess.run([sys.executable, "-m", "flops_fit", "run", str(path)], cwd=in_tmp, env=_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    return _reference(spec, in_tmp / "ref")
+
+
 @pytest.mark.slow
 def test_a_lease_deleted_while_its_owner_trains_stops_it_and_a_rerun_finishes(in_tmp):
     path = _spec(in_tmp)
     spec = Spec.load(path)
     store = Store(spec.run_dir)
     first = spec.plan().experiments[0]
-    run = subprocess.Popen([sys.executable, "-m", "flops_fit", "run", str(path)], cwd=in_tmp, env=_env(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    folder = store.root / "experiments" / first.id
-    _wait(lambda: store.latest_checkpoint(first.id) is not None and list(folder.glob("lease.*")))
-    for lease in folder.glob("lease.*"):
-        lease.unlink()
-    _, err = run.communicate(timeout=300)
+    err = _run_deleting_a_lease(in_tmp, path, store, first.id)
     assert "deleted" in err, err[-2000:]
     assert "Traceback" not in err
-    rerun = subprocess.run([sys.executable, "-m", "flops_fit", "run", str(path)], cwd=in_tmp, env=_env(),
-                           capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    reference = _reference(spec, in_tmp / "ref")
+    reference = _rerun_and_reference(in_tmp, path, spec)
     assert {e.id: store.read_result(e.id).loss for e in spec.plan().experiments} == pytest.approx(reference, rel=1e-6)
 
 
@@ -170,21 +181,12 @@ def test_a_grouped_members_lease_deleted_stops_that_member_only(in_tmp):
     spec = Spec.load(path)
     store = Store(spec.run_dir)
     first = spec.plan().experiments[0]
-    run = subprocess.Popen([sys.executable, "-m", "flops_fit", "run", str(path)], cwd=in_tmp, env=_env(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    folder = store.root / "experiments" / first.id
-    _wait(lambda: store.latest_checkpoint(first.id) is not None and list(folder.glob("lease.*")))
-    for lease in folder.glob("lease.*"):
-        lease.unlink()
-    _, err = run.communicate(timeout=300)
+    err = _run_deleting_a_lease(in_tmp, path, store, first.id)
     assert "deleted" in err and "Traceback" not in err, err[-2000:]
     assert store.read_result(first.id) is None  # nothing of the lost claim was written
     mates = [e for e in spec.plan().experiments if e.size == first.size and e.id != first.id]
     assert mates and all(store.read_result(e.id).status == "ok" for e in mates)  # the group went on
     assert any("stepped together" in n for e in mates for n in store.read_result(e.id).notes)
-    rerun = subprocess.run([sys.executable, "-m", "flops_fit", "run", str(path)], cwd=in_tmp, env=_env(),
-                           capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    reference = _reference(spec, in_tmp / "ref")
+    reference = _rerun_and_reference(in_tmp, path, spec)
     losses = {e.id: store.read_result(e.id).loss for e in spec.plan().experiments}
     assert losses == pytest.approx(reference, rel=1e-4)  # grouped kernels: float rounding
