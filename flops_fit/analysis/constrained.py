@@ -105,7 +105,8 @@ def allocate_capped(
     ±``span`` in ln N around the unconstrained optimum, then three finer grids of 101 points, each
     between the best point's neighbours on the last (the cell shrinks 50× a round, 0.025 → 2e-7 in
     ln N, in four vectorised evaluations: the loss is so flat at its minimum that double precision
-    places N_opt no closer than ~1e-7 anyway).  Without repetition this is the closed form's optimum (to 7e-8).
+    places N_opt no closer than ~1e-7 anyway).  Without repetition this is the closed form's optimum
+    (to 7e-8).
     ``theta``: a 7-vector (floats back) or an (S, 7) stack of bootstrap fits (arrays of S back,
     NaN where degenerate)."""
     t = np.atleast_2d(np.asarray(theta, dtype=float))

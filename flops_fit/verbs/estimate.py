@@ -276,8 +276,8 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calib
             return makespan(each, workers, _waits(items, calib, {})) if workers > 1 else sum(each)
         saved_seconds = sweep_seconds(plan.experiments, lambda e: e.steps) - sweep_seconds(units, _own_steps)
     return Estimate(flop_rule=plan.flop_rule, flop_rule_description=RULE_DESCRIPTIONS[plan.flop_rule], experiments=rows,
-                    reuse=plan.reuse, notes=notes, standalone_flops=standalone, saved_flops=standalone - total,
-                    saved_seconds=saved_seconds,
+                    reuse=plan.reuse, notes=notes, standalone_flops=standalone,
+                    saved_flops=standalone - total, saved_seconds=saved_seconds,
                     dropped=list(plan.dropped), total_flops=total,
                     remaining_flops=remaining_flops, est_seconds=total_seconds if calib else None,
                     device=calib.get("device", "not calibrated"), calibration=calib, gpu=spec.cost.gpu,
