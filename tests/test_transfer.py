@@ -13,6 +13,7 @@ import pytest
 
 from flops_fit import Spec
 from flops_fit.core.errors import SpecError
+from flops_fit.verbs.transfer import last_verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,6 +75,11 @@ def test_a_standard_parameterised_mlp_drifts_and_gets_a_negative_exponent(in_tmp
     res = CliRunner().invoke(app, ["transfer", str(in_tmp / "sp.toml"), "--middle", "--max-steps", "150", "--json"])
     assert res.exit_code == 0, res.stderr
     assert json.loads(res.stdout)["verdict"] == t.verdict
+    # another recipe (the rate, the weight decay, the model's other settings) has no verdict yet
+    for changed in (_mlp(in_tmp, lr=1e-3), _mlp(in_tmp, extra=", depth = 3")):
+        assert changed.estimate().transfer is None
+    wd = spec.model_copy(update={"train": spec.train.model_copy(update={"weight_decay": 0.3})})
+    assert last_verdict(wd, spec.plan().sizes)[0] is None and last_verdict(spec, spec.plan().sizes)[0] == t.verdict
 
 
 def test_the_mup_gpt_passes(in_tmp):
