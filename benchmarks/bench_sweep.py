@@ -4,9 +4,11 @@ the arithmetic limit.
     python -m benchmarks.bench_sweep specs/gutenberg_gpu.toml --budgets 3e13 7.5e13 \\
         --config graphs:auto:6 --config graphs:off:6 --out docs/gutenberg_gpu/sweep_bench.json
 
-Each ``--config`` is ``NAME:CUDA_GRAPHS:WORKERS_PER_GPU``: the spec's sweep (restricted to
-``--budgets``) is trained by ``Spec.run`` into its own store (``runs/<spec>_bench_<NAME>``;
-delete it to measure again) and timed from the call to the last result.  Reported:
+Each ``--config`` is ``NAME:CUDA_GRAPHS:WORKERS_PER_GPU[:GROUP]``: the spec's sweep (restricted to
+``--budgets``; ``--seeds K`` trains seeds 0..K-1 of every cell) is trained by ``Spec.run`` into its
+own store (``runs/<spec>_bench_<NAME>``, trained afresh unless ``--keep``) and timed from the call to
+the last result.  ``--transfer MAX_STEPS`` times ``Spec.transfer(middle=True, max_steps=...)``
+(the learning-rate sweep: every size at seven rates) instead of the sweep.  Reported:
 
 * per size: steps, seconds a step (the engine's own clock, evaluation excluded; packed workers
   share the GPU, so this is the step time under sharing), achieved FLOP/s and MFU;
@@ -36,23 +38,32 @@ PEAK = 989e12
 LIMIT_MFU = 0.4
 
 
-def _spec(path: str, name: str, graphs: str, workers: int, budgets: list[float] | None):
+def _spec(path: str, name: str, graphs: str, workers: int, budgets: list[float] | None, group: str,
+          seeds: int):
     from flops_fit import Spec
 
     spec = Spec.load(path)
     sweep = spec.sweep.model_copy(update={"budgets": budgets}) if budgets else spec.sweep
-    train = spec.train.model_copy(update={"cuda_graphs": graphs, "workers_per_gpu": workers})
+    if seeds:
+        sweep = sweep.model_copy(update={"seeds": list(range(seeds)), "seed_budgets": [],
+                                         "replicate": "all"})
+    train = spec.train.model_copy(update={"cuda_graphs": graphs, "workers_per_gpu": workers, "group": group})
     return spec.model_copy(update={"name": f"{spec.name}_bench_{name}", "sweep": sweep, "train": train})
 
 
-def engine_sweep(path: str, name: str, graphs: str, workers: int, budgets, peak: float, fresh: bool) -> dict:
-    """Train the sweep with flops-fit; per-size and sweep-level numbers from its records."""
-    spec = _spec(path, name, graphs, workers, budgets)
+def engine_sweep(path: str, name: str, graphs: str, workers: int, budgets, peak: float, fresh: bool,
+                 group: str = "off", seeds: int = 0, transfer: int = 0) -> dict:
+    """Train the sweep (or the transfer check) with flops-fit; per-size and sweep-level numbers from
+    its records."""
+    spec = _spec(path, name, graphs, workers, budgets, group, seeds)
     store = Path(spec.run_dir)
     if fresh and store.exists():
         shutil.rmtree(store)
     t0 = time.perf_counter()
-    spec.run(report=False)
+    if transfer:
+        spec.transfer(middle=True, max_steps=transfer)
+    else:
+        spec.run(report=False)
     wall = time.perf_counter() - t0
     records = [json.loads(p.read_text()) for p in store.glob("experiments/*/result.json")]
     by_size = defaultdict(lambda: {"steps": 0, "seconds": 0.0, "flops": 0.0, "runs": 0})
@@ -64,13 +75,15 @@ def engine_sweep(path: str, name: str, graphs: str, workers: int, budgets, peak:
         s["flops"] += own_steps * r["batch_size"] * r["flops_per_sample"]
         s["runs"] += 1
         s["flops_per_step"] = r["batch_size"] * r["flops_per_sample"]
-        s["notes"] = sorted(set(s.get("notes", [])) | {n for n in r["notes"] if "CUDA graphs" in n})
+        s["notes"] = sorted(set(s.get("notes", [])) | {n for n in r["notes"]
+                                                       if "CUDA graphs" in n or "group" in n})
     sizes = {str(k): {**v, "ms_per_step": 1e3 * v["seconds"] / max(1, v["steps"]),
                       "tflops": v["flops"] / max(1e-9, v["seconds"]) / 1e12,
                       "mfu": v["flops"] / max(1e-9, v["seconds"]) / peak}
              for k, v in sorted(by_size.items())}
     flops = sum(v["flops"] for v in by_size.values())
-    return {"name": name, "cuda_graphs": graphs, "workers_per_gpu": workers, "experiments": len(records),
+    return {"name": name, "cuda_graphs": graphs, "workers_per_gpu": workers, "group": group,
+            "seeds": seeds, "transfer_steps": transfer, "experiments": len(records),
             "failed": sum(r["status"] == "failed" for r in records), "wall_seconds": wall, "flops": flops,
             "mfu": flops / wall / peak, "gpu_hours": wall / 3600, "limit_seconds": flops / (LIMIT_MFU * peak),
             "worker_seconds": sum(v["seconds"] for v in by_size.values()),
@@ -151,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("spec")
     p.add_argument("--budgets", type=float, nargs="*", help="the sweep's budgets to train (default: all)")
-    p.add_argument("--config", action="append", default=[], help="NAME:CUDA_GRAPHS:WORKERS_PER_GPU")
+    p.add_argument("--config", action="append", default=[], help="NAME:CUDA_GRAPHS:WORKERS_PER_GPU[:GROUP]")
+    p.add_argument("--seeds", type=int, default=0, help="train seeds 0..K-1 of every cell")
+    p.add_argument("--transfer", type=int, default=0, metavar="MAX_STEPS",
+                   help="time the transfer check (--middle, MAX_STEPS) instead of the sweep")
+    p.add_argument("--no-bare", action="store_true", help="skip the bare loop")
     p.add_argument("--bare-steps", type=int, default=200)
     p.add_argument("--peak", type=float, default=PEAK)
     p.add_argument("--keep", action="store_true", help="reuse stores of earlier runs (default: train afresh)")
@@ -160,12 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     out = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "peak": a.peak,
            "limit_mfu": LIMIT_MFU, "budgets": a.budgets, "sweeps": [], "bare": {}}
     for config in a.config or ["graphs:auto:1", "eager:off:1"]:
-        name, graphs, workers = config.split(":")
-        out["sweeps"].append(engine_sweep(a.spec, name, graphs, int(workers), a.budgets, a.peak, not a.keep))
+        name, graphs, workers, *group = config.split(":")
+        out["sweeps"].append(engine_sweep(a.spec, name, graphs, int(workers), a.budgets, a.peak, not a.keep,
+                                          group[0] if group else "off", a.seeds, a.transfer))
         _print_sweep(out["sweeps"][-1])
         if a.out:
             a.out.write_text(json.dumps(out, indent=1))
-    sizes = sorted({int(k) for s in out["sweeps"] for k in s["sizes"]}) if torch.cuda.is_available() else []
+    bare = torch.cuda.is_available() and not a.no_bare
+    sizes = sorted({int(k) for s in out["sweeps"] for k in s["sizes"]}) if bare else []
     for size in sizes:  # the bare loop needs CUDA (graphs); on CPU only the engine's numbers
         out["bare"][str(size)] = {mode: bare_step(a.spec, size, mode == "graphs", a.bare_steps)
                                   for mode in ("eager", "graphs")}
@@ -193,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_sweep(s: dict) -> None:
-    print(f"{s['name']} (cuda_graphs={s['cuda_graphs']}, workers={s['workers_per_gpu']}): "
+    print(f"{s['name']} (cuda_graphs={s['cuda_graphs']}, workers={s['workers_per_gpu']}, group={s['group']}): "
           f"{s['experiments']} runs, {s['failed']} failed, wall {s['wall_seconds']:.1f} s, "
           f"{s['flops']:.3g} FLOPs, MFU {s['mfu']:.2%}, "
           f"limit {s['limit_seconds']:.1f} s, worker time {s['worker_seconds']:.0f} s / {s['steps']} steps",

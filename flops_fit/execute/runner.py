@@ -122,27 +122,15 @@ def _claim_mates(key: str, rest: list, taken: set, store: Store, retry_failed: b
     return mates
 
 
-def _store(result: RunRecord, exp: Experiment, lease: Lease | None, store: Store, accelerator: Accelerator,
-           branches: dict, trained: list, emit) -> None:
-    if accelerator.is_main_process:
-        store.write_result(result)  # "done": written last, atomically
-        store.clear_checkpoints(exp.id)
-        if exp.job.branch is not None:
-            store.release_pins(exp.job.branch.trunk_id, branches.get(exp.job.branch.trunk_id, []))
-    trained.append(result)
-    emit("result", result=result)
-
-
-def _train_group(members: list, store: Store, accelerator: Accelerator, emit, trained: list, by_id: dict,
-                 again: list, branches: dict, runtime: Runtime) -> None:
+def _train_group(members: list, sweep: "_Sweep", emit, again: list) -> None:
     """Train claimed ``(index, experiment, decision, lease)`` members together; each result is
     stored as its member ends, under its own lease (lost: nothing written)."""
     def on_done(k: int, outcome) -> None:
         index, exp, decision, lease = members[k]
+        own = sweep.emitter(exp, index)
         try:
             if isinstance(outcome, CorruptCheckpoint):
-                again.extend(_set_aside(outcome, exp, store, accelerator, by_id,
-                                        lambda kind, **kw: emit(kind, exp=exp, index=index, **kw)))
+                again.extend(_set_aside(outcome, exp, sweep.store, sweep.accelerator, sweep.by_id, own))
                 return
             if not isinstance(outcome, LeaseLost) and lease is not None:
                 try:
@@ -150,21 +138,17 @@ def _train_group(members: list, store: Store, accelerator: Accelerator, emit, tr
                 except LeaseLost as lost:
                     outcome = lost
             if isinstance(outcome, LeaseLost):
-                emit("decision", exp=exp, index=index, decision=Decision("skip", str(outcome)))
+                own("decision", decision=Decision("skip", str(outcome)))
                 return
-            _store(outcome, exp, lease, store, accelerator, branches, trained,
-                   lambda kind, **kw: emit(kind, exp=exp, index=index, **kw))
+            sweep.keep(outcome, exp, own)
         finally:
             if lease is not None:
                 lease.release()
 
-    def log(index: int, exp: Experiment):
-        return lambda point: emit("log", exp=exp, index=index, point=point)
-
     try:
-        train_group([(exp.job, decision.checkpoint, lease, log(index, exp))
-                     for index, exp, decision, lease in members], store, accelerator, on_done,
-                    runtime.cuda_graphs)
+        train_group([(exp.job, decision.checkpoint, lease, _logger(sweep.emitter(exp, index)))
+                     for index, exp, decision, lease in members], sweep.store, sweep.accelerator, on_done,
+                    sweep.runtime.cuda_graphs)
     finally:
         for _, _, _, lease in members:
             if lease is not None:
@@ -172,6 +156,10 @@ def _train_group(members: list, store: Store, accelerator: Accelerator, emit, tr
     if stopping.pending() is not None:
         raise Interrupted(f"{members[0][1].id} and {len(members) - 1} grouped: finished as the signal came; "
                           "the sweep stops here")
+
+
+def _logger(emit) -> Callable[[CurvePoint], None]:
+    return lambda point: emit("log", point=point)
 
 
 def run_plan(plan: Plan, store: Store, accelerator: Accelerator, retry_failed: bool = False,
@@ -217,76 +205,123 @@ def run_experiments(experiments: list[Experiment], store: Store, accelerator: Ac
     comes back to it; with nothing else to do it polls while another process trains the trunk,
     and gives up (the branch stays pending) when no process does."""
     runtime = runtime or Runtime(precision="fp32", device="auto", compile=False, heartbeat_s=HEARTBEAT_S)
-    trained = []
-    total = len(experiments)
-    branches = {e.id: [b for b in experiments if b.job.branch is not None and b.job.branch.trunk_id == e.id]
-                for e in experiments if e.job.role == "trunk"}
+    sweep = _Sweep(store, accelerator, retry_failed, on_event, runtime, experiments)
     queue = list(enumerate(experiments))
-    by_id = {e.id: (i, e) for i, e in queue}
-    group_on = _grouping(runtime, accelerator)
     while queue:
+        waiting, again = sweep.one_pass(queue)
+        if again:  # decided again at once, trunks first: no wait
+            queue = again + [w for w in waiting if w not in again]
+            continue
+        if len(waiting) == len(queue):  # nothing could start: are the trunks being trained elsewhere?
+            if not sweep.trunks_in_training(waiting):
+                sweep.give_up(waiting)
+                break
+            time.sleep(WAIT_SECONDS)
+        queue = waiting
+    accelerator.wait_for_everyone()
+    return sweep.trained
+
+
+class _Sweep:
+    """What the steps of one :func:`run_experiments` call share: where and how it trains, who waits
+    for which trunk, and the results trained so far (returned by the call; nothing outlives it)."""
+
+    def __init__(self, store: Store, accelerator: Accelerator, retry_failed: bool,
+                 on_event: Callable[[RunEvent], None] | None, runtime: Runtime, experiments: list[Experiment]):
+        self.store, self.accelerator, self.retry_failed = store, accelerator, retry_failed
+        self.on_event, self.runtime, self.total = on_event, runtime, len(experiments)
+        self.branches = {e.id: [b for b in experiments if b.job.branch is not None and b.job.branch.trunk_id == e.id]
+                         for e in experiments if e.job.role == "trunk"}
+        self.by_id = {e.id: (i, e) for i, e in enumerate(experiments)}
+        self.group_on = _grouping(runtime, accelerator)
+        self.trained: list[RunRecord] = []
+
+    def emitter(self, exp: Experiment, index: int) -> Callable[..., None]:
+        """``emit(kind, **fields)`` of one experiment's events (``exp``/``index`` may be overridden)."""
+        def emit(kind: str, exp: Experiment = exp, index: int = index, **kw: Any) -> None:
+            if self.on_event is not None and self.accelerator.is_main_process:
+                self.on_event(RunEvent(kind, exp, index=index, total=self.total, **kw))
+        return emit
+
+    def decide(self, exp: Experiment) -> tuple[Decision, Lease | None]:
+        """The main process decides and claims; the others get its decision."""
+        decision, lease = (_claim(self.store, exp, self.retry_failed, self.branches.get(exp.id, []),
+                                  self.runtime.heartbeat_s)
+                           if self.accelerator.is_main_process else (None, None))
+        if self.accelerator.num_processes > 1:
+            decision = broadcast_object_list([decision])[0]
+        return decision, lease
+
+    def one_pass(self, queue: list) -> tuple[list, list]:
+        """Every experiment of ``queue`` once: skipped, trained (alone or with its group), or left
+        waiting for its trunk.  Returns (waiting, decided again at once)."""
         waiting, again, taken = [], [], set()
         for position, (index, exp) in enumerate(queue):
             if exp.id in taken:  # trained in an earlier member's group
                 continue
-
-            def emit(kind: str, exp: Experiment = exp, index: int = index, **kw: Any) -> None:
-                if on_event is not None and accelerator.is_main_process:
-                    on_event(RunEvent(kind, exp, index=index, total=total, **kw))
-
+            emit = self.emitter(exp, index)
             if stopping.preempted is not None:  # a job's checkpoint signal came between experiments
                 raise Interrupted(f"signal {stopping.preempted}: stopped before {exp.id}")
-            decision, lease = (_claim(store, exp, retry_failed, branches.get(exp.id, []), runtime.heartbeat_s)
-                              if accelerator.is_main_process else (None, None))
-            if accelerator.num_processes > 1:
-                decision = broadcast_object_list([decision])[0]
+            decision, lease = self.decide(exp)
             if decision.action == "wait":
                 waiting.append((index, exp))
                 continue
             emit("decision", decision=decision)
             if decision.action == "skip":
                 continue
-            key = group_key(exp.job) if group_on else None
-            if key is not None:
-                mates = _claim_mates(key, queue[position + 1:], taken, store, retry_failed, runtime, emit)
-                if mates:
-                    _train_group([(index, exp, decision, lease)] + mates, store, accelerator, emit, trained,
-                                 by_id, again, branches, runtime)
-                    continue
+            key = group_key(exp.job) if self.group_on else None
+            mates = (_claim_mates(key, queue[position + 1:], taken, self.store, self.retry_failed, self.runtime,
+                                  emit) if key is not None else [])
+            if mates:
+                _train_group([(index, exp, decision, lease)] + mates, self, emit, again)
+            else:
+                again.extend(self.train_claimed(exp, decision, lease, emit))
+        return waiting, again
+
+    def train_claimed(self, exp: Experiment, decision: Decision, lease: Lease | None, emit) -> list:
+        """Train one claimed experiment and store its result; returns what must be decided again
+        (a corrupt checkpoint set aside)."""
+        try:
             try:
-                try:
-                    result = _train_one(exp, decision, store, accelerator, emit, runtime, store.root.name,
-                                        lease)
-                    if lease is not None:
-                        lease.check()  # still ours right before "done" (an owner paused past expiry is not)
-                except LeaseLost as lost:  # its new owner resumes it: this process writes nothing
-                    emit("decision", decision=Decision("skip", str(lost)))
-                    continue
-                except CorruptCheckpoint as bad:  # moved aside; decided again (a lost pin: the trunk too)
-                    again.extend(_set_aside(bad, exp, store, accelerator, by_id, emit))
-                    continue
-                _store(result, exp, lease, store, accelerator, branches, trained, emit)
-                if stopping.pending() is not None:  # Ctrl-C during the last step: stop after recording it
-                    raise Interrupted(f"{exp.id}: finished as the signal came; the sweep stops here")
-            finally:
+                result = _train_one(exp, decision, self.store, self.accelerator, emit, self.runtime,
+                                    self.store.root.name, lease)
                 if lease is not None:
-                    lease.release()
-        if again:  # decided again at once, trunks first: no wait
-            queue = again + [w for w in waiting if w not in again]
-            continue
-        if len(waiting) == len(queue):  # nothing could start: are the trunks being trained elsewhere?
-            busy = (any(store.holder(e.job.branch.trunk_id) is not None for _, e in waiting)
-                    if accelerator.is_main_process else False)
-            if accelerator.num_processes > 1:
-                busy = broadcast_object_list([busy])[0]
-            if not busy:
-                for index, exp in waiting:
-                    if on_event is not None and accelerator.is_main_process:
-                        on_event(RunEvent("decision", exp, index=index, total=total, decision=Decision(
-                            "skip", f"its trunk {exp.job.branch.trunk_id} has no checkpoint at step "
-                                    f"{exp.job.branch.step} and no process is training it")))
-                break
-            time.sleep(WAIT_SECONDS)
-        queue = waiting
-    accelerator.wait_for_everyone()
-    return trained
+                    lease.check()  # still ours right before "done" (an owner paused past expiry is not)
+            except LeaseLost as lost:  # its new owner resumes it: this process writes nothing
+                emit("decision", decision=Decision("skip", str(lost)))
+                return []
+            except CorruptCheckpoint as bad:  # moved aside; decided again (a lost pin: the trunk too)
+                return _set_aside(bad, exp, self.store, self.accelerator, self.by_id, emit)
+            self.keep(result, exp, emit)
+            if stopping.pending() is not None:  # Ctrl-C during the last step: stop after recording it
+                raise Interrupted(f"{exp.id}: finished as the signal came; the sweep stops here")
+            return []
+        finally:
+            if lease is not None:
+                lease.release()
+
+    def keep(self, result: RunRecord, exp: Experiment, emit) -> None:
+        """Store a finished experiment's result ("done", written last and atomically)."""
+        if self.accelerator.is_main_process:
+            self.store.write_result(result)
+            self.store.clear_checkpoints(exp.id)
+            if exp.job.branch is not None:
+                trunk = exp.job.branch.trunk_id
+                self.store.release_pins(trunk, self.branches.get(trunk, []))
+        self.trained.append(result)
+        emit("result", result=result)
+
+    def trunks_in_training(self, waiting: list) -> bool:
+        """Whether another process holds a trunk that a waiting branch needs."""
+        busy = (any(self.store.holder(e.job.branch.trunk_id) is not None for _, e in waiting)
+                if self.accelerator.is_main_process else False)
+        if self.accelerator.num_processes > 1:
+            busy = broadcast_object_list([busy])[0]
+        return busy
+
+    def give_up(self, waiting: list) -> None:
+        """No process trains the trunks these branches wait for: they stay pending, each said."""
+        for index, exp in waiting:
+            self.emitter(exp, index)("decision", decision=Decision(
+                "skip", f"its trunk {exp.job.branch.trunk_id} has no checkpoint at step "
+                        f"{exp.job.branch.step} and no process is training it"))
