@@ -101,7 +101,7 @@ class Spec(SpecModel):
     def submit(self, retry_failed: bool = False, executor: Any = None) -> Submission:
         """Submit the pending experiments as job arrays (``[launcher]``, or a submitit ``executor``)
         and return at once; ``<run_dir>/launcher/jobs.json`` records job ids ↔ experiment ids."""
-        from .execute.dispatch import launcher_problem, submit_plan
+        from .execute.submit import launcher_problem, submit_plan
 
         if executor is None and self.launcher.kind == "local":
             raise SpecError([launcher_problem(self, "`submit` sends experiments to a scheduler", hint=(

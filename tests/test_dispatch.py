@@ -199,7 +199,8 @@ def test_a_job_past_its_timeout_is_requeued_and_resumes_to_the_same_loss(in_tmp)
 
 @pytest.mark.slow
 def test_two_job_arrays_on_one_store_never_train_the_same_experiment(in_tmp):
-    from flops_fit.execute.dispatch import submit_plan, wait_for
+    from flops_fit.execute.dispatch import wait_for
+    from flops_fit.execute.submit import submit_plan
 
     spec = Spec.load(_spec(in_tmp, LOCAL, model="SlowMLP", sizes=(4, 8, 16), budgets=(3e6,)))  # 1-4 s each
     plan = spec.check()
@@ -219,7 +220,8 @@ def test_a_failed_job_is_one_line_with_its_experiment_and_log(in_tmp):
     from typer.testing import CliRunner
 
     from flops_fit.cli import app
-    from flops_fit.execute.dispatch import submit_plan, wait_for
+    from flops_fit.execute.dispatch import wait_for
+    from flops_fit.execute.submit import submit_plan
 
     path = _spec(in_tmp, LOCAL, model="DiesInJobs", sizes=(4, 8, 16), budgets=(1e6,))
     spec = Spec.load(path)

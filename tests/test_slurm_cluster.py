@@ -179,7 +179,8 @@ def test_scancel_then_run_again_resumes_and_a_crashing_task_is_reported_with_its
 
 
 def test_two_real_arrays_on_one_store_train_each_experiment_once(slurm_cluster, in_tmp):
-    from flops_fit.execute.dispatch import submit_plan, wait_for
+    from flops_fit.execute.dispatch import wait_for
+    from flops_fit.execute.submit import submit_plan
 
     spec = Spec.load(_spec(in_tmp, "gpus_per_task = 0\n", model="SlowMLP", sizes=(4, 8, 16), budgets=(1e6,)))
     plan = spec.check()

@@ -2,7 +2,7 @@
 ``compare``, ``find_optimal``, ``Spec.*``).
 
 * ``[launcher] kind`` other than "local" (or a submitit ``executor``): job arrays through
-  :mod:`flops_fit.execute.dispatch`, waited for here;
+  :mod:`flops_fit.execute.submit`, waited for here;
 * several GPUs or ``train.workers_per_gpu > 1``: local worker processes and data-parallel
   relaunches (:mod:`flops_fit.execute.launch`);
 * otherwise, or for objects registered by ``cache_key`` (they exist only in this process): in
@@ -50,7 +50,8 @@ def train(spec: SpecModel, plan: Plan, retry_failed: bool = False,
     """Train ``plan``'s pending experiments where the spec's ``[launcher]`` and this machine say;
     False in the non-main processes of a distributed launch (they neither fit nor report)."""
     if executor is not None or spec.launcher.kind != "local":
-        from .dispatch import submit_plan, wait_for
+        from .dispatch import wait_for
+        from .submit import submit_plan
 
         submission, jobs = submit_plan(spec, plan, retry_failed, executor, plan_file)
         failures = wait_for(jobs, submission.jobs, Store(Path(plan.run_dir)), on_progress)
