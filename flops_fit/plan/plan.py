@@ -227,30 +227,18 @@ def branched(spec: SpecModel, experiments: list[Experiment],
     cannot branch when its warmup does not end before its branch step or its cooldown is shorter
     than ``sweep.min_cooldown_steps``.  Problems (nothing is planned): a schedule that is not wsd, a
     warmup given as a fraction of the run, or no cell of the sweep that can branch."""
-    t = spec.train
-    if t.schedule != "wsd":
-        return experiments, [], [Problem("sweep.reuse = 'branch' needs the warmup-stable-decay schedule (branches are "
-                                         "its cooldowns)", key="train.schedule", file=spec.source, value=t.schedule,
-                                         has_value=True, hint='set train.schedule = "wsd"')], []
-    if t.warmup_fraction is not None:
-        return experiments, [], [Problem("sweep.reuse = 'branch' shares one warmup between every length of a size; a "
-                                         "warmup as a fraction of the run cannot be shared", key="train.warmup_fraction",
-                                         file=spec.source, value=t.warmup_fraction, has_value=True,
-                                         hint="remove it and set train.warmup_tokens")], []
+    problems = _branch_problems(spec)
+    if problems:
+        return experiments, [], problems, []
     standalone = spec.model_copy(update={"sweep": spec.sweep.model_copy(update={"reuse": "none"})})
     by_size = {info.size: info for info in sizes}
     trunks, out, notes, why_not = [], {}, [], []
     for size in dict.fromkeys(e.size for e in experiments):
         own = [e for e in experiments if e.size == size]
-        points = {e.id: branch_step(e.steps, t.decay_fraction) for e in own}
+        points = {e.id: branch_step(e.steps, spec.train.decay_fraction) for e in own}
         can = []
         for e in own:
-            cool, warm = e.steps - points[e.id], e.job.warmup_steps
-            reason = (f"its cooldown would be {cool} steps (decay_fraction {t.decay_fraction:g} of {e.steps}), fewer "
-                      f"than sweep.min_cooldown_steps = {spec.sweep.min_cooldown_steps}"
-                      if cool < spec.sweep.min_cooldown_steps else
-                      f"the size's shared warmup ({warm} steps) does not end before its branch step {points[e.id]}"
-                      if warm >= points[e.id] else None)
+            reason = _cannot_branch(spec, e, points[e.id])
             if reason is None:
                 can.append(e)
                 continue
@@ -258,33 +246,66 @@ def branched(spec: SpecModel, experiments: list[Experiment],
             out[e.id] = alone
             notes.append(f"{alone.id} trains standalone (wsd, no trunk): {reason}")
             why_not.append(reason)
-        if not can:
-            continue
-        pins = sorted({points[e.id] for e in can})
-        first = can[0]
-        job = first.job.model_copy(update={"role": "trunk", "steps": pins[-1], "pins": pins, "experiment_id": "",
-                                           "budget_flops": max(e.budget_flops for e in can),
-                                           "schedule": first.job.schedule.model_copy(update={"kind": "constant"})})
-        digest = content_hash(job.identity())
-        trunk_id = f"trunk-{spec.model.size_param[:1]}{_fmt_number(size) if isinstance(size, float) else size}-{digest}"
-        job = job.model_copy(update={"hash": digest, "experiment_id": trunk_id})
-        samples = pins[-1] * t.batch_size
-        trunks.append(Trunk(id=trunk_id, hash=digest, budget_flops=job.budget_flops, size=size, num_params=first.num_params,
-                            num_tokens=samples * spec.data.tokens_per_sample, num_samples=samples, steps=pins[-1],
-                            flops=samples * first.job.flops_per_sample, job=job, branch_steps=pins))
-        for e in can:
-            bjob = e.job.model_copy(update={"branch": BranchPoint(trunk_id=trunk_id, trunk_hash=digest, step=points[e.id])})
-            h = content_hash(bjob.identity())
-            eid = experiment_id(e.budget_flops, spec.model.size_param, size, h)
-            out[e.id] = e.model_copy(update={"id": eid, "hash": h, "job": bjob.model_copy(update={"hash": h, "experiment_id": eid})})
+        if can:
+            trunk = _trunk(spec, size, can, sorted({points[e.id] for e in can}))
+            trunks.append(trunk)
+            out.update({e.id: _branch(spec, e, trunk, points[e.id]) for e in can})
     if not trunks:
-        return experiments, [], [Problem(f"sweep.reuse = 'branch': no cell of the sweep can branch ({why_not[0]}; "
-                                         f"and {len(why_not) - 1} more)" if len(why_not) > 1 else
-                                         f"sweep.reuse = 'branch': no cell of the sweep can branch ({why_not[0]})",
+        more = f"; and {len(why_not) - 1} more" if len(why_not) > 1 else ""
+        return experiments, [], [Problem(f"sweep.reuse = 'branch': no cell of the sweep can branch ({why_not[0]}{more})",
                                          key="sweep.reuse", file=spec.source, value="branch", has_value=True,
                                          hint="lower train.warmup_tokens or sweep.min_cooldown_steps, raise "
                                               "train.decay_fraction or the budgets, or set reuse = \"none\"")], []
     return [out[e.id] for e in experiments], trunks, [], notes
+
+
+def _branch_problems(spec: SpecModel) -> list[Problem]:
+    """What rules branching out for the whole sweep: a schedule other than wsd, a fractional warmup."""
+    t = spec.train
+    if t.schedule != "wsd":
+        return [Problem("sweep.reuse = 'branch' needs the warmup-stable-decay schedule (branches are its cooldowns)",
+                        key="train.schedule", file=spec.source, value=t.schedule, has_value=True,
+                        hint='set train.schedule = "wsd"')]
+    if t.warmup_fraction is not None:
+        return [Problem("sweep.reuse = 'branch' shares one warmup between every length of a size; a warmup as a "
+                        "fraction of the run cannot be shared", key="train.warmup_fraction", file=spec.source,
+                        value=t.warmup_fraction, has_value=True, hint="remove it and set train.warmup_tokens")]
+    return []
+
+
+def _cannot_branch(spec: SpecModel, e: Experiment, point: int) -> str | None:
+    """Why a cell cannot branch at step ``point`` (None: it can): its cooldown is too short, or the
+    size's shared warmup does not end before the branch step."""
+    cool, warm = e.steps - point, e.job.warmup_steps
+    if cool < spec.sweep.min_cooldown_steps:
+        return (f"its cooldown would be {cool} steps (decay_fraction {spec.train.decay_fraction:g} of {e.steps}), "
+                f"fewer than sweep.min_cooldown_steps = {spec.sweep.min_cooldown_steps}")
+    if warm >= point:
+        return f"the size's shared warmup ({warm} steps) does not end before its branch step {point}"
+    return None
+
+
+def _trunk(spec: SpecModel, size: Any, can: list[Experiment], pins: list[int]) -> Trunk:
+    """A size's constant-rate trunk, trained to its last pin, writing a checkpoint at every pin."""
+    first = can[0]
+    job = first.job.model_copy(update={"role": "trunk", "steps": pins[-1], "pins": pins, "experiment_id": "",
+                                       "budget_flops": max(e.budget_flops for e in can),
+                                       "schedule": first.job.schedule.model_copy(update={"kind": "constant"})})
+    digest = content_hash(job.identity())
+    trunk_id = f"trunk-{spec.model.size_param[:1]}{_fmt_number(size) if isinstance(size, float) else size}-{digest}"
+    job = job.model_copy(update={"hash": digest, "experiment_id": trunk_id})
+    samples = pins[-1] * spec.train.batch_size
+    return Trunk(id=trunk_id, hash=digest, budget_flops=job.budget_flops, size=size, num_params=first.num_params,
+                 num_tokens=samples * spec.data.tokens_per_sample, num_samples=samples, steps=pins[-1],
+                 flops=samples * first.job.flops_per_sample, job=job, branch_steps=pins)
+
+
+def _branch(spec: SpecModel, e: Experiment, trunk: Trunk, point: int) -> Experiment:
+    """The cell ``e`` as a branch of ``trunk`` at step ``point``: hashed by (trunk, S_C, T_C, cooldown)."""
+    bjob = e.job.model_copy(update={"branch": BranchPoint(trunk_id=trunk.id, trunk_hash=trunk.hash, step=point)})
+    h = content_hash(bjob.identity())
+    eid = experiment_id(e.budget_flops, spec.model.size_param, e.size, h)
+    return e.model_copy(update={"id": eid, "hash": h, "job": bjob.model_copy(update={"hash": h, "experiment_id": eid})})
 
 
 def runtime(spec: SpecModel) -> Runtime:
