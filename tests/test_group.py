@@ -138,3 +138,32 @@ def test_members_that_diverge_leave_the_group_with_the_reason_of_a_run_alone(in_
                                                  (grouped.run_dir / "experiments").glob("*/result.json"))}
     assert len(reasons) == 14
     assert all("training loss" in why or "non-finite" in why for why in reasons.values()), reasons
+
+
+@pytest.mark.parametrize("group", ["off", "on"])
+def test_a_loss_that_is_not_a_number_is_stored_as_diverged_and_read_back(in_tmp, group):
+    """NaN has no JSON: a run whose loss stops being a number (alone or in a group) keeps a readable
+    record (the diverged step's train_loss is null), so a rerun skips it instead of training it again."""
+    import warnings
+
+    from flops_fit.core.errors import SpecError
+
+    path = write_toy_spec(in_tmp, name=f"nan_{group}", model="GoesNaN", sizes=(4, 8), budgets=(1e6,), lr=10.0,
+                          train=f'group = "{group}"\ndevice = "cpu"\nwarmup_tokens = 0\n')
+    path.write_text(path.read_text().replace("[sweep]\n", '[sweep]\nseeds = [0, 1]\nreplicate = "all"\n'))
+    spec = Spec.load(path)
+    seen = []
+    try:
+        spec.run(on_event=seen.append, report=False)
+    except SpecError:
+        pass  # nothing finite to fit
+    results = [e.result for e in seen if e.kind == "result"]
+    assert len(results) == 4 and {r.reason for r in results} == {"non-finite training loss at step 2"}
+    assert all(r.curve[-1].train_loss is None and r.curve[0].train_loss > 0 for r in results)
+    if group == "on":
+        assert all(any("stepped together" in n for n in r.notes) for r in results)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an unreadable record warns as it is set aside
+        again = Spec.load(path).estimate()
+    assert [r.action for r in again.experiments] == ["skip"] * 4, [r.reason for r in again.experiments]
+    assert not list(spec.run_dir.glob("experiments/*/result.json.corrupt"))

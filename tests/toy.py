@@ -27,6 +27,16 @@ class Exploding(MLP):
         return super().forward(x) * 1e6
 
 
+class GoesNaN(MLP):
+    """Not a number once a weight passes 5 (one Adam step at a learning rate of 10 does it): the
+    training loss is NaN, not merely large."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        big = torch.stack([p.abs().max() for p in self.parameters()]).max() > 5
+        return torch.where(big, torch.full_like(out, torch.nan), out)
+
+
 class HostSync(MLP):
     """Reads a value back to the host in every forward (``.item()``): a CUDA graph cannot capture it."""
 

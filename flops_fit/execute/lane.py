@@ -222,7 +222,8 @@ class Lane:
             self.start = time.perf_counter()
             batch = job.loop.batch_size
             point = CurvePoint(step=run.step, tokens=run.step * batch * job.tokens_per_sample,
-                               flops=run.step * batch * job.flops_per_sample, train_loss=train_loss,
+                               flops=run.step * batch * job.flops_per_sample,
+                               train_loss=train_loss if math.isfinite(train_loss) else None,
                                lr=self.scheduler.get_last_lr()[0], seconds=run.train_seconds,
                                eval_loss=eval_loss)
             _record(run, point, self.exp_dir, accelerator, self.on_log)

@@ -149,7 +149,8 @@ def _envelope(result: Result, plt):
     fig, ax = plt.subplots(figsize=(7, 5))
     norm = plt.Normalize(math.log10(min(p.num_params for p in pts)), math.log10(max(p.num_params for p in pts)))
     for p in pts:
-        ax.plot([c.flops for c in p.curve], [c.train_loss for c in p.curve], color=plt.cm.viridis(norm(math.log10(p.num_params))),
+        losses = [math.nan if c.train_loss is None else c.train_loss for c in p.curve]
+        ax.plot([c.flops for c in p.curve], losses, color=plt.cm.viridis(norm(math.log10(p.num_params))),
                 lw=0.8, alpha=0.7)
     if env:
         ax.plot([e.flops for e in env.points], [e.loss for e in env.points], "r.-", label="lower envelope")

@@ -48,7 +48,7 @@ class SweepProgress:
         elif event.kind == "log" and self.exp is not None:
             p = event.point
             rate = p.tokens / max(1e-9, time.perf_counter() - self.t)
-            progress.update(self.exp, completed=p.step, info=f"loss {p.train_loss:.4f}  {rate:,.0f} units/s")
+            progress.update(self.exp, completed=p.step, info=f"loss {_loss(p.train_loss)}  {rate:,.0f} units/s")
         elif event.kind == "result":
             progress.advance(self.sweep)
 
@@ -83,3 +83,7 @@ class JobsProgress:
 
     def stop(self) -> None:
         self.bar.stop()
+
+
+def _loss(value: float | None) -> str:
+    return "not finite" if value is None else f"{value:.4f}"

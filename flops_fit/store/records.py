@@ -19,12 +19,13 @@ __all__ = ["CurvePoint", "Provenance", "RunRecord"]
 
 
 class CurvePoint(Frozen):
-    """One logged point of a training curve (a line of ``metrics.jsonl``)."""
+    """One logged point of a training curve (a line of ``metrics.jsonl``).  ``train_loss`` is None
+    where it was not finite (the step a run diverged at: JSON has no NaN)."""
 
     step: int
     tokens: float
     flops: float
-    train_loss: float
+    train_loss: Optional[float]
     lr: float
     seconds: float = 0.0
     eval_loss: Optional[float] = None
