@@ -121,6 +121,19 @@ def bench(width: int, k: int, steps: int, warmup: int, accelerator: Accelerator,
     return out
 
 
+def _backends(names: str | None):
+    """``torch.nn.attention.sdpa_kernel`` over the named backends (a null context for None)."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if not names:
+        return contextlib.nullcontext()
+    table = {"math": SDPBackend.MATH, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+             "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+    return sdpa_kernel([table[n] for n in names.split(",")])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256])
@@ -135,16 +148,21 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--peak", type=float, default=PEAK)
     p.add_argument("--cpu", action="store_true")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "no"], help="mixed precision on CUDA")
+    p.add_argument("--sdpa", default=None,
+                   help="attention backends to allow, comma-separated (math, efficient, flash, cudnn; default: torch's)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     cuda = torch.cuda.is_available() and not args.cpu
     if args.threads:
         torch.set_num_threads(args.threads)
-    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=args.precision if cuda else "no")
     device = torch.cuda.get_device_name() if cuda else "cpu"
     rows = []
     for w in args.widths:
-        row = bench(w, args.members, args.steps, args.warmup, accelerator, args)
+        with _backends(args.sdpa):
+            row = bench(w, args.members, args.steps, args.warmup, accelerator, args)
+        row["sdpa"] = args.sdpa or "default"
         rows.append(row)
         print(json.dumps(row), flush=True)
     doc = {"device": device, "torch": torch.__version__, "args": vars(args), "rows": rows}

@@ -173,3 +173,28 @@ def test_grouped_seeds_on_a_gpu_match_one_at_a_time(in_tmp, graphs):
     for exp_id, r in results["auto"].items():
         assert any("stepped together with" in n for n in r.notes), r.notes
         assert r.loss == pytest.approx(results["off"][exp_id].loss, rel=2e-2)  # bf16, batched kernels
+
+
+@pytest.mark.parametrize("width", [48, 128])
+def test_a_grouped_gpt_steps_like_its_members_alone(width):
+    """The gutenberg recipe's GPT (bf16, 64 x 256 tokens, head_dim 16), 4 members: the grouped
+    step (attention under vmap) gives each member the gradient and the losses it gets alone; on an
+    H100 cuDNN attention's batched backward returned NaN until the group ran flash attention."""
+    from accelerate import Accelerator
+
+    from benchmarks.bench_group import _members
+    from flops_fit.execute.group import GroupStep
+    from flops_fit.execute.step import TrainStep
+
+    accelerator = Accelerator(mixed_precision="bf16")
+    shape = (64, 256, 8192, 2, 16)
+    grouped, alone = _members(width, 4, accelerator, *shape), _members(width, 4, accelerator, *shape)
+    step = GroupStep(accelerator, "auto")
+    lone = [TrainStep(m.model, m.loss_fn, m.step_optimizer, accelerator, 1, 1.0, True, m.acc, "off") for m in alone]
+    for _ in range(6):
+        step(grouped)
+        for s, m in zip(lone, alone):
+            s(m.batches)
+    assert step.grouped and step.note is None, step.note
+    got, want = [float(m.acc) for m in grouped], [float(m.acc) for m in alone]
+    assert all(torch.isfinite(torch.tensor(got))) and got == pytest.approx(want, rel=2e-2)

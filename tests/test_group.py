@@ -87,6 +87,21 @@ def test_a_model_vmap_cannot_run_trains_one_at_a_time_with_a_note(in_tmp):
         assert any("grouped training off" in n for n in notes), notes
 
 
+@pytest.mark.parametrize("model", ["OtherWhenBatched", "NaNWhenBatched"])
+def test_a_batched_step_that_computes_something_else_is_caught_before_it_trains(in_tmp, model):
+    """The first batched gradient is checked against the member's own: a wrong batching rule turns
+    grouping off before any optimizer step, and every member trains as it would alone."""
+    alone, grouped = _seeded(in_tmp, "alone", "off", model), _seeded(in_tmp, "grouped", "on", model)
+    alone.run(report=False)
+    grouped.run(report=False)
+    a, g = _losses(alone), _losses(grouped)
+    assert len(g) == 9
+    for exp_id, (loss, curve, notes) in g.items():
+        assert loss == a[exp_id][0] and curve == a[exp_id][1]
+        [note] = [n for n in notes if "grouped training off" in n]
+        assert "the batched gradient is not the member's own" in note, note
+
+
 def test_group_auto_is_off_on_the_cpu_and_trunks_are_never_grouped(in_tmp):
     spec = _seeded(in_tmp, "auto", "auto")
     spec.run(report=False)

@@ -37,6 +37,28 @@ class GoesNaN(MLP):
         return torch.where(big, torch.full_like(out, torch.nan), out)
 
 
+def _batched(x: torch.Tensor) -> bool:
+    from torch._C._functorch import is_batchedtensor
+
+    return is_batchedtensor(x)
+
+
+class OtherWhenBatched(MLP):
+    """Computes something else under vmap (as a backend's batching rule that is wrong would)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out * 2.0 if _batched(x) else out
+
+
+class NaNWhenBatched(MLP):
+    """Not a number under vmap only (as cuDNN attention's batched backward was on an H100)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out * torch.nan if _batched(x) else out
+
+
 class HostSync(MLP):
     """Reads a value back to the host in every forward (``.item()``): a CUDA graph cannot capture it."""
 

@@ -33,6 +33,9 @@ __all__ = ["GroupStep", "group_key", "grouping", "group_sizes", "GroupMode", "MA
 GroupMode = Literal["auto", "on", "off"]
 #: The most experiments one group trains together.
 MAX_GROUP = 8
+#: How far the first member's batched gradient may stand from its own (relative, in norm): batched
+#: kernels add in another order (bf16: about 1e-2).
+TOLERANCE = 0.05
 
 
 def group_key(job: Job) -> str | None:
@@ -85,6 +88,7 @@ class GroupStep:
     def __init__(self, accelerator, graphs: GraphMode = "off"):
         self.accelerator = accelerator
         self.grouped = True
+        self.verified = False  # the batched gradient checked against a member's own, once
         self.note: str | None = None
         self._eager: dict[int, TrainStep] = {}
         # CUDA graphs of the batched forward + backward + clips (the optimizers stay eager): captured
@@ -105,6 +109,8 @@ class GroupStep:
         if len(lanes) > 1 and self.grouped:
             batches = [next(lane.batches) for lane in lanes]
             try:
+                if not self.verified:
+                    self._verify(lanes, batches)
                 if self.graphs:
                     self._graphed(lanes, batches)
                 else:
@@ -166,8 +172,38 @@ class GroupStep:
                 failed[k] = error
         return failed
 
-    def _batched(self, lanes: list, batches: list | None, stacked: tuple | None = None) -> None:
-        """Forward and backward of every lane at once, each lane's clip and loss accumulation."""
+    def _verify(self, lanes: list, batches: list) -> None:
+        """Before the first batched step: the first member's batched gradient against its own (one
+        forward and backward alone on the same batch).  A batched kernel that computes something
+        else (a backend's batching rule returning NaN) raises, and the lanes train one at a time.
+        With dropout the two draw other masks: then only finiteness is compared."""
+        lane = lanes[0]
+        trained = [p for p in lane.raw_model.parameters() if p.requires_grad]
+        self._batched(lanes, batches, finish=False)
+        batched = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in trained]
+        for other in lanes:
+            other.step_optimizer.zero_grad(set_to_none=True)
+        x, y = batches[0]
+        args, kwargs = ((), x) if isinstance(x, dict) else ((x,), {})
+        with self.accelerator.autocast():
+            loss = lane.loss_fn(lane.raw_model(*args, **kwargs), y)
+        loss.backward()
+        alone = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in trained]
+        lane.step_optimizer.zero_grad(set_to_none=True)
+        self.verified = True
+        own = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in alone]))
+        diff = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm((a - b).float())
+                                                     for a, b in zip(alone, batched)]))
+        finite = all(bool(torch.isfinite(g).all()) for g in batched)
+        random = any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in lane.raw_model.modules())
+        if torch.isfinite(own) and (not finite or (not random and float(diff) > TOLERANCE * float(own))):
+            raise ValueError(f"the batched gradient is not the member's own (relative difference "
+                             f"{float(diff / own):.2g}{'' if finite else ', not finite'})")
+
+    def _batched(self, lanes: list, batches: list | None, stacked: tuple | None = None,
+                 finish: bool = True) -> None:
+        """Forward and backward of every lane at once, each lane's clip and loss accumulation
+        (``finish``; without: the gradients only)."""
         from torch.func import functional_call, vmap
 
         base = lanes[0].raw_model
@@ -183,9 +219,11 @@ class GroupStep:
             out = functional_call(base, (p, b), args, kwargs)
             return loss_fn(out, y)
 
-        with self.accelerator.autocast():
+        with self.accelerator.autocast(), _attention(self.accelerator.device):
             losses = vmap(one, randomness="different")(params, stacked_buffers, inputs, targets)
         losses.sum().backward()  # members are independent: each gets the gradient of its own loss
+        if not finish:
+            return
         detached = losses.detach().float()
         for k, lane in enumerate(lanes):
             lane.acc += detached[k]
@@ -200,6 +238,19 @@ class GroupStep:
             lane.step_optimizer.step()
             if zero:
                 lane.step_optimizer.zero_grad(set_to_none=True)
+
+
+def _attention(device: torch.device):
+    """On CUDA, the batched step's attention (``scaled_dot_product_attention``) runs as flash
+    attention or the math backend: under vmap, cuDNN attention's backward returned NaN and the
+    memory-efficient kernel refused the batched layout (measured on an H100, torch 2.11)."""
+    import contextlib
+
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
 
 
 def _stack(values: list):
