@@ -243,32 +243,56 @@ def confirm(spec: SpecModel, budget_flops: float, k: int = 3, approach: str | No
     """
     plan = compile_plan(spec)
     folder = confirm_dir(spec, budget_flops, approach)
-    path = folder / "prediction.json"
-    store = Store(Path(plan.run_dir))
-    result, messages = None, []
-    by_size = {s.size: s for s in plan.sizes}
-    if path.exists():
-        prediction = Registration.model_validate_json(path.read_text(encoding="utf-8"))
-        _check_budget(spec, plan, budget_flops)
-        missing = [p.size for p in prediction.sizes if p.size not in by_size]
-        if missing:
-            raise SpecError([Problem(f"sizes {missing} of the registered prediction are no longer in model.sizes",
-                                     key="model.sizes", file=spec.source, hint=f"restore them or delete {folder}")])
-        experiments = confirm_experiments(spec, [by_size[p.size] for p in prediction.sizes], budget_flops,
-                                          prediction.num_params, len(prediction.sizes))
-        if [e.id for e in experiments] != [p.id for p in prediction.sizes]:
-            raise SpecError([Problem(f"the spec changed since {path} was registered (experiment ids differ)",
-                                     file=spec.source, hint=f"restore the spec or delete {folder} to predict again")])
-        extra = _extra(spec, plan, prediction, folder, k, messages)
-        if extra:
-            result = analyze(spec, plan)
-            _add(folder, _planned(result.fits, extra, _now()))
-    else:
-        result = analyze(spec, plan)
-        prediction, experiments = preregister(spec, plan, result, budget_flops, k, approach)
-        prediction = _register(path, prediction)  # before any training; the first registration wins
+    messages: list[str] = []
+    prediction, experiments, result = _prediction(spec, plan, folder, budget_flops, k, approach, analyze, messages)
     if predict_only:
         return prediction
+    confirmation, result = _train_and_score(spec, plan, folder, budget_flops, prediction, experiments, result,
+                                            train, analyze, bracket, messages)
+    confirmation = confirmation.model_copy(update={"messages": messages})
+    atomic_write_text(folder / "confirm.json", json.dumps(confirmation.summary(), indent=2) + "\n")
+    if analyze is not None and confirmation.measured:
+        _figure(confirmation, result if result is not None else analyze(spec, plan), folder / "confirm.png")
+    return confirmation
+
+
+def _prediction(spec: SpecModel, plan, folder: Path, budget_flops: float, k: int, approach: str | None,
+                analyze: Callable | None, messages: list[str]):
+    """The registered prediction and its experiments: registered now from the current fits (before
+    any training; the first registration wins), or read back and checked against the spec, with
+    sizes added when ``k`` asks for more.  Returns (prediction, experiments, the fit if one was made)."""
+    path = folder / "prediction.json"
+    if not path.exists():
+        result = analyze(spec, plan)
+        prediction, experiments = preregister(spec, plan, result, budget_flops, k, approach)
+        return _register(path, prediction), experiments, result
+    by_size = {s.size: s for s in plan.sizes}
+    prediction = Registration.model_validate_json(path.read_text(encoding="utf-8"))
+    _check_budget(spec, plan, budget_flops)
+    missing = [p.size for p in prediction.sizes if p.size not in by_size]
+    if missing:
+        raise SpecError([Problem(f"sizes {missing} of the registered prediction are no longer in model.sizes",
+                                 key="model.sizes", file=spec.source, hint=f"restore them or delete {folder}")])
+    experiments = confirm_experiments(spec, [by_size[p.size] for p in prediction.sizes], budget_flops,
+                                      prediction.num_params, len(prediction.sizes))
+    if [e.id for e in experiments] != [p.id for p in prediction.sizes]:
+        raise SpecError([Problem(f"the spec changed since {path} was registered (experiment ids differ)",
+                                 file=spec.source, hint=f"restore the spec or delete {folder} to predict again")])
+    result = None
+    extra = _extra(spec, plan, prediction, folder, k, messages)
+    if extra:
+        result = analyze(spec, plan)
+        _add(folder, _planned(result.fits, extra, _now()))
+    return prediction, experiments, result
+
+
+def _train_and_score(spec: SpecModel, plan, folder: Path, budget_flops: float, prediction: Registration,
+                     experiments: list[Experiment], result, train, analyze, bracket: bool, messages: list[str]):
+    """Train the registered sizes and the additions (waiting for other processes' runs), score them;
+    with ``bracket``, register and train the next size while the best is at an edge.  Returns
+    (confirmation, the fit if one was made)."""
+    store = Store(Path(plan.run_dir))
+    by_size = {s.size: s for s in plan.sizes}
     sweep_epochs = max([r.epochs or 0.0 for r in store.collect(plan.experiments)] or [0.0])
     while True:
         added = _read_additions(folder)
@@ -281,16 +305,12 @@ def confirm(spec: SpecModel, budget_flops: float, k: int = 3, approach: str | No
         confirmation = score(prediction, results, sweep_epochs, added, beyond)
         edge = _edge_size(confirmation, beyond)
         if not (bracket and edge is not None and train is not None):
-            break
+            return confirmation, result
         result = result if result is not None else analyze(spec, plan)
         new = confirm_experiments(spec, [by_size[edge]], budget_flops, by_size[edge].num_params, 1)
         _add(folder, _planned(result.fits, new, _now()))
-        messages.append(f"--bracket: the best size is at the edge; registered and trained {spec.model.size_param} = {edge}")
-    confirmation = confirmation.model_copy(update={"messages": messages})
-    atomic_write_text(folder / "confirm.json", json.dumps(confirmation.summary(), indent=2) + "\n")
-    if analyze is not None and confirmation.measured:
-        _figure(confirmation, result if result is not None else analyze(spec, plan), folder / "confirm.png")
-    return confirmation
+        messages.append(f"--bracket: the best size is at the edge; registered and trained "
+                        f"{spec.model.size_param} = {edge}")
 
 
 def _edge_size(confirmation: Confirmation, beyond: dict) -> float | int | None:
