@@ -104,21 +104,32 @@ class Lane:
         self.job, self.store, self.accelerator = job, store, accelerator
         self.on_log, self.lease = on_log, lease
         self.end = end or job.steps
-        o, sched, lp = job.optim, job.schedule, job.loop
-        folders = job.search_path
         self.exp_dir = store.exp_dir(job.experiment_id)
+        model = self._model(inspect)
+        self._optimize(model, compile)
+        self._data()
+        self._position(resume_from)
+        self.model.train()
+        self.start = time.perf_counter()
 
-        # 1. Seed python, numpy and torch identically on every process: same initial weights.
-        set_seed(lp.seed)
-        model = build_model(job.model.target, job.size_param, job.size, job.model.kwargs, folders)
+    def _model(self, inspect: Callable[[torch.nn.Module], None] | None) -> torch.nn.Module:
+        """1. Seed python, numpy and torch identically on every process (the same initial weights);
+        build the model and the loss."""
+        job = self.job
+        set_seed(job.loop.seed)
+        model = build_model(job.model.target, job.size_param, job.size, job.model.kwargs, job.search_path)
         self.raw_model = model
         if inspect is not None:
             inspect(model)
-        self.loss_fn = build_loss(job.loss.target, job.loss.kwargs, folders)
+        self.loss_fn = build_loss(job.loss.target, job.loss.kwargs, job.search_path)
+        return model
 
-        # 2. Optimizer (fused AdamW on CUDA) and an LR schedule that is a pure function of the step.
+    def _optimize(self, model: torch.nn.Module, compile: bool) -> None:
+        """2. The optimizer (fused AdamW on CUDA) and an LR schedule that is a pure function of the
+        step; the model compiled if asked, and prepared."""
+        job, accelerator, sched = self.job, self.accelerator, self.job.schedule
         model.to(accelerator.device)
-        optimizer = _optimizer(o, model, accelerator.device, folders)
+        optimizer = _optimizer(job.optim, model, accelerator.device, job.search_path)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(
             sched.kind, job.steps, sched.warmup_steps, sched.min_lr_ratio, sched.decay_fraction))
         if compile:
@@ -135,7 +146,9 @@ class Lane:
         self.step_optimizer = (getattr(self.optimizer, "optimizer", self.optimizer) if self.direct
                                else self.optimizer)
 
-        # 3. Data: this process's share of each global batch, split into micro-batches.
+    def _data(self) -> None:
+        """3. Data: this process's share of each global batch, split into micro-batches."""
+        job, accelerator, lp = self.job, self.accelerator, self.job.loop
         world = accelerator.num_processes
         if lp.batch_size % world or (lp.micro_batch_size and (lp.batch_size // world) % lp.micro_batch_size):
             raise RunError(f"train.batch_size = {lp.batch_size} does not split into {world} processes"
@@ -143,6 +156,7 @@ class Lane:
                            + "; choose a batch size divisible by the process count")
         micro = lp.micro_batch_size or lp.batch_size // world
         self.layout = Layout(lp.batch_size, accelerator.process_index, world, micro)
+        folders = job.search_path
         data = build_data(job.data.target, job.data.kwargs, folders)
         eval_data = build_data(job.eval_data.target, job.eval_data.kwargs, folders) if job.eval_data else None
         with warnings.catch_warnings(record=True) as caught:
@@ -150,22 +164,23 @@ class Lane:
             self.source = make_sources(data, eval_data, job, self.layout, accelerator.device, lp.num_workers)
         self.notes = [str(w.message) for w in caught]
 
-        # 4. Resume: every state from the latest complete checkpoint; the data position is the step.
+    def _position(self, resume_from: str | None) -> None:
+        """4. Where training stands: every state from the latest complete checkpoint when resuming
+        (the data position is the step), the steps that log, evaluate and pin."""
+        job, accelerator = self.job, self.accelerator
         self.run = run = _Run(job)
         acc_sum, self.count = 0.0, 0
         if resume_from:
             acc_sum = self._resume(Path(resume_from))
         if accelerator.is_main_process:
             _rewrite_metrics(self.exp_dir, run.curve)
-        logged = log_steps(job.steps, lp.log_points)
-        self.log_at, self.eval_at = set(logged), _eval_steps(logged, lp.eval_points)
+        logged = log_steps(job.steps, job.loop.log_points)
+        self.log_at, self.eval_at = set(logged), _eval_steps(logged, job.loop.eval_points)
         self.pins = set(job.pins)
         self.acc = torch.full((), acc_sum, device=accelerator.device)
         self.batches = self.source.batches(run.step)
         self.last_ckpt = time.monotonic()
         self.agree_every = max(8, job.steps // 2000)  # data-parallel: ranks agree on a signal ~2000 times
-        self.model.train()
-        self.start = time.perf_counter()
 
     def _resume(self, folder: Path) -> float:
         run, state = self.run, load_checkpoint(folder, self.accelerator.process_index, self.raw_model,
