@@ -150,7 +150,8 @@ def main() -> None:
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--precision", default="bf16", choices=["bf16", "no"], help="mixed precision on CUDA")
     p.add_argument("--sdpa", default=None,
-                   help="attention backends to allow, comma-separated (math, efficient, flash, cudnn; default: torch's)")
+                   help="attention backends to allow, comma-separated (math, efficient, flash, cudnn; "
+                        "default: torch's)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     cuda = torch.cuda.is_available() and not args.cpu

@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_sweep(s: dict) -> None:
-    print(f"{s['name']} (cuda_graphs={s['cuda_graphs']}, workers={s['workers_per_gpu']}, group={s['group']}): "
+    print(f"{s['name']} (cuda_graphs={s['cuda_graphs']}, workers={s['workers_per_gpu']}, "
+          f"group={s['group']}): "
           f"{s['experiments']} runs, {s['failed']} failed, wall {s['wall_seconds']:.1f} s, "
           f"{s['flops']:.3g} FLOPs, MFU {s['mfu']:.2%}, "
           f"limit {s['limit_seconds']:.1f} s, worker time {s['worker_seconds']:.0f} s / {s['steps']} steps",

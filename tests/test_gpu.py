@@ -190,7 +190,8 @@ def test_a_grouped_gpt_steps_like_its_members_alone(width):
     shape = (64, 256, 8192, 2, 16)
     grouped, alone = _members(width, 4, accelerator, *shape), _members(width, 4, accelerator, *shape)
     step = GroupStep(accelerator, "auto")
-    lone = [TrainStep(m.model, m.loss_fn, m.step_optimizer, accelerator, 1, 1.0, True, m.acc, "off") for m in alone]
+    lone = [TrainStep(m.model, m.loss_fn, m.step_optimizer, accelerator, 1, 1.0, True, m.acc, "off")
+            for m in alone]
     for _ in range(6):
         step(grouped)
         for s, m in zip(lone, alone):

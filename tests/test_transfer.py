@@ -79,7 +79,8 @@ def test_a_standard_parameterised_mlp_drifts_and_gets_a_negative_exponent(in_tmp
     for changed in (_mlp(in_tmp, lr=1e-3), _mlp(in_tmp, extra=", depth = 3")):
         assert changed.estimate().transfer is None
     wd = spec.model_copy(update={"train": spec.train.model_copy(update={"weight_decay": 0.3})})
-    assert last_verdict(wd, spec.plan().sizes)[0] is None and last_verdict(spec, spec.plan().sizes)[0] == t.verdict
+    sizes = spec.plan().sizes
+    assert last_verdict(wd, sizes)[0] is None and last_verdict(spec, sizes)[0] == t.verdict
 
 
 def test_the_mup_gpt_passes(in_tmp):

@@ -34,7 +34,8 @@ from typing import Any, Callable, Literal
 from ..core.frozen import Frozen
 from ..store.store import Store
 
-__all__ = ["SweepTask", "JobRecord", "Submission", "JobsFile", "JobFailure", "read_jobs", "wait_for", "job_result"]
+__all__ = ["SweepTask", "JobRecord", "Submission", "JobsFile", "JobFailure", "read_jobs", "wait_for",
+           "job_result"]
 
 Array = Literal["one-gpu", "data-parallel"]
 

@@ -195,7 +195,8 @@ class GroupStep:
         diff = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm((a - b).float())
                                                      for a, b in zip(alone, batched)]))
         finite = all(bool(torch.isfinite(g).all()) for g in batched)
-        random = any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in lane.raw_model.modules())
+        random = any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training
+                     for m in lane.raw_model.modules())
         if torch.isfinite(own) and (not finite or (not random and float(diff) > TOLERANCE * float(own))):
             raise ValueError(f"the batched gradient is not the member's own (relative difference "
                              f"{float(diff / own):.2g}{'' if finite else ', not finite'})")

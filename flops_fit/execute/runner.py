@@ -227,10 +227,12 @@ class _Sweep:
     for which trunk, and the results trained so far (returned by the call; nothing outlives it)."""
 
     def __init__(self, store: Store, accelerator: Accelerator, retry_failed: bool,
-                 on_event: Callable[[RunEvent], None] | None, runtime: Runtime, experiments: list[Experiment]):
+                 on_event: Callable[[RunEvent], None] | None, runtime: Runtime,
+                 experiments: list[Experiment]):
         self.store, self.accelerator, self.retry_failed = store, accelerator, retry_failed
         self.on_event, self.runtime, self.total = on_event, runtime, len(experiments)
-        self.branches = {e.id: [b for b in experiments if b.job.branch is not None and b.job.branch.trunk_id == e.id]
+        self.branches = {e.id: [b for b in experiments if b.job.branch is not None
+                                and b.job.branch.trunk_id == e.id]
                          for e in experiments if e.job.role == "trunk"}
         self.by_id = {e.id: (i, e) for i, e in enumerate(experiments)}
         self.group_on = _grouping(runtime, accelerator)
@@ -270,8 +272,8 @@ class _Sweep:
             if decision.action == "skip":
                 continue
             key = group_key(exp.job) if self.group_on else None
-            mates = (_claim_mates(key, queue[position + 1:], taken, self.store, self.retry_failed, self.runtime,
-                                  emit) if key is not None else [])
+            mates = (_claim_mates(key, queue[position + 1:], taken, self.store, self.retry_failed,
+                                  self.runtime, emit) if key is not None else [])
             if mates:
                 _train_group([(index, exp, decision, lease)] + mates, self, emit, again)
             else:

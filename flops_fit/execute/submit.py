@@ -49,7 +49,8 @@ def array_parameters(launcher: LauncherSpec, array: Array, workers_per_gpu: int,
         return {"timeout_min": launcher.timeout_min, "tasks_per_node": tasks, "gpus_per_node": gpus,
                 "signal_delay_s": launcher.signal_delay_s, "setup": list(launcher.setup)}
     params: dict[str, Any] = {
-        "job_name": name, "partition": launcher.partition, "time": math.ceil(launcher.timeout_min), "nodes": 1,
+        "job_name": name, "partition": launcher.partition, "time": math.ceil(launcher.timeout_min),
+        "nodes": 1,
         "ntasks_per_node": tasks, "cpus_per_task": cpus, "signal_delay_s": launcher.signal_delay_s,
         "array_parallelism": launcher.array_parallelism, "setup": list(launcher.setup),
         "additional_parameters": dict(launcher.additional)}
@@ -97,10 +98,11 @@ def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executo
 
     ``executor``: a configured submitit executor used as is for every task (one experiment, or a
     trunk with its branches, per task; data-parallel when its tasks have several processes)."""
-    if executor is None and spec.launcher.kind == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
+    slurm = shutil.which("sbatch") and shutil.which("srun")
+    if executor is None and spec.launcher.kind == "slurm" and not slurm:
         raise RunError([launcher_problem(spec, "sbatch or srun is not on this machine's PATH",
-                                         hint="submit from a Slurm login node, or use kind = 'submitit-local' to run "
-                                              "the jobs on this machine")])
+                                         hint="submit from a Slurm login node, or use kind = "
+                                              "'submitit-local' to run the jobs on this machine")])
     store = Store(Path(plan.run_dir))
     store.write_plan_json(plan.to_json(), plan_file)
     groups = pending_groups(plan, store, retry_failed)
@@ -117,7 +119,8 @@ def submit_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, executo
             jobs = _submit_array(spec, array, ex, tasks)
             submitted += jobs
             records += [JobRecord(job_id=str(j.job_id), array=array, experiments=list(t.experiment_ids),
-                                  stdout=str(j.paths.stdout), stderr=str(j.paths.stderr)) for j, t in zip(jobs, tasks)]
+                                  stdout=str(j.paths.stdout), stderr=str(j.paths.stderr))
+                        for j, t in zip(jobs, tasks)]
     finally:  # what was submitted is recorded, also when a later array fails
         submission = Submission(submitted=datetime.now(timezone.utc).isoformat(timespec="seconds"), kind=kind,
                                 folder=str(folder), jobs=records)
@@ -156,7 +159,8 @@ def _launcher_batches(spec: SpecModel, name: str, groups: list[list[Experiment]]
         else:
             chunks = [[g] for g in chosen]
         if spec.launcher.kind == "submitit-local" and len(chunks) > spec.launcher.array_parallelism:
-            # submitit's local executor starts every job at once: honour array_parallelism with fewer, longer tasks
+            # submitit's local executor starts every job at once: honour array_parallelism with fewer,
+            # longer tasks
             n = spec.launcher.array_parallelism
             chunks = [[g for c in chunks[i::n] for g in c] for i in range(n)]
         tasks = [task(tuple(e.id for g in c for e in g), data_parallel=array == "data-parallel",
@@ -187,8 +191,8 @@ def _record(store: Store, submission: Submission) -> None:
     path = store.root / "launcher" / "jobs.json"
     with FileLock(str(path) + ".lock"):
         jobs_file = read_jobs(store.root)
-        atomic_write_text(path, jobs_file.model_copy(update={"submissions": [*jobs_file.submissions, submission]})
-                          .model_dump_json(indent=2) + "\n")
+        updated = jobs_file.model_copy(update={"submissions": [*jobs_file.submissions, submission]})
+        atomic_write_text(path, updated.model_dump_json(indent=2) + "\n")
 
 
 
@@ -217,12 +221,15 @@ def _sbatch_stderr():
                     print(text, file=sys.stderr)
 
 
-def launcher_problem(spec: SpecModel, message: str, key: str = "launcher.kind", hint: str | None = None) -> Problem:
-    """A problem of the spec's ``[launcher]`` table, naming the spec file, the key's line and its value."""
+def launcher_problem(spec: SpecModel, message: str, key: str = "launcher.kind",
+                     hint: str | None = None) -> Problem:
+    """A problem of the spec's ``[launcher]`` table, naming the spec file, the key's line and its
+    value."""
     from ..core.tomlpos import key_lines
 
     parts = tuple(key.split("."))
-    lines = key_lines(Path(spec.source).read_text(encoding="utf-8")) if spec.source and Path(spec.source).exists() else {}
+    source = Path(spec.source) if spec.source else None
+    lines = key_lines(source.read_text(encoding="utf-8")) if source and source.exists() else {}
     value = getattr(spec.launcher, parts[1]) if len(parts) > 1 else None
-    return Problem(message, key=key, file=spec.source, line=lines.get(parts) or lines.get(parts[:1]), value=value,
-                   has_value=value is not None, hint=hint)
+    return Problem(message, key=key, file=spec.source, line=lines.get(parts) or lines.get(parts[:1]),
+                   value=value, has_value=value is not None, hint=hint)

@@ -252,10 +252,11 @@ def branched(spec: SpecModel, experiments: list[Experiment],
             out.update({e.id: _branch(spec, e, trunk, points[e.id]) for e in can})
     if not trunks:
         more = f"; and {len(why_not) - 1} more" if len(why_not) > 1 else ""
-        return experiments, [], [Problem(f"sweep.reuse = 'branch': no cell of the sweep can branch ({why_not[0]}{more})",
-                                         key="sweep.reuse", file=spec.source, value="branch", has_value=True,
-                                         hint="lower train.warmup_tokens or sweep.min_cooldown_steps, raise "
-                                              "train.decay_fraction or the budgets, or set reuse = \"none\"")], []
+        problem = Problem(f"sweep.reuse = 'branch': no cell of the sweep can branch ({why_not[0]}{more})",
+                          key="sweep.reuse", file=spec.source, value="branch", has_value=True,
+                          hint="lower train.warmup_tokens or sweep.min_cooldown_steps, raise "
+                               "train.decay_fraction or the budgets, or set reuse = \"none\"")
+        return experiments, [], [problem], []
     return [out[e.id] for e in experiments], trunks, [], notes
 
 
@@ -263,13 +264,14 @@ def _branch_problems(spec: SpecModel) -> list[Problem]:
     """What rules branching out for the whole sweep: a schedule other than wsd, a fractional warmup."""
     t = spec.train
     if t.schedule != "wsd":
-        return [Problem("sweep.reuse = 'branch' needs the warmup-stable-decay schedule (branches are its cooldowns)",
-                        key="train.schedule", file=spec.source, value=t.schedule, has_value=True,
-                        hint='set train.schedule = "wsd"')]
+        return [Problem("sweep.reuse = 'branch' needs the warmup-stable-decay schedule (branches are its "
+                        "cooldowns)", key="train.schedule", file=spec.source, value=t.schedule,
+                        has_value=True, hint='set train.schedule = "wsd"')]
     if t.warmup_fraction is not None:
-        return [Problem("sweep.reuse = 'branch' shares one warmup between every length of a size; a warmup as a "
-                        "fraction of the run cannot be shared", key="train.warmup_fraction", file=spec.source,
-                        value=t.warmup_fraction, has_value=True, hint="remove it and set train.warmup_tokens")]
+        return [Problem("sweep.reuse = 'branch' shares one warmup between every length of a size; a warmup "
+                        "as a fraction of the run cannot be shared", key="train.warmup_fraction",
+                        file=spec.source, value=t.warmup_fraction, has_value=True,
+                        hint="remove it and set train.warmup_tokens")]
     return []
 
 
@@ -278,8 +280,8 @@ def _cannot_branch(spec: SpecModel, e: Experiment, point: int) -> str | None:
     size's shared warmup does not end before the branch step."""
     cool, warm = e.steps - point, e.job.warmup_steps
     if cool < spec.sweep.min_cooldown_steps:
-        return (f"its cooldown would be {cool} steps (decay_fraction {spec.train.decay_fraction:g} of {e.steps}), "
-                f"fewer than sweep.min_cooldown_steps = {spec.sweep.min_cooldown_steps}")
+        return (f"its cooldown would be {cool} steps (decay_fraction {spec.train.decay_fraction:g} of "
+                f"{e.steps}), fewer than sweep.min_cooldown_steps = {spec.sweep.min_cooldown_steps}")
     if warm >= point:
         return f"the size's shared warmup ({warm} steps) does not end before its branch step {point}"
     return None
@@ -288,24 +290,29 @@ def _cannot_branch(spec: SpecModel, e: Experiment, point: int) -> str | None:
 def _trunk(spec: SpecModel, size: Any, can: list[Experiment], pins: list[int]) -> Trunk:
     """A size's constant-rate trunk, trained to its last pin, writing a checkpoint at every pin."""
     first = can[0]
+    constant = first.job.schedule.model_copy(update={"kind": "constant"})
+    budget = max(e.budget_flops for e in can)
     job = first.job.model_copy(update={"role": "trunk", "steps": pins[-1], "pins": pins, "experiment_id": "",
-                                       "budget_flops": max(e.budget_flops for e in can),
-                                       "schedule": first.job.schedule.model_copy(update={"kind": "constant"})})
+                                       "budget_flops": budget, "schedule": constant})
     digest = content_hash(job.identity())
-    trunk_id = f"trunk-{spec.model.size_param[:1]}{_fmt_number(size) if isinstance(size, float) else size}-{digest}"
+    shown = _fmt_number(size) if isinstance(size, float) else size
+    trunk_id = f"trunk-{spec.model.size_param[:1]}{shown}-{digest}"
     job = job.model_copy(update={"hash": digest, "experiment_id": trunk_id})
     samples = pins[-1] * spec.train.batch_size
-    return Trunk(id=trunk_id, hash=digest, budget_flops=job.budget_flops, size=size, num_params=first.num_params,
-                 num_tokens=samples * spec.data.tokens_per_sample, num_samples=samples, steps=pins[-1],
-                 flops=samples * first.job.flops_per_sample, job=job, branch_steps=pins)
+    return Trunk(id=trunk_id, hash=digest, budget_flops=job.budget_flops, size=size,
+                 num_params=first.num_params, num_tokens=samples * spec.data.tokens_per_sample,
+                 num_samples=samples, steps=pins[-1], flops=samples * first.job.flops_per_sample, job=job,
+                 branch_steps=pins)
 
 
 def _branch(spec: SpecModel, e: Experiment, trunk: Trunk, point: int) -> Experiment:
     """The cell ``e`` as a branch of ``trunk`` at step ``point``: hashed by (trunk, S_C, T_C, cooldown)."""
-    bjob = e.job.model_copy(update={"branch": BranchPoint(trunk_id=trunk.id, trunk_hash=trunk.hash, step=point)})
+    at = BranchPoint(trunk_id=trunk.id, trunk_hash=trunk.hash, step=point)
+    bjob = e.job.model_copy(update={"branch": at})
     h = content_hash(bjob.identity())
     eid = experiment_id(e.budget_flops, spec.model.size_param, e.size, h)
-    return e.model_copy(update={"id": eid, "hash": h, "job": bjob.model_copy(update={"hash": h, "experiment_id": eid})})
+    job = bjob.model_copy(update={"hash": h, "experiment_id": eid})
+    return e.model_copy(update={"id": eid, "hash": h, "job": job})
 
 
 def runtime(spec: SpecModel) -> Runtime:

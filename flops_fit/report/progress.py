@@ -48,7 +48,8 @@ class SweepProgress:
         elif event.kind == "log" and self.exp is not None:
             p = event.point
             rate = p.tokens / max(1e-9, time.perf_counter() - self.t)
-            progress.update(self.exp, completed=p.step, info=f"loss {_loss(p.train_loss)}  {rate:,.0f} units/s")
+            progress.update(self.exp, completed=p.step,
+                            info=f"loss {_loss(p.train_loss)}  {rate:,.0f} units/s")
         elif event.kind == "result":
             progress.advance(self.sweep)
 

@@ -182,7 +182,8 @@ def _backtest(fits: "Fits") -> list[Check]:
             problems.append(f"{name} N_opt {p.num_params:.3g} (95% {ci[0]:.3g}–{ci[1]:.3g}) vs measured "
                             f"{m.num_params:.3g}")
         elif not ci and off > 1.5:
-            problems.append(f"{name} N_opt {p.num_params:.3g} vs measured {m.num_params:.3g} ({off:.2g}x off)")
+            problems.append(f"{name} N_opt {p.num_params:.3g} vs measured {m.num_params:.3g} "
+                            f"({off:.2g}x off)")
         if p.loss is not None and m.loss is not None and abs(p.loss / m.loss - 1) > 0.02:
             problems.append(f"{name} loss {p.loss:.4g} vs measured {m.loss:.4g}")
     return [Check(name="backtest", ok=not problems,
@@ -200,7 +201,8 @@ def _noise(fits: "Fits") -> tuple[list[Check], list[str]]:
                   message=f"seed noise σ = {noise.std:.3g}: " + (
                       "every budget's minimum stands above it" if not gone
                       else f"the minimum of budget(s) {', '.join(gone)} is not resolved above it"))
-    advice = [f"budget(s) {', '.join(gone)}: more seeds at the sizes around the minimum, or sizes further apart"]
+    advice = [f"budget(s) {', '.join(gone)}: more seeds at the sizes around the minimum, "
+              "or sizes further apart"]
     return [check], advice if gone else []
 
 

@@ -244,7 +244,8 @@ def confirm(spec: SpecModel, budget_flops: float, k: int = 3, approach: str | No
     plan = compile_plan(spec)
     folder = confirm_dir(spec, budget_flops, approach)
     messages: list[str] = []
-    prediction, experiments, result = _prediction(spec, plan, folder, budget_flops, k, approach, analyze, messages)
+    prediction, experiments, result = _prediction(spec, plan, folder, budget_flops, k, approach, analyze,
+                                                  messages)
     if predict_only:
         return prediction
     confirmation, result = _train_and_score(spec, plan, folder, budget_flops, prediction, experiments, result,
@@ -272,12 +273,14 @@ def _prediction(spec: SpecModel, plan, folder: Path, budget_flops: float, k: int
     missing = [p.size for p in prediction.sizes if p.size not in by_size]
     if missing:
         raise SpecError([Problem(f"sizes {missing} of the registered prediction are no longer in model.sizes",
-                                 key="model.sizes", file=spec.source, hint=f"restore them or delete {folder}")])
+                                 key="model.sizes", file=spec.source,
+                                 hint=f"restore them or delete {folder}")])
     experiments = confirm_experiments(spec, [by_size[p.size] for p in prediction.sizes], budget_flops,
                                       prediction.num_params, len(prediction.sizes))
     if [e.id for e in experiments] != [p.id for p in prediction.sizes]:
         raise SpecError([Problem(f"the spec changed since {path} was registered (experiment ids differ)",
-                                 file=spec.source, hint=f"restore the spec or delete {folder} to predict again")])
+                                 file=spec.source,
+                                 hint=f"restore the spec or delete {folder} to predict again")])
     result = None
     extra = _extra(spec, plan, prediction, folder, k, messages)
     if extra:
@@ -287,7 +290,8 @@ def _prediction(spec: SpecModel, plan, folder: Path, budget_flops: float, k: int
 
 
 def _train_and_score(spec: SpecModel, plan, folder: Path, budget_flops: float, prediction: Registration,
-                     experiments: list[Experiment], result, train, analyze, bracket: bool, messages: list[str]):
+                     experiments: list[Experiment], result, train, analyze, bracket: bool,
+                     messages: list[str]):
     """Train the registered sizes and the additions (waiting for other processes' runs), score them;
     with ``bracket``, register and train the next size while the best is at an edge.  Returns
     (confirmation, the fit if one was made)."""
