@@ -36,4 +36,5 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'flops_fit' has no attribute {name!r}")
 
-__all__ = ["Spec", "find_optimal", "fit", "Result", "Points", "Point", "FlopsFitError", "SpecError", "__version__"]
+__all__ = ["Spec", "find_optimal", "fit", "Result", "Points", "Point", "FlopsFitError", "SpecError",
+           "__version__"]

@@ -117,7 +117,8 @@ class Spec(SpecModel):
         plan = compile_plan(self)
         return sweep_status(plan, Store(Path(plan.run_dir)), scheduler)
 
-    def confirm(self, budget_flops: float, sizes: int = 3, approach: str | None = None, retry_failed: bool = False,
+    def confirm(self, budget_flops: float, sizes: int = 3, approach: str | None = None,
+                retry_failed: bool = False,
                 on_event: Callable[[RunEvent], None] | None = None, predict_only: bool = False,
                 bracket: bool = False) -> Confirmation:
         """The forward check at ``budget_flops`` (see :mod:`flops_fit.verbs.confirm`).
@@ -131,7 +132,9 @@ class Spec(SpecModel):
         """
         from .verbs.confirm import confirm
 
-        return confirm(self, float(budget_flops), sizes, approach, train=self._trainer(retry_failed, on_event), analyze=analyze_plan,
+        return confirm(self, float(budget_flops), sizes, approach, train=self._trainer(retry_failed,
+                                                                                       on_event),
+                                                                                       analyze=analyze_plan,
                        predict_only=predict_only, bracket=bracket)
 
     def analyze(self, report: bool = True) -> Result:
@@ -165,7 +168,8 @@ def _warn_transfer(spec: SpecModel, plan: Plan) -> None:
     verdict, path = last_verdict(spec, plan.sizes)
     if verdict == "FAIL":
         warnings.warn(f"the last learning-rate transfer check of this recipe failed ({path}): the sizes may not "
-                      f"share one learning rate; see `flops-fit transfer` and [train] lr_scaling", stacklevel=3)
+                      f"share one learning rate; see `flops-fit transfer` and [train] lr_scaling",
+                      stacklevel=3)
 
 
 def analyze_plan(spec: SpecModel, plan: Plan) -> Result:
@@ -178,14 +182,17 @@ def analyze_plan(spec: SpecModel, plan: Plan) -> Result:
     if not records:
         raise SpecError([Problem(f"the store {plan.run_dir} holds no finished experiment of this plan",
                                  hint="run `flops-fit run` first")])
-    points = Points.from_records(records, [(s.size, s.num_params) for s in plan.sizes], plan.flop_rule, plan.run_dir,
+    points = Points.from_records(records, [(s.size, s.num_params) for s in plan.sizes], plan.flop_rule,
+                                 plan.run_dir,
                                  unique_tokens=spec.data.unique_tokens)
     a = spec.analysis
-    fits = fit_points(points, a.approaches, a.bootstrap, a.seed, a.keep_outliers, a.outlier_z, profile=a.profile)
+    fits = fit_points(points, a.approaches, a.bootstrap, a.seed, a.keep_outliers, a.outlier_z,
+                      profile=a.profile)
     from .report.runs_table import cost_of, run_rows
 
     runs = run_rows(plan, records + store.collect(plan.trunks), fits)  # the trunks' cost too
-    return Result(fits=fits, points=points, budgets=plan.budgets, predict_budgets=a.predict, size_param=plan.size_param,
+    return Result(fits=fits, points=points, budgets=plan.budgets, predict_budgets=a.predict,
+                  size_param=plan.size_param,
                   flop_rule=plan.flop_rule, runs=runs, cost=cost_of(runs, spec.cost.usd_per_gpu_hour))
 
 
@@ -215,9 +222,11 @@ def fit(points: "Points | str | Path | Iterable[dict]", approaches: Iterable[str
     if rows is not None:
         if fits.parametric is None:
             raise DataError([Problem("--evaluate needs the parametric fit (Approach 3), which was not made",
-                                     key="--approach", hint="add --approach parametric, and at least 5 usable points")])
+                                     key="--approach",
+                                     hint="add --approach parametric, and at least 5 usable points")])
         evaluation = evaluate_rows(fits.parametric, rows, str(evaluate))
-    return Result(fits=fits, points=pts, budgets=budgets, predict_budgets=list(predict), flop_rule=pts.flop_rule,
+    return Result(fits=fits, points=pts, budgets=budgets, predict_budgets=list(predict),
+                  flop_rule=pts.flop_rule,
                   evaluation=evaluation)
 
 
@@ -236,10 +245,12 @@ def _path_or_key(obj: Any, key: str, cache_key: str | None, role: str) -> str:
 
 
 def find_optimal(model_cls: Any, model_size_param: str, model_sizes: list, dataset: Any, loss_fn: Any,
-                 compute_budgets: list[float], model_kwargs: dict | None = None, dataset_kwargs: dict | None = None,
+                 compute_budgets: list[float], model_kwargs: dict | None = None,
+                 dataset_kwargs: dict | None = None,
                  tokens_per_sample: float = 1.0, name: str = "find_optimal", runs_dir: str = "runs",
                  cache_key: str | None = None, retry_failed: bool = False,
-                 on_event: Callable[[RunEvent], None] | None = None, progress: bool = True, **options: Any) -> Result:
+                 on_event: Callable[[RunEvent], None] | None = None, progress: bool = True,
+                 **options: Any) -> Result:
     """Plan, train, fit and report from Python objects; returns the same Result as ``Spec.run``.
 
     Objects are identified in the content hash by their import path; one without (a lambda,
@@ -249,9 +260,11 @@ def find_optimal(model_cls: Any, model_size_param: str, model_sizes: list, datas
     """
     data = {
         "name": name, "runs_dir": runs_dir,
-        "model": {"target": _path_or_key(model_cls, "model_cls", cache_key, "model"), "size_param": model_size_param,
+        "model": {"target": _path_or_key(model_cls, "model_cls", cache_key, "model"),
+                  "size_param": model_size_param,
                   "sizes": list(model_sizes), "kwargs": dict(model_kwargs or {})},
-        "data": {"target": _path_or_key(dataset, "dataset", cache_key, "data"), "kwargs": dict(dataset_kwargs or {}),
+        "data": {"target": _path_or_key(dataset, "dataset", cache_key, "data"),
+                 "kwargs": dict(dataset_kwargs or {}),
                  "tokens_per_sample": tokens_per_sample},
         "loss": {"target": _path_or_key(loss_fn, "loss_fn", cache_key, "loss")},
         "sweep": {"budgets": list(compute_budgets), **options.pop("sweep", {})},
@@ -276,7 +289,8 @@ def find_optimal(model_cls: Any, model_size_param: str, model_sizes: list, datas
         bar.stop()
 
 
-def compare(a: "Spec | str | Path", b: "Spec | str | Path", approach: str = "parametric", retry_failed: bool = False,
+def compare(a: "Spec | str | Path", b: "Spec | str | Path", approach: str = "parametric",
+            retry_failed: bool = False,
             on_event: Callable[[RunEvent], None] | None = None, budgets: list[float] | None = None):
     """Recipe ``b`` against recipe ``a`` at equal compute (see :mod:`flops_fit.verbs.compare`).
 
@@ -291,9 +305,11 @@ def compare(a: "Spec | str | Path", b: "Spec | str | Path", approach: str = "par
     specs = [s if isinstance(s, Spec) else Spec.load(s) for s in (a, b)]
     results = [s.run(retry_failed=retry_failed, on_event=on_event) for s in specs]
     try:
-        comparison = compare_results(*results, budgets=budgets, approach=approach, names=(specs[0].name, specs[1].name))
+        comparison = compare_results(*results, budgets=budgets, approach=approach, names=(specs[0].name,
+                                                                                          specs[1].name))
     except ValueError as exc:
-        raise SpecError([Problem(str(exc), key="--approach", hint="compare with the approach both sweeps fitted")]) from None
+        raise SpecError([Problem(str(exc), key="--approach",
+                                 hint="compare with the approach both sweeps fitted")]) from None
     folder = specs[0].run_dir / "compare" / f"{specs[0].name}-vs-{specs[1].name}"
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "compare.json", comparison.model_dump_json(indent=2) + "\n")

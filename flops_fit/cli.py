@@ -65,7 +65,8 @@ def estimate(spec: str = SpecArg, as_json: bool = JsonOpt, retry_failed: bool = 
             t.add_column(col, justify="right" if col not in ("id", "action", "reason") else "left")
         for r in est.experiments:
             t.add_row(r.id, f"{r.budget_flops:.2g}", str(r.size), f"{r.num_params:,}", f"{r.num_tokens:.3g}",
-                      str(r.steps), f"{r.flops:.3g}", _fmt_seconds(r.est_seconds), f"{r.gpu_hours:.3g}", r.action,
+                      str(r.steps), f"{r.flops:.3g}", _fmt_seconds(r.est_seconds), f"{r.gpu_hours:.3g}",
+                      r.action,
                       r.reason)
         err.print(t)
         for d in est.dropped:
@@ -106,7 +107,8 @@ def run(spec: str = SpecArg, as_json: bool = JsonOpt,
         progress, handle = _progress_handler(err)
         jobs = _jobs_progress(err, "jobs" if s.launcher.kind != "local" else "sweep")
         try:
-            result = s.run(retry_failed=retry_failed, on_event=handle, on_progress=jobs, on_plan=_print_plan_notes)
+            result = s.run(retry_failed=retry_failed, on_event=handle, on_progress=jobs,
+                           on_plan=_print_plan_notes)
         finally:
             progress.stop()
             if jobs is not None:
@@ -151,7 +153,8 @@ def submit(spec: str = SpecArg, as_json: bool = JsonOpt,
 
 @app.command()
 def status(spec: str = SpecArg, as_json: bool = JsonOpt,
-           no_scheduler: bool = typer.Option(False, "--no-scheduler", help="Only the store: do not ask the scheduler."),
+           no_scheduler: bool = typer.Option(False, "--no-scheduler",
+                                             help="Only the store: do not ask the scheduler."),
            verbose: bool = VerboseOpt) -> None:
     """Each experiment's state (done, running with its step, pending, failed with the reason) and its job's."""
     def go() -> None:
@@ -164,18 +167,22 @@ def status(spec: str = SpecArg, as_json: bool = JsonOpt,
         for col in ("id", "C", "size", "state", "step", "detail", "job", "job state") + ("part",) * parts:
             t.add_column(col, justify="right" if col in ("C", "size", "step") else "left")
         for r in rows:
-            t.add_row(r.id, f"{r.budget_flops:.2g}", str(r.size), r.state, f"{r.step or 0}/{r.steps}", r.detail,
+            t.add_row(r.id, f"{r.budget_flops:.2g}", str(r.size), r.state, f"{r.step or 0}/{r.steps}",
+                      r.detail,
                       r.job_id or "–", r.job_state or "–", *(r.part,) * parts)
         out.print(t)
-        counts = {k: sum(r.state == k for r in rows) for k in ("done", "running", "pending", "failed", "diverged")}
+        counts = {k: sum(r.state == k for r in rows) for k in ("done", "running", "pending", "failed",
+                                                               "diverged")}
         err.print(", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no experiments")
     _guard(go, verbose, as_json, trains=False)
 
 
 @app.command()
 def analyze(spec: str = SpecArg, as_json: bool = JsonOpt,
-            suggest: bool = typer.Option(False, "--suggest", help="Print the spec lines the trust advice asks for."),
-            points: bool = typer.Option(False, "--points", help="Also print every experiment: planned and achieved "
+            suggest: bool = typer.Option(False, "--suggest",
+                                         help="Print the spec lines the trust advice asks for."),
+            points: bool = typer.Option(False, "--points",
+                                        help="Also print every experiment: planned and achieved "
                                                                 "N, D, FLOPs, status, loss, cost."),
             verbose: bool = VerboseOpt) -> None:
     """Fit and report from whatever the store holds now."""
@@ -191,10 +198,12 @@ def analyze(spec: str = SpecArg, as_json: bool = JsonOpt,
             advice = result.trust().suggest
             if advice["sizes"]:
                 sizes = sorted(set(float(v) for v in s.model.sizes) | set(advice["sizes"]))
-                print("# [model]\nsizes = [" + ", ".join(f"{v:g}" for v in sizes) + "]", file=sys.stderr if as_json else sys.stdout)
+                print("# [model]\nsizes = [" + ", ".join(f"{v:g}" for v in sizes) + "]",
+                      file=sys.stderr if as_json else sys.stdout)
             if advice["budgets"]:
                 budgets = sorted(set(s.sweep.budgets) | set(advice["budgets"]))
-                print("# [sweep]\nbudgets = [" + ", ".join(f"{v:.3g}" for v in budgets) + "]", file=sys.stderr if as_json else sys.stdout)
+                print("# [sweep]\nbudgets = [" + ", ".join(f"{v:.3g}" for v in budgets) + "]",
+                      file=sys.stderr if as_json else sys.stdout)
             if not (advice["sizes"] or advice["budgets"]):
                 err.print("nothing to add: every budget has an interior minimum and there are enough budgets")
         err.print(f"report: {s.run_dir / 'report'}")
@@ -202,16 +211,21 @@ def analyze(spec: str = SpecArg, as_json: bool = JsonOpt,
 
 
 @app.command("fit")
-def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,tokens,loss[,flops][,unique_tokens or "
+def fit_cmd(points: str = typer.Argument(...,
+                                         help="CSV with columns params,tokens,loss[,flops][,unique_tokens or "
                                           "epochs][,budget]."), as_json: bool = JsonOpt,
-            predict: Optional[List[float]] = typer.Option(None, "--predict", help="Budgets (FLOPs) to predict.",
+            predict: Optional[List[float]] = typer.Option(None, "--predict",
+                                                          help="Budgets (FLOPs) to predict.",
                                                           callback=lambda v: _budgets(v, "--predict")),
-            approach: Optional[List[Approach]] = typer.Option(None, "--approach", help="isoflop, parametric, envelope (default the first two)."),
+            approach: Optional[List[Approach]] = typer.Option(None, "--approach",
+                                                              help="isoflop, parametric, envelope (default the first two)."),
             bootstrap: int = typer.Option(200, min=0, help="Bootstrap resamples (0: no intervals)."),
             profile: Profile = typer.Option(Profile.shape, "--profile", help="IsoFLOP profile estimator."),
-            keep_outliers: bool = typer.Option(False, "--keep-outliers", help="Keep points the outlier rule would exclude."),
+            keep_outliers: bool = typer.Option(False, "--keep-outliers",
+                                               help="Keep points the outlier rule would exclude."),
             report: Optional[str] = typer.Option(None, help="Folder for fits.json, tables and plots."),
-            evaluate: Optional[str] = typer.Option(None, "--evaluate", help="CSV of params,tokens[,unique_tokens]"
+            evaluate: Optional[str] = typer.Option(None, "--evaluate",
+                                                   help="CSV of params,tokens[,unique_tokens]"
                                                    "[,loss] rows whose loss the parametric law predicts."),
             verbose: bool = VerboseOpt) -> None:
     """Fit measurements made elsewhere."""
@@ -219,10 +233,13 @@ def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,toke
         from .api import fit
 
         if report and Path(report).exists() and not Path(report).is_dir():
-            raise FlopsFitError([Problem("is a file; the report is a folder of files", key="--report", value=report,
+            raise FlopsFitError([Problem("is a file; the report is a folder of files", key="--report",
+                                         value=report,
                                          has_value=True, hint="give a new or existing folder")])
-        result = fit(points, approaches=[a.value for a in approach] if approach else ("isoflop", "parametric"),
-                     bootstrap=bootstrap, predict=predict or (), keep_outliers=keep_outliers, profile=profile.value,
+        result = fit(points, approaches=[a.value for a in approach] if approach else ("isoflop",
+                                                                                      "parametric"),
+                     bootstrap=bootstrap, predict=predict or (), keep_outliers=keep_outliers,
+                     profile=profile.value,
                      evaluate=evaluate)
         _print_result(result, as_json)
         if report:
@@ -235,7 +252,8 @@ def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,toke
 @app.command()
 def compare(a: str = typer.Argument(..., help="Spec of the reference recipe A."),
             b: str = typer.Argument(..., help="Spec of the recipe B compared with A."),
-            approach: str = typer.Option("parametric", "--approach", help="parametric or isoflop (the loss law used)."),
+            approach: str = typer.Option("parametric", "--approach",
+                                         help="parametric or isoflop (the loss law used)."),
             as_json: bool = JsonOpt, verbose: bool = VerboseOpt) -> None:
     """B against A at equal compute: the effective compute multiplier at each budget (trains what is pending)."""
     def go() -> None:
@@ -252,11 +270,13 @@ def compare(a: str = typer.Argument(..., help="Spec of the reference recipe A.")
             _emit_json(c.model_dump_json(indent=2))
             return
         t = Table(title=f"{c.b.name} over {c.a.name} at equal compute ({c.approach} fits)")
-        for col in ("C (FLOPs)", f"L_opt {c.a.name}", f"L_opt {c.b.name}", "multiplier", "95% CI", "resolved"):
+        for col in ("C (FLOPs)", f"L_opt {c.a.name}", f"L_opt {c.b.name}", "multiplier", "95% CI",
+                    "resolved"):
             t.add_column(col, justify="right")
         for r in c.rows:
             ci = f"{r.multiplier_ci[0]:.3g}–{r.multiplier_ci[1]:.3g}" if r.multiplier_ci else "–"
-            t.add_row(f"{r.budget_flops:.3g}", f"{r.loss_a:.4g}", f"{r.loss_b:.4g}", f"{r.multiplier:.3g}x", ci,
+            t.add_row(f"{r.budget_flops:.3g}", f"{r.loss_a:.4g}", f"{r.loss_b:.4g}", f"{r.multiplier:.3g}x",
+                      ci,
                       {None: "–", True: "yes", False: "no"}[r.resolved])
         out.print(t)
         for law in (c.a, c.b):
@@ -268,11 +288,15 @@ def compare(a: str = typer.Argument(..., help="Spec of the reference recipe A.")
 
 @app.command()
 def confirm(spec: str = SpecArg,
-            budget: float = typer.Option(..., "--budget", help="The budget (FLOPs) to predict and check, beyond the sweep's."),
+            budget: float = typer.Option(..., "--budget",
+                                         help="The budget (FLOPs) to predict and check, beyond the sweep's."),
             sizes: int = typer.Option(3, "--sizes", min=1, help="Sizes to train around the predicted N_opt."),
-            approach: Optional[str] = typer.Option(None, "--approach", help="parametric (default) or isoflop."),
-            predict_only: bool = typer.Option(False, "--predict-only", help="Register the prediction; train nothing."),
-            bracket: bool = typer.Option(False, "--bracket", help="While the best size is at an edge of those "
+            approach: Optional[str] = typer.Option(None, "--approach",
+                                                   help="parametric (default) or isoflop."),
+            predict_only: bool = typer.Option(False, "--predict-only",
+                                              help="Register the prediction; train nothing."),
+            bracket: bool = typer.Option(False, "--bracket",
+                                         help="While the best size is at an edge of those "
                                          "trained, register and train the next size beyond it."),
             as_json: bool = JsonOpt, verbose: bool = VerboseOpt) -> None:
     """Pre-register a prediction at a larger budget, train the sizes around it, report predicted vs measured."""
@@ -302,7 +326,8 @@ def confirm(spec: str = SpecArg,
 
 @app.command()
 def transfer(spec: str = SpecArg,
-             middle: bool = typer.Option(False, "--middle", help="Also sweep a middle size (three sizes: the lr_scaling fit)."),
+             middle: bool = typer.Option(False, "--middle",
+                                         help="Also sweep a middle size (three sizes: the lr_scaling fit)."),
              max_steps: int = typer.Option(2000, "--max-steps", min=1, help="Cap on each sweep run's steps."),
              octaves: int = typer.Option(3, "--octaves", min=2, max=6,
                                          help="Rates spec x 2^-k .. 2^k (3: seven rates; 2: five)."),
@@ -326,7 +351,8 @@ def transfer(spec: str = SpecArg,
 
 
 @app.command()
-def schema(output: str = typer.Option("schemas/spec.schema.json", help="Where to write the JSON Schema.")) -> None:
+def schema(output: str = typer.Option("schemas/spec.schema.json",
+                                      help="Where to write the JSON Schema.")) -> None:
     """Write the JSON Schema of the spec (for editors and CI)."""
     from .spec.schema import spec_schema
 

@@ -42,5 +42,6 @@ def envelope(curves: list[tuple[float, list]], bins: int = 30, min_fraction: flo
     if len(env) < 4 or len(np.unique(env[:, 2])) < 2:
         return None
     return EnvelopeFit(n_opt=power_law(env[:, 0], env[:, 2]), d_opt=power_law(env[:, 0], env[:, 3]),
-                       points=[EnvelopePoint(flops=float(c), loss=float(l), num_params=float(n), num_tokens=float(d))
+                       points=[EnvelopePoint(flops=float(c), loss=float(l), num_params=float(n),
+                                             num_tokens=float(d))
                                for c, l, n, d in env])

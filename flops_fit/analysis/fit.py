@@ -19,7 +19,8 @@ from ..core.frozen import Frozen
 from .envelope import envelope
 from .isoflop import budget_minima, loss_law, power_law, profile_minimum, profile_residuals
 from .shape import fit_shape
-from .laws import (EnvelopeFit, FlopsPerUnit, IsoflopFit, ParametricFit, Prediction, hull, percentile_interval)
+from .laws import (EnvelopeFit, FlopsPerUnit, IsoflopFit, ParametricFit, Prediction, hull,
+                   percentile_interval)
 from .noise import NoiseFloor, cell_means, noise_floor, seed_draw
 from .parametric import DataLimit, constrain, data_limit, fit_parametric, refit_constrained
 from .points import Points
@@ -75,7 +76,8 @@ class Fits(Frozen):
         under that repetition (the IsoFLOP and envelope laws cannot: they extrapolate the sweep)."""
         U = self.unique_tokens if unique_tokens is None else unique_tokens
         out = {}
-        for name, fit in (("isoflop", self.isoflop), ("parametric", self.parametric), ("envelope", self.envelope)):
+        for name, fit in (("isoflop", self.isoflop), ("parametric", self.parametric), ("envelope",
+                                                                                       self.envelope)):
             if fit is None:
                 continue
             p = fit.predict(budget_flops, U) if name == "parametric" else fit.predict(budget_flops)
@@ -109,7 +111,8 @@ def _exclusions(points: Points, keep_outliers: bool, outlier_z: float, profile: 
     among = np.arange(points.count()) if index is None else np.asarray(index, dtype=int)
     keep = np.intersect1d(points.usable_index(), among)
     unusable = np.setdiff1d(among, keep)
-    excluded = [Exclusion(id=points.id[i], reason=points.status[i] + (f": {points.reason[i]}" if points.reason[i] else ""))
+    excluded = [Exclusion(id=points.id[i],
+                          reason=points.status[i] + (f": {points.reason[i]}" if points.reason[i] else ""))
                 for i in unusable]
     if keep_outliers or len(keep) < 5:
         return keep, excluded
@@ -133,7 +136,8 @@ def _exclusions(points: Points, keep_outliers: bool, outlier_z: float, profile: 
             break
         for i in drop:
             zi = z[i]
-            excluded.append(Exclusion(id=points.id[keep[i]], reason=f"off its budget's {profile} profile (robust |z| = "
+            excluded.append(Exclusion(id=points.id[keep[i]],
+                                      reason=f"off its budget's {profile} profile (robust |z| = "
                                       f"{abs(zi):.1f} > {outlier_z:g}, {'above' if zi > 0 else 'below'} the curve)"))
         keep = np.delete(keep, drop)
     return keep, excluded
@@ -212,7 +216,8 @@ def _boot_isoflop(N, D, L, budgets, n: int, rng: np.random.Generator, profile: s
     return samples
 
 
-def _boot_parametric(fit: ParametricFit, N, D, U, L, n: int, rng: np.random.Generator, draw=None) -> list[list[float]]:
+def _boot_parametric(fit: ParametricFit, N, D, U, L, n: int, rng: np.random.Generator,
+                     draw=None) -> list[list[float]]:
     """Points resampled with replacement (and, with ``draw``, each cell's mean from its resampled seeds).
 
     Past :data:`~flops_fit.analysis.parametric.SUBSAMPLE` points each resample draws only that many
@@ -234,7 +239,8 @@ def _boot_parametric(fit: ParametricFit, N, D, U, L, n: int, rng: np.random.Gene
     return out
 
 
-def fit_points(points: Points, approaches: list[str] = ("isoflop", "parametric"), bootstrap: int = 200, seed: int = 0,
+def fit_points(points: Points, approaches: list[str] = ("isoflop", "parametric"), bootstrap: int = 200,
+               seed: int = 0,
                keep_outliers: bool = False, outlier_z: float = 3.5, backtest: bool = True,
                profile: str = "shape") -> Fits:
     """Fit the requested approaches; pure function of its inputs (see :func:`_fit_points`).
@@ -247,7 +253,8 @@ def fit_points(points: Points, approaches: list[str] = ("isoflop", "parametric")
     with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
         warnings.simplefilter("always")
         fits = _fit_points(points, approaches, bootstrap, seed, keep_outliers, outlier_z, backtest, profile)
-    kinds = sorted({str(w.message).split(" in ")[0] for w in caught if issubclass(w.category, RuntimeWarning)})
+    kinds = sorted({str(w.message).split(" in ")[0] for w in caught if issubclass(w.category,
+                                                                                  RuntimeWarning)})
     par, iso = fits.parametric, fits.isoflop
     missing = bootstrap and ((par is not None and any(v is None for v in par.ci.values())) or
                              (iso is not None and iso.n_opt.exponent_ci is None))
@@ -339,11 +346,13 @@ def degenerate_notes(N: np.ndarray, D: np.ndarray, L: np.ndarray) -> list[str]:
     return notes
 
 
-def _with_isoflop_intervals(iso: IsoflopFit, N, D, L, budgets, bootstrap: int, rng, profile: str, draw=None) -> IsoflopFit:
+def _with_isoflop_intervals(iso: IsoflopFit, N, D, L, budgets, bootstrap: int, rng, profile: str,
+                            draw=None) -> IsoflopFit:
     """The two-stage bootstrap's samples, and each exponent's interval widened to the hull of
     its OLS t-interval and the bootstrap percentile interval."""
     shape = next((tuple(m.coef[:2]) for m in iso.minima if m.profile == "shape"), None)
-    samples = _boot_isoflop(N, D, L, budgets, bootstrap, rng, profile, {m.budget_flops for m in iso.minima}, draw,
+    samples = _boot_isoflop(N, D, L, budgets, bootstrap, rng, profile, {m.budget_flops for m in iso.minima},
+                            draw,
                             {m.budget_flops: m.profile for m in iso.minima}, shape)
     update: dict = {"samples": samples}
     if len(samples) >= 10:
@@ -351,7 +360,8 @@ def _with_isoflop_intervals(iso: IsoflopFit, N, D, L, budgets, bootstrap: int, r
         for key, col in (("n_opt", 1), ("d_opt", 3)):
             law = getattr(iso, key)
             boot = percentile_interval(s[:, col])
-            update[key] = law.model_copy(update={"exponent_boot_ci": boot, "exponent_ci": hull(law.exponent_t_ci, boot)})
+            update[key] = law.model_copy(update={"exponent_boot_ci": boot,
+                                                 "exponent_ci": hull(law.exponent_t_ci, boot)})
     return iso.model_copy(update=update)
 
 
@@ -382,7 +392,8 @@ def _backtest(points: Points, usable: np.ndarray, approaches, profile: str = "sh
     if len(budgets) < 3:
         return None
     held = budgets[-1]
-    sub = _fit_points(points, approaches, bootstrap=0, seed=0, keep_outliers=True, outlier_z=0.0, backtest=False,
+    sub = _fit_points(points, approaches, bootstrap=0, seed=0, keep_outliers=True, outlier_z=0.0,
+                      backtest=False,
                       profile=profile, index=usable[B < held])
     test = usable[B == held]
     arrays = points.arrays(test)
@@ -391,6 +402,7 @@ def _backtest(points: Points, usable: np.ndarray, approaches, profile: str = "sh
     N, D, L, B, _ = arrays
     minima, _ = budget_minima(np.log(N), np.log(D), L, B, profile, shape)
     measured = BacktestMeasured(loss_min=float(L.min()), num_params_at_min=float(N[np.argmin(L)]),
-                                loss=minima[0].loss if minima else None, num_params=minima[0].n_opt if minima else None)
+                                loss=minima[0].loss if minima else None,
+                                num_params=minima[0].n_opt if minima else None)
     predicted = {k: v for k, v in sub.predict(held).items() if k != "envelope"}
     return Backtest(held_out_budget=held, fit_budgets=budgets[:-1], measured=measured, predicted=predicted)

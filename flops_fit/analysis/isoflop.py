@@ -135,11 +135,14 @@ def profile_minimum(x: np.ndarray, y: np.ndarray, profile: str = "window",
     if not (x_lo <= xs <= x_hi):
         side = "smallest" if xs < x_lo else "largest"
         return None, None, [], f"minimum outside the sampled sizes (beyond the {side})"
-    return float(xs), float(np.polyval(coef, xs)), [float(c) for c in coef] + [float(x.min()), float(x.max())], ""
+    return float(xs), float(np.polyval(coef, xs)), [float(c) for c in coef] + [float(x.min()),
+                                                                               float(x.max())], ""
 
 
-def budget_minima(lnN: np.ndarray, lnD: np.ndarray, L: np.ndarray, budgets: np.ndarray, profile: str = "window",
-                  shape: tuple[float, float] | None = None) -> tuple[list[BudgetMinimum], list[DroppedBudget]]:
+def budget_minima(lnN: np.ndarray, lnD: np.ndarray, L: np.ndarray, budgets: np.ndarray,
+                  profile: str = "window",
+                  shape: tuple[float, float] | None = None) -> tuple[list[BudgetMinimum],
+                                                                     list[DroppedBudget]]:
     """Per-budget profile minima and the budgets without one (with the reason).  ``shape``: the
     (u, v) of the ``shape`` profile (default: fitted here over the budgets with 3+ sizes)."""
     minima, dropped = [], []
@@ -165,7 +168,8 @@ def budget_minima(lnN: np.ndarray, lnD: np.ndarray, L: np.ndarray, budgets: np.n
                 fit = _parabola(x[keep], y[keep])
                 se = _minimum_se(fit, fit.params["b"].value, fit.params["a"].value)
         slope, icpt = np.polyfit(x, xd, 1)
-        minima.append(BudgetMinimum(budget_flops=float(C), n_opt=math.exp(xs), d_opt=math.exp(icpt + slope * xs),
+        minima.append(BudgetMinimum(budget_flops=float(C), n_opt=math.exp(xs),
+                                    d_opt=math.exp(icpt + slope * xs),
                                     loss=loss, n_opt_ci=[math.exp(xs - 1.96 * se), math.exp(xs + 1.96 * se)]
                                     if math.isfinite(se) else None, coef=coef, num_points=int(m.sum()),
                                     profile=used))
@@ -234,7 +238,8 @@ def power_law(C: np.ndarray, Y: np.ndarray) -> PowerLaw:
     ci = [slope.value - half, slope.value + half]
     return PowerLaw(coef=math.exp(icpt.value), exponent=slope.value, exponent_ci=ci, exponent_t_ci=ci,
                     r2=1 - ss_res / ss_tot if ss_tot > 0 else math.nan, num_points=int(len(x)),
-                    ols=OLS(n=int(len(x)), mean_x=float(x.mean()), sxx=float(np.sum((x - x.mean()) ** 2)), resid_sd=sd))
+                    ols=OLS(n=int(len(x)), mean_x=float(x.mean()), sxx=float(np.sum((x - x.mean()) ** 2)),
+                            resid_sd=sd))
 
 
 def _loss_curve(C, E, k, gamma):

@@ -236,7 +236,8 @@ class ParametricFit(Frozen):
         with np.errstate(over="ignore"):  # a degenerate bootstrap fit overflows to inf, never raises
             E, A, B = (float(np.exp(v)) for v in (le, la, lb))
         if len(theta) == 7:
-            extra = {"form": "data-constrained", "r_star_d": math.exp(theta[5]), "r_star_n": math.exp(theta[6]),
+            extra = {"form": "data-constrained", "r_star_d": math.exp(theta[5]),
+                     "r_star_n": math.exp(theta[6]),
                      **extra}
         return cls(E=E, A=A, B=B, alpha=alpha, beta=beta, a=a, b=b, theta=theta, flops_per_unit=fpu, **extra)
 
@@ -272,7 +273,8 @@ class ParametricFit(Frozen):
                 from .constrained import log_pred
 
                 lnN, lnD, lnU = (np.log(np.asarray(v, dtype=float)) for v in (N, D, U))
-                boot = np.exp(log_pred(np.array(self.samples), lnN.reshape(-1), lnD.reshape(-1), lnU.reshape(-1)
+                boot = np.exp(log_pred(np.array(self.samples), lnN.reshape(-1), lnD.reshape(-1),
+                                       lnU.reshape(-1)
                                        if lnU.ndim else lnU, self.flops_per_unit.exponent))
                 boot = boot.reshape((len(self.samples),) + np.shape(loss))
             else:
@@ -319,10 +321,12 @@ class ParametricFit(Frozen):
                     from .constrained import allocate_capped
 
                     f = self.flops_per_unit
-                    boot = np.stack(allocate_capped(np.array(self.samples), C, float(U), f.coef, f.exponent), axis=1)
+                    boot = np.stack(allocate_capped(np.array(self.samples), C, float(U), f.coef, f.exponent),
+                                    axis=1)
                 else:
                     boot = np.array([self._with(t).allocate(C, U) for t in self.samples])
-            cis = dict(num_params_ci=percentile_interval(boot[:, 0]), num_tokens_ci=percentile_interval(boot[:, 1]),
+            cis = dict(num_params_ci=percentile_interval(boot[:, 0]),
+                       num_tokens_ci=percentile_interval(boot[:, 1]),
                        loss_ci=percentile_interval(boot[:, 2]))
         return _prediction("parametric", C, n, d, loss, unique_tokens=self._unique(unique_tokens), **cis)
 

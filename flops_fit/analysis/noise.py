@@ -94,7 +94,8 @@ def noise_floor(L: np.ndarray, groups: list[np.ndarray], arrays: tuple[np.ndarra
     return NoiseFloor(std=std, dof=dof, cells=cells, unresolved=_unresolved(N, means, B, counts, std))
 
 
-def _unresolved(N: np.ndarray, L: np.ndarray, B: np.ndarray, counts: np.ndarray, std: float) -> list[UnresolvedBudget]:
+def _unresolved(N: np.ndarray, L: np.ndarray, B: np.ndarray, counts: np.ndarray,
+                std: float) -> list[UnresolvedBudget]:
     out = []
     for C in np.unique(B):
         idx = np.flatnonzero(B == C)
@@ -119,7 +120,8 @@ def _unresolved(N: np.ndarray, L: np.ndarray, B: np.ndarray, counts: np.ndarray,
     return out
 
 
-def seed_draw(L: np.ndarray, groups: list[np.ndarray], means: np.ndarray) -> Callable[[np.random.Generator], np.ndarray]:
+def seed_draw(L: np.ndarray, groups: list[np.ndarray], means: np.ndarray) -> Callable[[np.random.Generator],
+                                                                                      np.ndarray]:
     """A bootstrap draw of the cell ``means`` (from :func:`cell_means`): each replicated cell's seeds
     resampled with replacement."""
     reps = [(c, g) for c, g in enumerate(groups) if len(g) > 1]

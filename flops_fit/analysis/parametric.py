@@ -25,7 +25,8 @@ from pydantic import Field
 from scipy.optimize import least_squares, nnls
 
 from ..core.frozen import Frozen
-from .constrained import (MIN_POINTS_PER_PARAMETER, MIN_REPEATED_POINTS, R_STAR_BOUNDS, R_STAR_D, R_STAR_N, fit_constrained, log_n_base,
+from .constrained import (MIN_POINTS_PER_PARAMETER, MIN_REPEATED_POINTS, R_STAR_BOUNDS, R_STAR_D, R_STAR_N,
+                          fit_constrained, log_n_base,
                           log_pred, repetition_design)
 from .laws import FlopsPerUnit, ParametricFit
 
@@ -140,7 +141,8 @@ def fit_parametric(N: np.ndarray, D: np.ndarray, L: np.ndarray, delta: float = D
     for start in _vpro_starts(N[sub], D[sub], L[sub]):
         sN, sD, sL = lnN[sub], lnD[sub], lnL[sub]
         out = minimize(lambda p: _residual(_theta(p), sN, sD, sL), _to_params(start), method="least_squares",
-                       loss="huber", f_scale=delta, x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=MAX_NFEV,
+                       loss="huber", f_scale=delta, x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12,
+                       max_nfev=MAX_NFEV,
                        jac=lambda p, *a, **k: _jacobian(_theta(p), sN, sD, sL))
         theta = _theta(out.params)
         obj = huber_objective(theta, sN, sD, sL, delta)
@@ -185,7 +187,8 @@ def constrain(fit: ParametricFit, N, D, U, L, delta: float = DELTA) -> Parametri
         theta = fit_constrained(fit.theta[:5], lnN, lnD, lnU, lnL, tuple(free), delta, p)
     lo, hi = (math.log(v) for v in R_STAR_BOUNDS)
     names = (("R*_D", R_STAR_D, f"{reps_d} points with 2+ epochs (most {max_epochs:.2f})", "repeated tokens"),
-             ("R*_N", R_STAR_N, f"{reps_n} points with N ≥ 2·N_base(U) (most {max_over:.2f}×)", "excess parameters"))
+             ("R*_N", R_STAR_N, f"{reps_n} points with N ≥ 2·N_base(U) (most {max_over:.2f}×)",
+              "excess parameters"))
     parts = []
     for j, (name, published, design, what) in enumerate(names):
         value = math.exp(theta[5 + j])
@@ -221,7 +224,8 @@ def refit_constrained(fit: ParametricFit, lnN, lnD, lnU, lnL, delta: float = DEL
         over = np.isfinite(lnU) & (lnN > log_n_base(fit.theta, np.where(np.isfinite(lnU), lnU, 0.0),
                                                     fit.flops_per_unit.exponent))
         if not over.any():
-            return np.concatenate([refit_fast(np.asarray(fit.theta[:5]), lnN, lnD, lnL, delta), fit.theta[5:]])
+            return np.concatenate([refit_fast(np.asarray(fit.theta[:5]), lnN, lnD, lnL, delta),
+                                   fit.theta[5:]])
     start = (math.exp(fit.theta[5]), math.exp(fit.theta[6]))
     return fit_constrained(fit.theta[:5], lnN, lnD, lnU, lnL, free, delta, fit.flops_per_unit.exponent, start,
                            max_nfev=300)

@@ -24,7 +24,8 @@ __all__ = ["Point", "Points", "group_budgets"]
 
 
 
-COLUMNS = ("id", "budget_flops", "size", "num_params", "num_tokens", "flops", "loss", "status", "reason", "seed",
+COLUMNS = ("id", "budget_flops", "size", "num_params", "num_tokens", "flops", "loss", "status", "reason",
+           "seed",
            "unique_tokens")
 #: Columns of a CSV of measurements (the first three required).
 CSV_COLUMNS = ("params", "tokens", "loss", "flops", "unique_tokens", "epochs")
@@ -93,7 +94,8 @@ class Points(Frozen):
     @model_validator(mode="after")
     def _same_lengths(self) -> "Points":
         n = len(self.id)
-        bad = [c for c in COLUMNS if len(getattr(self, c)) != n] + (["curve"] if self.curve and len(self.curve) != n else [])
+        bad = [c for c in COLUMNS if len(getattr(self,
+                                                 c)) != n] + (["curve"] if self.curve and len(self.curve) != n else [])
         if bad:
             raise ValueError(f"columns {', '.join(bad)} do not have one entry per id ({n})")
         return self
@@ -113,7 +115,8 @@ class Points(Frozen):
     def usable_index(self) -> np.ndarray:
         """Indices of the points with status ``ok`` and a finite loss."""
         loss = np.array(self.loss, dtype=float)  # None -> nan
-        ok = np.fromiter((s == "ok" for s in self.status), bool, len(self.status)) if self.status else np.zeros(0, bool)
+        ok = np.fromiter((s == "ok" for s in self.status), bool,
+                         len(self.status)) if self.status else np.zeros(0, bool)
         return np.flatnonzero(ok & np.isfinite(loss))
 
     def usable(self) -> list[Point]:
@@ -157,7 +160,8 @@ class Points(Frozen):
         Read column by column and parsed a chunk at a time (a million rows in a few seconds)."""
         path = Path(path)
         try:
-            with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's BOM is not a column name
+            with open(path, newline="",
+                      encoding="utf-8-sig") as f:  # -sig: a spreadsheet's BOM is not a column name
                 reader = csv.reader(f)
                 header = [h.strip() for h in next(reader, [])]
                 wanted = [c for c in (*CSV_COLUMNS, "budget") if c in header]
@@ -185,7 +189,8 @@ class Points(Frozen):
         return cls._from_columns(cells, columns, source, None, group_tolerance)
 
     @classmethod
-    def _from_columns(cls, cells: dict[str, list], columns: list[str], source: str | None, lines: list[int] | None,
+    def _from_columns(cls, cells: dict[str, list], columns: list[str], source: str | None,
+                      lines: list[int] | None,
                       group_tolerance: float) -> "Points":
         missing = [c for c in ("params", "tokens", "loss") if c not in columns]
         if missing:
@@ -201,7 +206,8 @@ class Points(Frozen):
             raise DataError(_cell_problems(cells, source, lines))
         rows = len(cells["params"])
         if rows < 5:
-            raise DataError([Problem(f"{rows} points are too few to fit a scaling law (need at least 5)", file=source)])
+            raise DataError([Problem(f"{rows} points are too few to fit a scaling law (need at least 5)",
+                                     file=source)])
         with np.errstate(over="ignore"):
             flops = data["flops"] if has_flops else 6 * data["params"] * data["tokens"]
         if not np.all(np.isfinite(flops)):
@@ -215,11 +221,13 @@ class Points(Frozen):
         U = data["unique_tokens"] if "unique_tokens" in data else data["tokens"] / data["epochs"] if "epochs" in data \
             else None
         ids = [f"row{n}" for n in lines] if lines is not None else [f"row{i}" for i in range(rows)]
-        return cls.model_construct(id=ids, budget_flops=np.asarray(budgets, dtype=float).tolist(), size=[None] * rows,
+        return cls.model_construct(id=ids, budget_flops=np.asarray(budgets, dtype=float).tolist(),
+                                   size=[None] * rows,
                                    num_params=data["params"].tolist(), num_tokens=data["tokens"].tolist(),
                                    flops=flops.tolist(), loss=data["loss"].tolist(), status=["ok"] * rows,
                                    reason=[""] * rows, seed=[None] * rows,
-                                   unique_tokens=U.tolist() if U is not None else [None] * rows, curve=[], sizes=[],
+                                   unique_tokens=U.tolist() if U is not None else [None] * rows, curve=[],
+                                   sizes=[],
                                    source=source or "", flop_rule="csv flops column" if has_flops else "6N",
                                    grouping=grouping)
 
@@ -278,7 +286,8 @@ def _read_columns(reader, where: list[int], chunk: int = 1 << 16) -> tuple[list,
     flush()
     if exact:
         return [np.concatenate(p) if p else np.zeros(0) for p in parts], lines
-    return [[v for piece in p for v in (piece.tolist() if isinstance(piece, np.ndarray) else piece)] for p in parts], lines
+    return [[v for piece in p for v in (piece.tolist() if isinstance(piece,
+                                                                     np.ndarray) else piece)] for p in parts], lines
 
 
 def _cell_problems(cells: dict[str, list], source: str | None, lines: list[int] | None) -> list[Problem]:
@@ -294,7 +303,8 @@ def _cell_problems(cells: dict[str, list], source: str | None, lines: list[int] 
                 problems.append(Problem("not a number", key=key, value=values[i], has_value=True, **where))
                 continue
             if not (math.isfinite(v) and v > 0):
-                problems.append(Problem("must be positive and finite", key=key, value=v, has_value=True, **where))
+                problems.append(Problem("must be positive and finite", key=key, value=v, has_value=True,
+                                        **where))
     return problems
 
 

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-__all__ = ["ImportPathError", "IMPORT_PATH_RE", "register", "resolve", "import_path_of", "search_path", "source_digest"]
+__all__ = ["ImportPathError", "IMPORT_PATH_RE", "register", "resolve", "import_path_of", "search_path",
+           "source_digest"]
 
 IMPORT_PATH_RE = re.compile(r"^(@[\w.-]+|[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*(:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*)?)$")
 

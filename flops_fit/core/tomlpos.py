@@ -41,7 +41,8 @@ def key_lines(text: str) -> dict[tuple[str, ...], int]:
                     found.setdefault(path + (inner.group(1),), number)
                 line = rest
         stripped = re.sub(r"\"[^\"]*\"|'[^']*'|#.*$", "", line)
-        depth = max(0, depth + stripped.count("[") + stripped.count("{") - stripped.count("]") - stripped.count("}"))
+        depth = max(0,
+                    depth + stripped.count("[") + stripped.count("{") - stripped.count("]") - stripped.count("}"))
     return found
 
 

@@ -44,7 +44,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(store: Store, exp_id: str, step: int, keep: int, rank: int, model: torch.nn.Module,
-                    optimizer: Any, scheduler: Any, scaler: Any, trainer: dict, is_main: bool, pinned: bool = False) -> Path:
+                    optimizer: Any, scheduler: Any, scaler: Any, trainer: dict, is_main: bool,
+                    pinned: bool = False) -> Path:
     """Write a checkpoint at ``step`` (``pinned``: a trunk's branch point, never pruned); only the main
     process writes weights and the marker."""
     folder = (store.pinned_dir(exp_id) if pinned else store.checkpoints_dir(exp_id)) / f"step-{step:08d}"
@@ -69,7 +70,8 @@ class CorruptCheckpoint(Exception):
         self.folder, self.reason = folder, reason
 
 
-def load_checkpoint(folder: Path, rank: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any) -> dict:
+def load_checkpoint(folder: Path, rank: int, model: torch.nn.Module, optimizer: Any, scheduler: Any,
+                    scaler: Any) -> dict:
     """Restore every state from ``folder``; returns trainer.json.  Files that cannot be read raise
     :class:`CorruptCheckpoint` (a model that does not fit its state is the user's error, raised as is)."""
     rng_file = folder / f"rng-{rank}.pt"

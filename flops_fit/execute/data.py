@@ -139,7 +139,8 @@ def _indexed(dataset: Dataset, train_idx: torch.Tensor, layout: Layout, seed: in
     subset = Subset(dataset, train_idx.tolist())
 
     def loader_batches(start: int):
-        loader = DataLoader(subset, batch_sampler=_StepSampler(order, layout, start, steps), num_workers=num_workers,
+        loader = DataLoader(subset, batch_sampler=_StepSampler(order, layout, start, steps),
+                            num_workers=num_workers,
                             pin_memory=device.type == "cuda", persistent_workers=False)
         for batch in loader:
             yield to_device(split_batch(batch), device)
@@ -153,7 +154,8 @@ def _fetch(dataset: Dataset, indices: list[int]) -> Any:
     return default_collate([dataset[i] for i in indices])
 
 
-def _map_style(dataset: Dataset, eval_dataset: Any, job, layout: Layout, device: torch.device, num_workers: int) -> BatchSource:
+def _map_style(dataset: Dataset, eval_dataset: Any, job, layout: Layout, device: torch.device,
+               num_workers: int) -> BatchSource:
     n = len(dataset)
     if eval_dataset is None:
         split = torch.randperm(n, generator=torch.Generator().manual_seed(EVAL_SPLIT_SEED))
@@ -169,7 +171,8 @@ def _map_style(dataset: Dataset, eval_dataset: Any, job, layout: Layout, device:
         warnings.warn(f"{job.experiment_id}: the dataset ({len(train_idx)} training samples) is smaller than the "
                       f"{samples} samples the budget needs; cycling it for {epochs:.2f} epochs", stacklevel=2)
     batches = _indexed(dataset, train_idx, layout, job.loop.seed, job.steps, device, num_workers)
-    return BatchSource(batches, _eval_batches(eval_src, eval_rows, job, layout, device), epochs, len(train_idx))
+    return BatchSource(batches, _eval_batches(eval_src, eval_rows, job, layout, device), epochs,
+                       len(train_idx))
 
 
 def _eval_batches(source: Any, rows: list[int] | None, job, layout: Layout, device: torch.device) -> list:
@@ -225,7 +228,8 @@ def _streamed(data: Any, eval_dataset: Any, job, layout: Layout, device: torch.d
     return BatchSource(batches, eval_batches, math.nan, None)
 
 
-def make_sources(data: Any, eval_dataset: Any, job, layout: Layout, device: torch.device, num_workers: int = 0) -> BatchSource:
+def make_sources(data: Any, eval_dataset: Any, job, layout: Layout, device: torch.device,
+                 num_workers: int = 0) -> BatchSource:
     """The BatchSource for any supported data object."""
     if isinstance(data, (IterableDataset, DataLoader)):
         return _streamed(data, eval_dataset, job, layout, device)

@@ -107,12 +107,14 @@ class SweepTask:
             os.environ["OMP_NUM_THREADS"] = cpus
         env = submitit.JobEnvironment()
         if self.data_parallel and env.num_tasks > 1:
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
+                                                                  overwrite=True)
         else:
             os.environ.pop("WORLD_SIZE", None)  # packed workers are independent processes
             visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
             if len(visible) > 1:
-                os.environ["CUDA_VISIBLE_DEVICES"] = visible[min(len(visible) - 1, env.local_rank // self.per_gpu)]
+                os.environ["CUDA_VISIBLE_DEVICES"] = visible[min(len(visible) - 1,
+                                                                 env.local_rank // self.per_gpu)]
         usr = getattr(signal, "SIG" + env.USR_SIG)
         submitit_handler = signal.getsignal(usr)  # checkpoint() and requeue, installed by submitit
         signal.signal(usr, lambda signum, frame: stopping.preempt(signum))
@@ -128,7 +130,8 @@ class SweepTask:
                 raise
             if env.global_rank == 0 and not self.data_parallel:
                 _wait_for_siblings(Store(Path(self.run_dir)), self.experiment_ids, env.job_id)
-            print(f"{env.job_id}: signal {stopping.preempted}, checkpoint written; requeueing", file=sys.stderr, flush=True)
+            print(f"{env.job_id}: signal {stopping.preempted}, checkpoint written; requeueing",
+                  file=sys.stderr, flush=True)
             if callable(submitit_handler):
                 submitit_handler(stopping.preempted, None)  # rank 0: checkpoint(), requeue, exit
             sys.exit(0)  # other ranks: the job is requeued by rank 0
@@ -191,7 +194,8 @@ def _outcome(job: Any) -> str | None:
     return lines[-1] if lines else "failed"
 
 
-def wait_for(jobs: list, records: list[JobRecord], store: Store, on_progress: Callable[[int, int], None] | None = None,
+def wait_for(jobs: list, records: list[JobRecord], store: Store, on_progress: Callable[[int, int],
+                                                                                       None] | None = None,
              poll_s: float = 2.0) -> list[JobFailure]:
     """Wait until every job has ended; ``on_progress(finished, total)`` with the experiments that
     have a result.  Returns the jobs that failed (the rest of the sweep is not affected)."""

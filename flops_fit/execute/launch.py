@@ -32,7 +32,8 @@ from ..core.frozen import Frozen
 from ..plan.plan import Experiment, Plan
 from ..spec.spec import SpecModel
 
-__all__ = ["LaunchPlan", "Selection", "launch_plan", "data_parallel_selection", "run_launched", "worker_main", "import_roots", "WORKER_ENV"]
+__all__ = ["LaunchPlan", "Selection", "launch_plan", "data_parallel_selection", "run_launched",
+           "worker_main", "import_roots", "WORKER_ENV"]
 
 WORKER_ENV = "FLOPS_FIT_WORKER"
 
@@ -91,7 +92,8 @@ def launch_plan(spec: SpecModel, gpus: int | None = None) -> LaunchPlan:
     if t.parallel == "data":
         return LaunchPlan(gpus, 0, data_parallel is not None, None)
     workers = max(1, gpus) * t.workers_per_gpu  # one GPU: the workers take everything
-    return LaunchPlan(gpus, workers, data_parallel is not None, data_parallel.min_params if data_parallel else None)
+    return LaunchPlan(gpus, workers, data_parallel is not None,
+                      data_parallel.min_params if data_parallel else None)
 
 
 def import_roots(plan: Plan) -> list[str]:
@@ -143,7 +145,8 @@ def run_launched(layout: LaunchPlan, plan: Plan, retry_failed: bool, on_progress
     called with (finished, total) experiments while the workers train."""
     codes = []
     env = {**os.environ, WORKER_ENV: "1",
-           "PYTHONPATH": os.pathsep.join([*import_roots(plan), *filter(None, [os.environ.get("PYTHONPATH")])])}
+           "PYTHONPATH": os.pathsep.join([*import_roots(plan), *filter(None,
+                                                                       [os.environ.get("PYTHONPATH")])])}
     entry = ["-m", "flops_fit.execute.launch", plan.run_dir]
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     procs: list[subprocess.Popen] = []
@@ -157,12 +160,14 @@ def run_launched(layout: LaunchPlan, plan: Plan, retry_failed: bool, on_progress
                     child["CUDA_VISIBLE_DEVICES"] = str(i % layout.gpus)
                 elif "OMP_NUM_THREADS" not in os.environ:  # CPU workers share the cores
                     child["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // layout.workers))
-                procs.append(subprocess.Popen([sys.executable, *entry, selection], env=child, preexec_fn=preexec))
+                procs.append(subprocess.Popen([sys.executable, *entry, selection], env=child,
+                                              preexec_fn=preexec))
             codes += _wait(procs, plan, on_progress)
         if layout.data_parallel:
             selection = Selection(min_params=layout.threshold, retry_failed=retry_failed,
                                   plan=plan_file).model_dump_json()
-            torchrun = [shutil.which("torchrun") or "torchrun", "--standalone", f"--nproc_per_node={layout.gpus}"]
+            torchrun = [shutil.which("torchrun") or "torchrun", "--standalone",
+                        f"--nproc_per_node={layout.gpus}"]
             procs = [subprocess.Popen(torchrun + entry + [selection], env=env, preexec_fn=preexec)]
             codes += _wait(procs, plan, on_progress)
     finally:
@@ -220,7 +225,8 @@ if __name__ == "__main__":
         sys.exit(2)
     os.environ[WORKER_ENV] = "1"
     try:
-        sys.exit(worker_main(sys.argv[1], Selection.model_validate_json(sys.argv[2]) if len(sys.argv) == 3 else Selection()))
+        sys.exit(worker_main(sys.argv[1],
+                             Selection.model_validate_json(sys.argv[2]) if len(sys.argv) == 3 else Selection()))
     except KeyboardInterrupt as exc:  # SIGINT/SIGTERM: the experiment in training was checkpointed
         print(f"worker {os.getpid()}: {exc or 'interrupted'}", file=sys.stderr, flush=True)
         sys.exit(130)

@@ -55,7 +55,8 @@ def make_accelerator(runtime: Runtime, project_dir: str) -> Accelerator:
     shared = AcceleratorState._shared_state  # accelerate keeps one precision per process: a later run of
     if shared.get("_mixed_precision") not in (None, mixed) and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         AcceleratorState._reset_state()      # another precision in this process starts a fresh state
-    return Accelerator(cpu=cpu, mixed_precision=mixed, log_with=list(runtime.log_with) or None, project_dir=project_dir)
+    return Accelerator(cpu=cpu, mixed_precision=mixed, log_with=list(runtime.log_with) or None,
+                       project_dir=project_dir)
 
 
 def _claim(store: Store, exp: Experiment, retry_failed: bool, branches: list[Experiment], heartbeat_s: float):
@@ -66,8 +67,10 @@ def _claim(store: Store, exp: Experiment, retry_failed: bool, branches: list[Exp
     lease = store.acquire(exp.id, heartbeat_s)
     if lease is None:
         owner = store.holder(exp.id)
-        return Decision("skip", f"running on {owner.describe()}" if owner else "claimed by another process"), None
-    decision = decide(store, exp, retry_failed, holding_lock=True, branches=branches)  # re-read under the lease
+        return Decision("skip",
+                        f"running on {owner.describe()}" if owner else "claimed by another process"), None
+    decision = decide(store, exp, retry_failed, holding_lock=True,
+                      branches=branches)  # re-read under the lease
     if decision.action in ("skip", "wait"):
         lease.release()
         return decision, None
@@ -80,7 +83,8 @@ def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: A
     if accelerator.log_with:  # one tracker run per experiment, named by its id, grouped by the spec
         start_run(accelerator, group, exp.id, accelerator.logging_dir,
                   {"budget_flops": exp.budget_flops, "size": exp.size, "num_params": exp.num_params,
-                   "num_tokens": exp.num_tokens, "steps": exp.steps, "flops": exp.flops, "seed": exp.job.loop.seed})
+                   "num_tokens": exp.num_tokens, "steps": exp.steps, "flops": exp.flops,
+                   "seed": exp.job.loop.seed})
     try:
         return train_experiment(exp.job, store, accelerator, resume_from=decision.checkpoint,
                                 on_log=lambda p: emit("log", point=p), compile=runtime.compile,
@@ -192,7 +196,8 @@ def _set_aside(bad: CorruptCheckpoint, exp: Experiment, store: Store, accelerato
 WAIT_SECONDS = 2.0  # how often a worker with only waiting branches looks for their trunks' checkpoints
 
 
-def run_experiments(experiments: list[Experiment], store: Store, accelerator: Accelerator, retry_failed: bool = False,
+def run_experiments(experiments: list[Experiment], store: Store, accelerator: Accelerator,
+                    retry_failed: bool = False,
                     on_event: Callable[[RunEvent], None] | None = None,
                     runtime: Runtime | None = None) -> list[RunRecord]:
     """Decide, claim, train and store each experiment in turn; return the results trained now.

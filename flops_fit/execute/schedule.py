@@ -15,7 +15,8 @@ from typing import Callable
 __all__ = ["lr_multiplier"]
 
 
-def lr_multiplier(kind: str, steps: int, warmup: int, min_ratio: float, decay_fraction: float) -> Callable[[int], float]:
+def lr_multiplier(kind: str, steps: int, warmup: int, min_ratio: float,
+                  decay_fraction: float) -> Callable[[int], float]:
     """``f(step) -> lr / peak_lr`` for the step about to be taken (0-based)."""
 
     def warm(step: int) -> float | None:

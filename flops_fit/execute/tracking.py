@@ -1,6 +1,6 @@
 """Experiment trackers through accelerate: one run per experiment, grouped by the spec's name, and a summary run.
 
-``[train] log_with`` names any tracker the installed accelerate knows (``spec.known_trackers()``:
+``[train] log_with`` names any tracker the installed accelerate knows (``spec.types.known_trackers()``:
 tensorboard, wandb, mlflow, aim, comet_ml, clearml, dvclive, swanlab, trackio, ...).  Every
 experiment is one tracker run named by its id, in a group named by the spec:
 
@@ -24,7 +24,8 @@ __all__ = ["start_run", "finish_runs", "log_summary"]
 
 
 def _tags(config: dict) -> list[str]:
-    return [f"{k}={config[k]}" for k in ("spec", "budget_flops", "size", "num_params", "num_tokens") if k in config]
+    return [f"{k}={config[k]}" for k in ("spec", "budget_flops", "size", "num_params",
+                                         "num_tokens") if k in config]
 
 
 def _make(name: str, group: str, run: str, logging_dir: Path, config: dict):
@@ -70,7 +71,8 @@ def finish_runs(accelerator: Any) -> None:
 
 
 def log_summary(accelerator: Any, group: str, logging_dir: str | Path, scalars: dict[str, float],
-                tables: dict[str, tuple[list[str], list[list]]], images_dir: str | Path, config: dict) -> None:
+                tables: dict[str, tuple[list[str], list[list]]], images_dir: str | Path,
+                config: dict) -> None:
     """The ``summary`` run of a sweep: ``scalars``, ``tables`` (name -> (columns, rows); logged as tables
     where the tracker has ``log_table``, else as CSV text named ``<name>_csv``) and the PNGs of ``images_dir``."""
     import csv
@@ -78,7 +80,8 @@ def log_summary(accelerator: Any, group: str, logging_dir: str | Path, scalars: 
 
     import matplotlib.image as mpimg
 
-    images = {png.stem: mpimg.imread(png)[None, ..., :3] for png in sorted(Path(images_dir).glob("*.png"))}  # (1, H, W, 3)
+    images = {png.stem: mpimg.imread(png)[None, ...,
+                                          :3] for png in sorted(Path(images_dir).glob("*.png"))}  # (1, H, W, 3)
     start_run(accelerator, group, "summary", logging_dir, config)
     try:
         for tracker in accelerator.trackers:

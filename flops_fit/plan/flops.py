@@ -56,7 +56,8 @@ def to_meta(value: Any) -> Any:
     return value
 
 
-def measure_flops_per_sample(model: torch.nn.Module, forward_loss: Callable[[torch.nn.Module, Any, Any], torch.Tensor],
+def measure_flops_per_sample(model: torch.nn.Module, forward_loss: Callable[[torch.nn.Module, Any, Any],
+                                                                            torch.Tensor],
                              inputs: Any, targets: Any, batch_size: int) -> float:
     """Forward + backward FLOPs of one batch, per sample, counted by FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -68,7 +69,8 @@ def measure_flops_per_sample(model: torch.nn.Module, forward_loss: Callable[[tor
     return counter.get_total_flops() / batch_size
 
 
-def flops_per_sample(rule: str, num_params: int, tokens_per_sample: float, measured: float | None = None) -> float:
+def flops_per_sample(rule: str, num_params: int, tokens_per_sample: float,
+                     measured: float | None = None) -> float:
     """Training FLOPs for one sample under ``rule`` (``measured`` is the counted/user value)."""
     if rule == "6N":
         return 6.0 * num_params * tokens_per_sample

@@ -172,14 +172,16 @@ class Job(Frozen):
             "version": HASH_VERSION,
             "model": {"target": self.model.target, "kwargs": self.model.kwargs, "size_param": self.size_param,
                       "size": self.size},
-            "data": {"target": self.data.target, "kwargs": self.data.kwargs, "tokens_per_sample": self.tokens_per_sample,
+            "data": {"target": self.data.target, "kwargs": self.data.kwargs,
+                     "tokens_per_sample": self.tokens_per_sample,
                      "eval_target": ev.target if ev else None, "eval_kwargs": ev.kwargs if ev else {},
                      "eval_fraction": self.eval_fraction, "eval_batches": self.eval_batches},
             "loss": {"target": self.loss.target, "kwargs": self.loss.kwargs},
             "steps": self.steps, "batch_size": lp.batch_size, "warmup_steps": sc.warmup_steps,
             "optimizer": {"target": o.target, "lr": o.learning_rate, "weight_decay": o.weight_decay,
                           "betas": list(o.betas), "eps": o.eps, "grad_clip": o.grad_clip},
-            "schedule": {"kind": sc.kind, "min_lr_ratio": sc.min_lr_ratio, "decay_fraction": sc.decay_fraction},
+            "schedule": {"kind": sc.kind, "min_lr_ratio": sc.min_lr_ratio,
+                         "decay_fraction": sc.decay_fraction},
             "seed": lp.seed, "precision": self.precision, "divergence_factor": lp.divergence_factor,
         }
 

@@ -26,9 +26,10 @@ from .job import NOT_HASHED, BranchPoint, Component, Job, Loop, Optim, Runtime, 
 from .sizing import SizeInfo, sample_batch, size_info, size_infos
 from ..spec.spec import SpecModel
 
-__all__ = ["Component", "Optim", "Schedule", "Loop", "Runtime", "NOT_HASHED", "BranchPoint", "runtime", "peak_lr", "Job",
+__all__ = ["Component", "Optim", "Schedule", "Loop", "Runtime", "NOT_HASHED", "BranchPoint", "runtime",
+           "peak_lr", "Job",
            "Trunk", "Experiment", "Dropped", "SizeInfo", "Plan", "compile_plan", "size_info", "size_infos",
-           "sample_batch", "experiment_id", "plan_experiment", "confirm_experiments", "format_number"]
+           "sample_batch", "experiment_id", "plan_experiment", "format_number"]
 
 
 
@@ -169,7 +170,8 @@ def compile_plan(spec: SpecModel, sizes: list[SizeInfo] | None = None) -> Plan:
         if not feasible:
             problems.append(Problem(f"budget {budget:.3g} FLOPs fits no size: even the smallest model "
                                     f"(N = {sizes[0].num_params:,}) gets fewer than {spec.sweep.min_steps} steps",
-                                    key=f"sweep.budgets[{spec.sweep.budgets.index(budget)}]", file=spec.source,
+                                    key=f"sweep.budgets[{spec.sweep.budgets.index(budget)}]",
+                                    file=spec.source,
                                     value=budget, has_value=True,
                                     hint="raise the budget, add smaller sizes, or lower train.batch_size / sweep.min_steps"))
     trunks: list[Trunk] = []
@@ -178,10 +180,12 @@ def compile_plan(spec: SpecModel, sizes: list[SizeInfo] | None = None) -> Plan:
         experiments, trunks, problems, notes = branched(spec, experiments, sizes)
     if problems:
         raise SpecError(problems)
-    return Plan(name=spec.name, run_dir=str(spec.run_dir), flop_rule=spec.flops.rule, size_param=spec.model.size_param,
+    return Plan(name=spec.name, run_dir=str(spec.run_dir), flop_rule=spec.flops.rule,
+                size_param=spec.model.size_param,
                 tokens_per_sample=spec.data.tokens_per_sample, budgets=list(spec.sweep.budgets), sizes=sizes,
                 experiments=experiments, dropped=dropped, approaches=list(spec.analysis.approaches),
-                predict=list(spec.analysis.predict), runtime=runtime(spec), reuse=spec.sweep.reuse, trunks=trunks,
+                predict=list(spec.analysis.predict), runtime=runtime(spec), reuse=spec.sweep.reuse,
+                trunks=trunks,
                 notes=notes)
 
 
@@ -208,7 +212,8 @@ def replicates(spec: SpecModel, budget: float, chosen: list[tuple[SizeInfo, int]
         for info, steps in chosen:
             e = plan_experiment(seeded, budget, info, steps)
             rid = f"{e.id[:-len(e.hash)]}s{seed}-{e.hash}"  # c1e11-d16-s1-3f2a9c1b07de
-            out.append(e.model_copy(update={"id": rid, "job": e.job.model_copy(update={"experiment_id": rid})}))
+            out.append(e.model_copy(update={"id": rid,
+                                            "job": e.job.model_copy(update={"experiment_id": rid})}))
     return out
 
 
@@ -336,24 +341,30 @@ def peak_lr(spec: SpecModel, num_params: int) -> float:
 def _job(spec: SpecModel, budget: float, info: SizeInfo, steps: int) -> Job:
     """The narrow job of one (budget, size); its id is the readable prefix plus the hash of its identity."""
     t, d = spec.train, spec.data
-    job = Job(experiment_id="", budget_flops=budget, model=Component(target=spec.model.target, kwargs=spec.model.kwargs),
-              size_param=spec.model.size_param, size=info.size, data=Component(target=d.target, kwargs=d.kwargs),
+    job = Job(experiment_id="", budget_flops=budget, model=Component(target=spec.model.target,
+                                                                     kwargs=spec.model.kwargs),
+              size_param=spec.model.size_param, size=info.size, data=Component(target=d.target,
+                                                                               kwargs=d.kwargs),
               eval_data=Component(target=d.eval_target, kwargs=d.eval_kwargs) if d.eval_target else None,
               eval_fraction=d.eval_fraction, eval_batches=d.eval_batches,
-              loss=Component(target=spec.loss.target, kwargs=spec.loss.kwargs), tokens_per_sample=d.tokens_per_sample,
+              loss=Component(target=spec.loss.target, kwargs=spec.loss.kwargs),
+              tokens_per_sample=d.tokens_per_sample,
               steps=steps, num_params=info.num_params, flops_per_sample=info.flops_per_sample,
-              optim=Optim(target=t.optimizer, learning_rate=peak_lr(spec, info.num_params), weight_decay=t.weight_decay,
+              optim=Optim(target=t.optimizer, learning_rate=peak_lr(spec, info.num_params),
+                          weight_decay=t.weight_decay,
                           betas=t.betas, eps=t.eps, grad_clip=t.grad_clip),
               schedule=Schedule(kind=t.schedule, warmup_steps=_warmup_steps(spec, info.num_params, steps),
                                 min_lr_ratio=t.min_lr_ratio, decay_fraction=t.decay_fraction),
               loop=Loop(batch_size=t.batch_size, micro_batch_size=t.micro_batch_size, seed=t.seed,
-                        divergence_factor=t.divergence_factor, log_points=t.log_points, eval_points=t.eval_points,
+                        divergence_factor=t.divergence_factor, log_points=t.log_points,
+                        eval_points=t.eval_points,
                         num_workers=t.num_workers, checkpoint_seconds=t.checkpoint_seconds,
                         checkpoint_steps=t.checkpoint_steps, keep_checkpoints=t.keep_checkpoints),
               precision=t.precision, search_path=[str(Path(spec.folder).resolve())])
     digest = content_hash(job.identity())
     return job.model_copy(update={"hash": digest,
-                                  "experiment_id": experiment_id(budget, spec.model.size_param, info.size, digest)})
+                                  "experiment_id": experiment_id(budget, spec.model.size_param, info.size,
+                                                                 digest)})
 
 
 def plan_experiment(spec: SpecModel, budget: float, info: SizeInfo, steps: int) -> Experiment:
@@ -364,38 +375,3 @@ def plan_experiment(spec: SpecModel, budget: float, info: SizeInfo, steps: int) 
     return Experiment(id=job.experiment_id, hash=job.hash, budget_flops=budget, size=info.size,
                       num_params=info.num_params, num_tokens=samples * spec.data.tokens_per_sample,
                       num_samples=samples, steps=steps, flops=samples * info.flops_per_sample, job=job)
-
-
-def confirm_experiments(spec: SpecModel, sizes: list[SizeInfo], budget_flops: float, num_params: float,
-                        k: int = 3) -> list[Experiment]:
-    """The ``k`` sizes of ``model.sizes`` around a predicted N_opt, as ordinary experiments at ``budget_flops``.
-
-    The size nearest ``num_params`` (in ln N) is the centre, with ``k // 2`` sizes either side
-    (one more above for even k).  Raises SpecError when the centre has no neighbour on a side
-    or a size gets fewer than ``sweep.min_steps`` steps: a forward check needs the predicted
-    size bracketed.
-    """
-    ordered = sorted(sizes, key=lambda s: s.num_params)
-    best = min(range(len(ordered)), key=lambda i: abs(math.log(ordered[i].num_params) - math.log(num_params)))
-    lo, hi = best - k // 2, best + (k - 1 - k // 2)
-    problems = []
-    if lo < 0 or hi >= len(ordered):
-        side = "smaller" if lo < 0 else "larger"
-        problems.append(Problem(f"the predicted N_opt = {num_params:.3g} needs {k // 2 or 1} {side} size(s) beside "
-                                f"{spec.model.size_param} = {ordered[best].size} (N = {ordered[best].num_params:,}) "
-                                f"to bracket it", key="model.sizes", file=spec.source, value=[s.size for s in ordered],
-                                has_value=True, hint=f"add {side} values of {spec.model.size_param} to model.sizes "
-                                                     f"(the sweep does not use sizes outside its window)"))
-    chosen = ordered[max(0, lo):hi + 1]
-    out = []
-    for info in chosen:
-        steps = int(round(budget_flops / info.flops_per_sample / spec.train.batch_size))
-        if steps < spec.sweep.min_steps:
-            problems.append(Problem(f"{spec.model.size_param} = {info.size} gets {steps} steps at "
-                                    f"{budget_flops:.3g} FLOPs (< sweep.min_steps = {spec.sweep.min_steps})",
-                                    key="sweep.min_steps", file=spec.source, hint="confirm a larger budget"))
-            continue
-        out.append(plan_experiment(spec, budget_flops, info, steps))
-    if problems:
-        raise SpecError(problems)
-    return out

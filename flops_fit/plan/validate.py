@@ -69,7 +69,8 @@ def _check_signature(c: _Checker, key: str, factory: Callable, given: dict[str, 
         return True
     params = sig.parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    names = [n for n, p in params.items() if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    names = [n for n, p in params.items() if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                        inspect.Parameter.KEYWORD_ONLY)]
     ok = True
     for name, source_key in given.items():
         if name not in params and not takes_any:
@@ -78,7 +79,8 @@ def _check_signature(c: _Checker, key: str, factory: Callable, given: dict[str, 
                   hint=f"did you mean '{near[0]}'?" if near else f"it accepts: {', '.join(names) or 'nothing'}")
             ok = False
     for name, p in params.items():
-        if p.default is inspect.Parameter.empty and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY) \
+        if p.default is inspect.Parameter.empty and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                               inspect.Parameter.KEYWORD_ONLY) \
                 and name not in given:
             c.add(key, f"{what} requires argument '{name}', which the spec does not give",
                   hint=f"add it to {key.rsplit('.', 1)[0]}.kwargs")
@@ -92,11 +94,13 @@ def _check_model(c: _Checker) -> bool:
     if factory is None:
         return False
     if not callable(factory):
-        c.add("model.target", f"{m.target!r} is not callable", hint="name a torch.nn.Module class or a factory function")
+        c.add("model.target", f"{m.target!r} is not callable",
+              hint="name a torch.nn.Module class or a factory function")
         return False
     given = {k: f"model.kwargs.{k}" for k in m.kwargs}
     if m.size_param in m.kwargs:
-        c.add(f"model.kwargs.{m.size_param}", "the size parameter is also given in kwargs", hint="remove it: model.sizes sets it")
+        c.add(f"model.kwargs.{m.size_param}", "the size parameter is also given in kwargs",
+              hint="remove it: model.sizes sets it")
         return False
     given[m.size_param] = "model.size_param"
     return _check_signature(c, "model.target", factory, given, f"model {m.target!r}")
@@ -108,7 +112,8 @@ def _check_data(c: _Checker, key: str, path: str | None, kwargs: dict) -> Any:
         return None
     if not is_data_source(obj):
         if not callable(obj):
-            c.add(key, f"{path!r} is neither a dataset nor callable", hint="name a function or class returning a Dataset, IterableDataset or DataLoader")
+            c.add(key, f"{path!r} is neither a dataset nor callable",
+                  hint="name a function or class returning a Dataset, IterableDataset or DataLoader")
             return None
         prefix = "data.kwargs" if key == "data.target" else "data.eval_kwargs"
         if not _check_signature(c, key, obj, {k: f"{prefix}.{k}" for k in kwargs}, f"data target {path!r}"):
@@ -119,7 +124,8 @@ def _check_data(c: _Checker, key: str, path: str | None, kwargs: dict) -> Any:
         c.user_error(key, f"data target {path!r}", exc)
         return None
     if not is_data_source(data):
-        c.add(key, f"data target returned {type(data).__name__}, expected a torch Dataset, IterableDataset or DataLoader")
+        c.add(key,
+              f"data target returned {type(data).__name__}, expected a torch Dataset, IterableDataset or DataLoader")
         return None
     from torch.utils.data import IterableDataset
 
@@ -138,7 +144,8 @@ def _check_loss(c: _Checker) -> Callable | None:
     if fn is None:
         return None
     if not callable(fn):
-        c.add("loss.target", f"{c.spec.loss.target!r} is not callable", hint="name a function loss(outputs, targets) -> scalar tensor")
+        c.add("loss.target", f"{c.spec.loss.target!r} is not callable",
+              hint="name a function loss(outputs, targets) -> scalar tensor")
         return None
     return build_loss(fn, c.spec.loss.kwargs)
 
@@ -152,7 +159,8 @@ def _check_trackers(c: _Checker) -> None:
     available = {getattr(t, "value", t) for t in get_available_trackers()}
     for i, name in enumerate(c.spec.train.log_with):
         if name not in available:
-            c.add(f"train.log_with[{i}]", f"tracker {name!r} is not installed", hint=f"pip install {name}, or remove it")
+            c.add(f"train.log_with[{i}]", f"tracker {name!r} is not installed",
+                  hint=f"pip install {name}, or remove it")
 
 
 def _smoke(c: _Checker, data: Any, loss_fn: Callable) -> None:
@@ -180,7 +188,8 @@ def _smoke(c: _Checker, data: Any, loss_fn: Callable) -> None:
 
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        c.add("loss.target", f"the loss must return a scalar tensor, got {shape}", hint="reduce it, e.g. with .mean()")
+        c.add("loss.target", f"the loss must return a scalar tensor, got {shape}",
+              hint="reduce it, e.g. with .mean()")
         return
     if not math.isfinite(float(loss.detach())):
         c.add("loss.target", f"the loss on the first batch is not finite ({float(loss.detach())})")
@@ -197,7 +206,8 @@ def _smoke(c: _Checker, data: Any, loss_fn: Callable) -> None:
 def _builds(spec: SpecModel, size) -> bool:
     """Whether the model at ``size`` builds on the meta device (tells a model error from a FLOP-rule error)."""
     try:
-        build_model(spec.model.target, spec.model.size_param, size, spec.model.kwargs, [str(spec.folder)], device="meta")
+        build_model(spec.model.target, spec.model.size_param, size, spec.model.kwargs, [str(spec.folder)],
+                    device="meta")
         return True
     except Exception:
         return False
@@ -247,7 +257,8 @@ def _check_runs_dir(c: _Checker) -> None:
         if folder.exists():
             break
     if folder.exists() and not folder.is_dir():
-        c.add("runs_dir" if folder != run_dir else "name", f"{folder} is a file, not a folder", value=str(folder),
+        c.add("runs_dir" if folder != run_dir else "name", f"{folder} is a file, not a folder",
+              value=str(folder),
               has_value=True, hint="point runs_dir at a folder (it is created when missing)")
     elif folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
         c.add("runs_dir", f"{folder} is not writable by this user", value=str(folder), has_value=True,

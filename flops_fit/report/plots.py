@@ -81,12 +81,15 @@ def _isoflop(result: Result, plt):
             lo, hi = minima[C].coef[-2:]  # the ln N range the fitted profile covers
             x = np.linspace(lo, hi, 100)
             ax.plot(np.exp(x), minima[C].curve(x), color=color, lw=1)
-            ax.scatter([minima[C].n_opt], [minima[C].loss], marker="*", s=160, color=color, edgecolor="k", zorder=4)
+            ax.scatter([minima[C].n_opt], [minima[C].loss], marker="*", s=160, color=color, edgecolor="k",
+                       zorder=4)
     excluded = {e.id for e in result.fits.excluded}
     bad = [p for p in result.points.points if p.id in excluded and p.loss is not None]
     if bad:
-        ax.scatter([p.num_params for p in bad], [p.loss for p in bad], marker="x", color="red", label="excluded")
-    _axes(ax, "parameters N", "final held-out loss", f"IsoFLOP profiles (Approach 2, {iso.profile if iso else 'parabola'} profile in ln N), minima starred",
+        ax.scatter([p.num_params for p in bad], [p.loss for p in bad], marker="x", color="red",
+                   label="excluded")
+    _axes(ax, "parameters N", "final held-out loss",
+          f"IsoFLOP profiles (Approach 2, {iso.profile if iso else 'parabola'} profile in ln N), minima starred",
           logy=False)
     fig.tight_layout()
     return fig
@@ -106,11 +109,13 @@ def _scaling(result: Result, plt):
             ax.plot(grid, [np.nan if y is None else y for y in ys], color=colors[approach], label=approach)
             cis = [getattr(p[approach], f"{key}_ci") if approach in p else None for p in preds]
             if all(c is not None for c in cis):
-                ax.fill_between(grid, [c[0] for c in cis], [c[1] for c in cis], color=colors[approach], alpha=0.2)
+                ax.fill_between(grid, [c[0] for c in cis], [c[1] for c in cis], color=colors[approach],
+                                alpha=0.2)
         minima = result.fits.isoflop.minima if result.fits.isoflop else []
         mkey = {"num_params": "n_opt", "num_tokens": "d_opt", "loss": "loss"}[key]
         if minima:
-            ax.scatter([m.budget_flops for m in minima], [getattr(m, mkey) for m in minima], color="k", zorder=3,
+            ax.scatter([m.budget_flops for m in minima], [getattr(m, mkey) for m in minima], color="k",
+                       zorder=3,
                        label="IsoFLOP minima")
         _axes(ax, "compute C (FLOPs)", None, f"{label} vs C (95% bands)")
     fig.tight_layout()
@@ -131,12 +136,14 @@ def _contours(result: Result, plt):
     fig, ax = plt.subplots(figsize=(7, 5.5))
     cs = ax.contour(NN, DD, LL, levels=15, cmap="viridis")
     ax.clabel(cs, fontsize=7, fmt="%.2f")
-    Cs = np.logspace(math.log10(min(p.flops for p in pts)) - 0.5, math.log10(max(p.flops for p in pts)) + 0.5, 30)
+    Cs = np.logspace(math.log10(min(p.flops for p in pts)) - 0.5,
+                     math.log10(max(p.flops for p in pts)) + 0.5, 30)
     frontier = np.array([par.allocate(C)[:2] for C in Cs])
     ax.plot(frontier[:, 0], frontier[:, 1], "r-", lw=2, label="efficient frontier")
     sc = ax.scatter(N, D, c=[p.loss for p in pts], cmap="viridis", edgecolor="k", zorder=3, label="runs")
     fig.colorbar(sc, ax=ax, label="measured loss")
-    _axes(ax, "parameters N", "data D", f"Iso-loss contours of L(N,D) = E + A/N^α + B/D^β (α={par.alpha:.3f}, β={par.beta:.3f})")
+    _axes(ax, "parameters N", "data D",
+          f"Iso-loss contours of L(N,D) = E + A/N^α + B/D^β (α={par.alpha:.3f}, β={par.beta:.3f})")
     fig.tight_layout()
     return fig
 
@@ -147,7 +154,8 @@ def _envelope(result: Result, plt):
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(7, 5))
-    norm = plt.Normalize(math.log10(min(p.num_params for p in pts)), math.log10(max(p.num_params for p in pts)))
+    norm = plt.Normalize(math.log10(min(p.num_params for p in pts)),
+                         math.log10(max(p.num_params for p in pts)))
     for p in pts:
         losses = [math.nan if c.train_loss is None else c.train_loss for c in p.curve]
         ax.plot([c.flops for c in p.curve], losses, color=plt.cm.viridis(norm(math.log10(p.num_params))),
@@ -164,7 +172,8 @@ def _envelope(result: Result, plt):
 
 
 #: One look for every figure: sizes that read in a paper column, no top/right spines.
-STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
+STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+         "xtick.labelsize": 8,
          "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False, "savefig.bbox": "tight",
          "pdf.fonttype": 42}
 
@@ -215,7 +224,8 @@ def _save(fig, target: Path, **kw) -> None:
         fig.savefig(target, **kw)
     except Exception as exc:
         Path(target).unlink(missing_ok=True)
-        cause = exc if isinstance(exc, OSError) else exc.__context__ if isinstance(exc.__context__, OSError) else None
+        cause = exc if isinstance(exc, OSError) else exc.__context__ if isinstance(exc.__context__,
+                                                                                   OSError) else None
         why = (cause.strerror or str(cause)) if cause is not None else f"{type(exc).__name__}: {exc}"
         raise OSError(getattr(cause, "errno", None) or 5, f"cannot write the figure ({why}); the results are "
                       f"kept: `flops-fit analyze SPEC` writes the report again", str(target)) from exc
@@ -239,7 +249,8 @@ def _backtest(result: Result, plt):
             if value is None:
                 continue
             yerr = None if ci is None else [[value - ci[0]], [ci[1] - value]]
-            ax.errorbar([i], [value], yerr=yerr, fmt="o", capsize=4, color=f"C{i}", label=f"{name} (predicted)")
+            ax.errorbar([i], [value], yerr=yerr, fmt="o", capsize=4, color=f"C{i}",
+                        label=f"{name} (predicted)")
         ax.axhline(measured, color="k", ls="--", lw=1, label="measured at the held-out budget")
         ax.set_xticks(range(len(names)), names)
         ax.set_xlim(-0.6, len(names) - 0.4)
@@ -298,19 +309,23 @@ def confirm_figure(result: Result, confirmation: Confirmation):
         left.plot(grid, [r.loss for r in rows], color="C1", label=f"L_opt ({approach} fit)")
         cis = [r.loss_ci for r in rows]
         if all(ci is not None for ci in cis):
-            left.fill_between(grid, [c[0] for c in cis], [c[1] for c in cis], color="C1", alpha=0.2, label="95% band")
+            left.fill_between(grid, [c[0] for c in cis], [c[1] for c in cis], color="C1", alpha=0.2,
+                              label="95% band")
     best_per_budget = {}
     for p in result.points.usable():
         if p.budget_flops not in best_per_budget or p.loss < best_per_budget[p.budget_flops]:
             best_per_budget[p.budget_flops] = p.loss
-    left.scatter(list(best_per_budget), list(best_per_budget.values()), color="k", zorder=3, label="sweep: best run per budget")
+    left.scatter(list(best_per_budget), list(best_per_budget.values()), color="k", zorder=3,
+                 label="sweep: best run per budget")
     if pred.loss is not None:
-        yerr = None if pred.loss_ci is None else [[pred.loss - pred.loss_ci[0]], [pred.loss_ci[1] - pred.loss]]
+        yerr = None if pred.loss_ci is None else [[pred.loss - pred.loss_ci[0]],
+                                                  [pred.loss_ci[1] - pred.loss]]
         left.errorbar([C], [pred.loss], yerr=yerr, fmt="D", color="C1", mfc="white", capsize=4, zorder=4,
                       label="pre-registered prediction")
     done = [m for m in confirmation.measured if m.loss is not None]
     if done:
-        left.scatter([C] * len(done), [m.loss for m in done], marker="x", color="C3", zorder=5, label="measured at C")
+        left.scatter([C] * len(done), [m.loss for m in done], marker="x", color="C3", zorder=5,
+                     label="measured at C")
     _axes(left, "compute C (FLOPs)", "final held-out loss", f"Forward check at C = {C:.3g}", logy=False)
 
     sizes = pred.sizes
@@ -325,12 +340,15 @@ def confirm_figure(result: Result, confirmation: Confirmation):
             right.fill_between(n_grid, lo, hi, color="C1", alpha=0.2, label="95% band")
     for s in sizes:
         if s.loss_ci is not None:
-            right.errorbar([s.num_params], [s.loss], yerr=[[s.loss - s.loss_ci[0]], [s.loss_ci[1] - s.loss]], fmt="D",
+            right.errorbar([s.num_params], [s.loss], yerr=[[s.loss - s.loss_ci[0]], [s.loss_ci[1] - s.loss]],
+                           fmt="D",
                            color="C1", mfc="white", capsize=3)
     if done:
-        right.scatter([m.num_params for m in done], [m.loss for m in done], marker="x", s=60, color="C3", zorder=5,
+        right.scatter([m.num_params for m in done], [m.loss for m in done], marker="x", s=60, color="C3",
+                      zorder=5,
                       label="measured")
-    right.axvline(pred.num_params, color="C1", ls="--", lw=1, label=f"predicted N_opt = {pred.num_params:.3g}")
+    right.axvline(pred.num_params, color="C1", ls="--", lw=1,
+                  label=f"predicted N_opt = {pred.num_params:.3g}")
     _axes(right, "parameters N", None, f"Loss against N at C = {C:.3g}", logy=False)
     fig.tight_layout()
     return fig
@@ -347,20 +365,24 @@ def compare_figure(a: Result, b: Result, comparison: Comparison):
         grid = np.logspace(math.log10(min(budgets)) - 0.2, math.log10(max(budgets)) + 0.2, 40)
         for k, (r, name, marker) in enumerate(((a, names[0], "o"), (b, names[1], "s"))):
             pts = r.points.usable()
-            prof.scatter([p.num_params for p in pts], [p.loss for p in pts], marker=marker, s=14, color=f"C{k}",
+            prof.scatter([p.num_params for p in pts], [p.loss for p in pts], marker=marker, s=14,
+                         color=f"C{k}",
                          label=name, alpha=0.8)
             preds = [r.fits.predict(c).get(comparison.approach) for c in grid]
             front.plot(grid, [p.num_params if p else np.nan for p in preds], color=f"C{k}", label=name)
-            loss.plot(grid, [p.loss if p and p.loss is not None else np.nan for p in preds], color=f"C{k}", label=name)
+            loss.plot(grid, [p.loss if p and p.loss is not None else np.nan for p in preds], color=f"C{k}",
+                      label=name)
             best = {}
             for p in pts:
                 best[p.budget_flops] = min(best.get(p.budget_flops, math.inf), p.loss)
             loss.scatter(list(best), list(best.values()), marker=marker, color=f"C{k}", zorder=3)
         _axes(prof, "parameters N", "final held-out loss", "IsoFLOP profiles", logy=False)
-        _axes(front, "compute C (FLOPs)", "N_opt (parameters)", f"Compute-optimal N ({comparison.approach} fit)")
+        _axes(front, "compute C (FLOPs)", "N_opt (parameters)",
+              f"Compute-optimal N ({comparison.approach} fit)")
         _axes(loss, "compute C (FLOPs)", "L_opt", "Optimal loss; best run per budget", logy=False)
         text = "; ".join(f"{r.budget_flops:.2g}: {r.multiplier:.2f}x" for r in comparison.rows)
-        loss.text(0.02, 0.02, f"{names[1]} over {names[0]}: {text}", transform=loss.transAxes, fontsize=7, va="bottom")
+        loss.text(0.02, 0.02, f"{names[1]} over {names[0]}: {text}", transform=loss.transAxes, fontsize=7,
+                  va="bottom")
         _footer(fig, a)
         fig.tight_layout()
     return fig

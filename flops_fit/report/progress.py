@@ -18,7 +18,8 @@ class SweepProgress:
     """A live display of a sweep fed by RunEvents (the bar, the experiment in training) and the
     quiet :class:`EventLog` above it; :meth:`stop` ends the display and prints the skip summary."""
 
-    def __init__(self, console: Console, live: bool = True, label: str = "sweep", verbose: bool | None = None):
+    def __init__(self, console: Console, live: bool = True, label: str = "sweep",
+                 verbose: bool | None = None):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -73,7 +74,8 @@ class JobsProgress:
     def __init__(self, console: Console, label: str = "jobs"):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+        self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=console)
         self.task = None
 
     def __call__(self, finished: int, total: int) -> None:

@@ -74,23 +74,27 @@ def evaluation_table(ev) -> Table:
     for col in ("params", "tokens", "unique tokens", "loss", "predicted", "95% band"):
         t.add_column(col, justify="right")
     for r in ev.rows[:50]:
-        t.add_row(f"{r.params:.4g}", f"{r.tokens:.4g}", "–" if r.unique_tokens is None else f"{r.unique_tokens:.4g}",
+        t.add_row(f"{r.params:.4g}", f"{r.tokens:.4g}",
+                  "–" if r.unique_tokens is None else f"{r.unique_tokens:.4g}",
                   "–" if r.loss is None else f"{r.loss:.4f}", f"{r.predicted:.4f}", ci_text(r.predicted_ci))
     return t
 
 
 def runs_table(rows) -> Table:
     t = Table(title="Experiments (planned → achieved)")
-    for col in ("id", "C", "size", "N", "D", "FLOPs", "status", "loss", "epochs", "steps", "peak lr", "time", "GPU-h", "device"):
+    for col in ("id", "C", "size", "N", "D", "FLOPs", "status", "loss", "epochs", "steps", "peak lr", "time",
+                "GPU-h", "device"):
         t.add_column(col, justify="left" if col in ("id", "status", "device") else "right")
 
     def g(v, fmt="{:.3g}"):
         return "–" if v is None else fmt.format(v)
     for r in rows:
         status = r.status if not r.excluded or r.status != "ok" else f"excluded: {r.excluded}"
-        d = g(r.planned_num_tokens) + ("" if r.num_tokens in (None, r.planned_num_tokens) else f" → {g(r.num_tokens)}")
+        d = g(r.planned_num_tokens) + ("" if r.num_tokens in (None,
+                                                              r.planned_num_tokens) else f" → {g(r.num_tokens)}")
         f = g(r.planned_flops) + ("" if r.flops in (None, r.planned_flops) else f" → {g(r.flops)}")
-        t.add_row(r.id, g(r.budget_flops, "{:.2g}"), str(r.size), g(r.num_params or r.planned_num_params, "{:,.0f}"), d, f,
+        t.add_row(r.id, g(r.budget_flops, "{:.2g}"), str(r.size), g(r.num_params or r.planned_num_params,
+                                                                    "{:,.0f}"), d, f,
                   status, g(r.loss, "{:.4f}"), g(r.epochs, "{:.2f}"), g(r.steps, "{:d}"), g(r.peak_lr),
                   format_seconds(r.train_seconds), g(r.gpu_hours, "{:.3f}"), r.device or "–")
     return t

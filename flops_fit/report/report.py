@@ -51,9 +51,11 @@ class Table(BaseModel):
     rows: list[Prediction]
     size_param: Optional[str] = None
 
-    COLUMNS: ClassVar[tuple] = (("approach", "approach"), ("budget_flops", "C (FLOPs)"), ("num_params", "N_opt"),
+    COLUMNS: ClassVar[tuple] = (("approach", "approach"), ("budget_flops", "C (FLOPs)"), ("num_params",
+                                                                                          "N_opt"),
                ("num_params_ci", "N 95% CI"), ("num_tokens", "D_opt"), ("num_tokens_ci", "D 95% CI"),
-               ("tokens_per_param", "D/N"), ("epochs", "epochs"), ("loss", "loss"), ("loss_ci", "loss 95% CI"),
+               ("tokens_per_param", "D/N"), ("epochs", "epochs"), ("loss", "loss"), ("loss_ci",
+                                                                                     "loss 95% CI"),
                ("size", "size"))
 
     def _cells(self, row: Prediction) -> list[str]:
@@ -85,7 +87,8 @@ class Table(BaseModel):
         w = csv.writer(buf)
         w.writerow(keys)
         for r in self.rows:
-            w.writerow([json.dumps(getattr(r, k)) if isinstance(getattr(r, k), list) else getattr(r, k) for k in keys])
+            w.writerow([json.dumps(getattr(r, k)) if isinstance(getattr(r, k), list) else getattr(r,
+                                                                                                  k) for k in keys])
         return buf.getvalue()
 
     def __rich__(self):
@@ -139,9 +142,11 @@ class Result(BaseModel):
         f = self.fits
         scalars: dict[str, float] = {}
         if f.parametric is not None:
-            scalars |= {f"parametric/{k}": float(getattr(f.parametric, k)) for k in ("E", "A", "B", "alpha", "beta", "a", "b")}
+            scalars |= {f"parametric/{k}": float(getattr(f.parametric, k)) for k in ("E", "A", "B", "alpha",
+                                                                                     "beta", "a", "b")}
         if f.isoflop is not None:
-            scalars |= {"isoflop/a": float(f.isoflop.n_opt.exponent), "isoflop/b": float(f.isoflop.d_opt.exponent)}
+            scalars |= {"isoflop/a": float(f.isoflop.n_opt.exponent),
+                        "isoflop/b": float(f.isoflop.d_opt.exponent)}
         if f.noise is not None:
             scalars["noise/std"] = float(f.noise.std)
 
@@ -151,8 +156,10 @@ class Result(BaseModel):
         cols = self._columns()
         table = self.chinchilla_table()
         keys = [k for k, _ in table.COLUMNS]
-        return scalars, {"points": (list(COLUMNS), [[cell(v) for v in r] for r in zip(*(cols[c] for c in COLUMNS))]),
-                         "chinchilla_table": (keys, [[cell(getattr(r, k)) for k in keys] for r in table.rows])}
+        return scalars, {"points": (list(COLUMNS),
+                                    [[cell(v) for v in r] for r in zip(*(cols[c] for c in COLUMNS))]),
+                         "chinchilla_table": (keys, [[cell(getattr(r,
+                                                                   k)) for k in keys] for r in table.rows])}
 
     def to_json(self, **kw: Any) -> str:
         return self.model_dump_json(**kw)
@@ -192,8 +199,10 @@ class Result(BaseModel):
         verdict = self.trust()
         notes = list(f.notes) + (f.data_limit.lines() if f.data_limit else []) + [f"trust verdict: {verdict.verdict}"] + \
             [f"{c.name}: {c.message}" for c in verdict.checks if not c.ok] + verdict.advice
-        return {"points": f.num_points, "flop_rule": self.flop_rule, "excluded": [e.model_dump() for e in f.excluded],
-                "notes": notes, "fits": fits, "table": [r.model_dump(mode="json") for r in self.chinchilla_table().rows],
+        return {"points": f.num_points, "flop_rule": self.flop_rule,
+                "excluded": [e.model_dump() for e in f.excluded],
+                "notes": notes, "fits": fits,
+                "table": [r.model_dump(mode="json") for r in self.chinchilla_table().rows],
                 "backtest": f.backtest.model_dump(mode="json") if f.backtest else None,
                 "cost": self.cost.model_dump() if self.cost else None,
                 "noise": f.noise.model_dump(mode="json") if f.noise else None,

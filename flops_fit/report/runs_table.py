@@ -73,9 +73,11 @@ def run_rows(plan: Plan, records: list[RunRecord], fits: Fits) -> list[RunRow]:
     rows = []
     for exp in plan.units():
         trunk = exp.job.role == "trunk"
-        planned = dict(id=exp.id, budget_flops=exp.budget_flops, size=exp.size, planned_num_params=exp.num_params,
+        planned = dict(id=exp.id, budget_flops=exp.budget_flops, size=exp.size,
+                       planned_num_params=exp.num_params,
                        planned_num_tokens=exp.num_tokens, planned_flops=exp.flops, planned_steps=exp.steps,
-                       batch_size=exp.job.loop.batch_size, seed=exp.job.loop.seed, peak_lr=exp.job.optim.learning_rate,
+                       batch_size=exp.job.loop.batch_size, seed=exp.job.loop.seed,
+                       peak_lr=exp.job.optim.learning_rate,
                        role="trunk" if trunk else ("branch" if exp.job.branch else "experiment"),
                        branch_step=exp.job.branch.step if exp.job.branch else None)
         if trunk:
@@ -88,7 +90,8 @@ def run_rows(plan: Plan, records: list[RunRecord], fits: Fits) -> list[RunRow]:
         rows.append(RunRow(**planned, status=r.status, excluded=why, loss=r.loss,
                            num_params=r.num_params, num_tokens=r.num_tokens, flops=r.flops, epochs=r.epochs,
                            steps=r.steps, train_seconds=r.own_seconds, gpu_hours=_gpu_hours(r),
-                           device=r.provenance.device if r.provenance else None, pre_cooldown_loss=r.pre_cooldown_loss))
+                           device=r.provenance.device if r.provenance else None,
+                           pre_cooldown_loss=r.pre_cooldown_loss))
     return rows
 
 
@@ -100,8 +103,10 @@ def point_columns(points: Points, fits: Fits) -> dict[str, list]:
     cols: dict[str, list] = {c: [None] * n for c in COLUMNS}
     cols.update(id=list(points.id), budget_flops=list(points.budget_flops), size=list(points.size),
                 status=[s if s in ("ok", "failed", "diverged") else "ok" for s in points.status],
-                excluded=[excluded.get(i) for i in points.id] if excluded else [None] * n, loss=list(points.loss),
-                num_params=list(points.num_params), num_tokens=list(points.num_tokens), flops=list(points.flops),
+                excluded=[excluded.get(i) for i in points.id] if excluded else [None] * n,
+                loss=list(points.loss),
+                num_params=list(points.num_params), num_tokens=list(points.num_tokens),
+                flops=list(points.flops),
                 seed=list(points.seed),
                 role=["experiment"] * n)
     return cols
@@ -135,4 +140,5 @@ def cost_of(rows: list[RunRow], usd_per_gpu_hour: float | None = None) -> Cost:
     """Sums over the rows that trained (GPU-hours of records without a device type count as 0)."""
     seconds = sum(r.train_seconds or 0.0 for r in rows)
     hours = sum(r.gpu_hours or 0.0 for r in rows)
-    return Cost(train_seconds=seconds, gpu_hours=hours, usd=hours * usd_per_gpu_hour if usd_per_gpu_hour else None)
+    return Cost(train_seconds=seconds, gpu_hours=hours,
+                usd=hours * usd_per_gpu_hour if usd_per_gpu_hour else None)

@@ -23,7 +23,8 @@ __all__ = ["build_model", "build_data", "build_loss", "split_batch", "call_model
            "first_batch", "is_data_source"]
 
 
-def build_model(target: str | Callable, size_param: str, size: Any, kwargs: dict, folders: Sequence[str | Path] = (),
+def build_model(target: str | Callable, size_param: str, size: Any, kwargs: dict,
+                folders: Sequence[str | Path] = (),
                 device: str | torch.device | None = None) -> torch.nn.Module:
     """Instantiate the model at ``size`` (on ``device``; ``"meta"`` allocates nothing)."""
     import torch
@@ -61,7 +62,8 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
     if isinstance(batch, dict):
         if "inputs" in batch and "targets" in batch:
             return batch["inputs"], batch["targets"]
-        raise ContractError([Problem(f"a batch dict needs keys 'inputs' and 'targets', got {sorted(batch)}", key="data.target")])
+        raise ContractError([Problem(f"a batch dict needs keys 'inputs' and 'targets', got {sorted(batch)}",
+                                     key="data.target")])
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
     raise ContractError([Problem(f"a batch must be (inputs, targets) or {{'inputs', 'targets'}}, got {type(batch).__name__}",

@@ -39,7 +39,8 @@ from pydantic import ValidationError
 
 from ..core.frozen import Frozen
 
-__all__ = ["LeaseInfo", "Lease", "LeaseLost", "acquire", "holder", "host_name", "pid_alive", "EXPIRY", "HEARTBEAT_S"]
+__all__ = ["LeaseInfo", "Lease", "LeaseLost", "acquire", "holder", "host_name", "pid_alive", "EXPIRY",
+           "HEARTBEAT_S"]
 
 EXPIRY = 3  # heartbeats a lease may miss before it may be taken over
 HEARTBEAT_S = 30.0
@@ -140,7 +141,8 @@ def holder(folder: Path) -> LeaseInfo | None:
         return None
     gen, info = found
     if info is None:  # being written right now
-        return LeaseInfo(host="?", pid=0, token="", since=time.time(), heartbeat=time.time(), interval_s=HEARTBEAT_S)
+        return LeaseInfo(host="?", pid=0, token="", since=time.time(), heartbeat=time.time(),
+                         interval_s=HEARTBEAT_S)
     return info if info.live() else None
 
 

@@ -32,7 +32,8 @@ from .lease import HEARTBEAT_S, Lease, LeaseInfo, acquire, holder
 from ..plan.plan import Experiment
 from .records import CurvePoint, Provenance, RunRecord
 
-__all__ = ["Store", "Decision", "decide", "checkpoint_step", "atomic_write_text", "atomic_write_json", "RunRecord", "CurvePoint",
+__all__ = ["Store", "Decision", "decide", "checkpoint_step", "atomic_write_text", "atomic_write_json",
+           "RunRecord", "CurvePoint",
            "Provenance"]
 
 RESULT = "result.json"
@@ -244,8 +245,10 @@ def decide(store: Store, experiment: Experiment, retry_failed: bool = False, hol
                                       f"(pinned checkpoint)", str(pinned), point.step)
         trunk = store.read_result(point.trunk_id, quarantine=not dry_run)
         if trunk is not None and trunk.status != "ok" and trunk.steps < point.step:
-            return Decision("skip", f"its trunk {point.trunk_id} {trunk.status} at step {trunk.steps}: {trunk.reason}")
-        return Decision("wait", f"waits for {point.trunk_id} to reach step {point.step}", checkpoint_step=point.step)
+            return Decision("skip",
+                            f"its trunk {point.trunk_id} {trunk.status} at step {trunk.steps}: {trunk.reason}")
+        return Decision("wait", f"waits for {point.trunk_id} to reach step {point.step}",
+                        checkpoint_step=point.step)
     return Decision("run", "not trained yet")
 
 
@@ -263,7 +266,8 @@ def _decide_trunk(store: Store, trunk: Experiment, branches: list[Experiment], r
         return Decision("skip", "every branch point is checkpointed or its branches are done")
     result = store.read_result(trunk.id, quarantine=not dry_run)
     if result is not None and result.status != "ok" and result.steps <= needed[0] and not retry_failed:
-        return Decision("skip", f"{result.status}: {result.reason} (use --retry-failed to train again)".strip())
+        return Decision("skip",
+                        f"{result.status}: {result.reason} (use --retry-failed to train again)".strip())
     owner = None if holding_lock else store.holder(trunk.id)
     if owner is not None:
         return Decision("skip", f"running on {owner.describe()}")

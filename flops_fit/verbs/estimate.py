@@ -123,7 +123,8 @@ def worker_start_seconds() -> float:
     return time.perf_counter() - t0
 
 
-def makespan(seconds: list[float], workers: int, after: list[tuple[int, float] | None] | None = None) -> float:
+def makespan(seconds: list[float], workers: int, after: list[tuple[int,
+                                                                   float] | None] | None = None) -> float:
     """Wall-clock of jobs on ``workers`` processes that each take the next ready one in plan order
     as they free up (list scheduling, as the store's locks hand them out).
 
@@ -169,7 +170,8 @@ def _waits(units: list[Experiment], calib: dict, starts: dict[str, int]) -> list
             continue
         trunk = units[where[b.trunk_id]]
         steps = max(0, b.step - starts.get(trunk.id, 0))
-        out.append((where[b.trunk_id], _overhead(calib) + steps * (_seconds_per_step(calib, trunk.num_params) or 0.0)))
+        out.append((where[b.trunk_id], _overhead(calib) + steps * (_seconds_per_step(calib,
+                                                                                     trunk.num_params) or 0.0)))
     return out
 
 
@@ -197,7 +199,8 @@ def _seconds_per_step(calibration: dict, num_params: int) -> float | None:
     return math.exp(math.log(s0) + w * (math.log(s1) - math.log(s0)))
 
 
-def _remaining_steps(exp: Experiment, action: str, checkpoint_step: int | None, stop: int | None = None) -> int:
+def _remaining_steps(exp: Experiment, action: str, checkpoint_step: int | None,
+                     stop: int | None = None) -> int:
     """Steps still to train: a trunk to its stop, a branch from its branch point (or own checkpoint)."""
     if action == "skip":
         return 0
@@ -231,7 +234,8 @@ def _group_note(plan: Plan, units: list[Experiment], rows: list[EstimateRow], la
     return [f"{sum(sizes)} experiments could train in {len(sizes)} groups of one shape ({counts}); {why}"]
 
 
-def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calibrate_steps: int | None = None) -> Estimate:
+def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False,
+                  calibrate_steps: int | None = None) -> Estimate:
     """The dry-run report for ``plan`` against the store in ``spec.run_dir``."""
     import os
 
@@ -239,14 +243,16 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calib
     layout = launch_plan(spec)
     workers = max(1, layout.workers)
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 and not layout.gpus else None
-    calib = calibrate(plan, calibrate_steps or spec.cost.calibrate_steps, threads) if spec.cost.calibrate else {}
+    calib = calibrate(plan, calibrate_steps or spec.cost.calibrate_steps,
+                      threads) if spec.cost.calibrate else {}
     rows, remaining_flops, total_seconds = [], 0.0, 0.0
     gpu_rate = PEAK_FLOPS[spec.cost.gpu][plan.runtime.precision] * spec.cost.mfu  # FLOP/s on the stated GPU
     price = spec.cost.usd_per_gpu_hour
     units = plan.units()
     starts: dict[str, int] = {}  # the step each unit starts from (a trunk's resume step)
     for exp in units:
-        d = decide(store, exp, retry_failed, dry_run=True, branches=plan.branches_of(exp) if exp.job.role == "trunk" else None)
+        d = decide(store, exp, retry_failed, dry_run=True,
+                   branches=plan.branches_of(exp) if exp.job.role == "trunk" else None)
         left = _remaining_steps(exp, d.action, d.checkpoint_step, d.stop)
         starts[exp.id] = d.checkpoint_step or 0
         sps = _seconds_per_step(calib, exp.num_params)
@@ -254,7 +260,8 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calib
         remaining_flops += exp.flops * left / exp.steps
         total_seconds += seconds or 0.0
         hours = exp.flops * left / exp.steps / gpu_rate / 3600
-        rows.append(EstimateRow(id=exp.id, budget_flops=exp.budget_flops, size=exp.size, num_params=exp.num_params,
+        rows.append(EstimateRow(id=exp.id, budget_flops=exp.budget_flops, size=exp.size,
+                                num_params=exp.num_params,
                                 num_tokens=exp.num_tokens, steps=exp.steps, flops=exp.flops, action=d.action,
                                 reason=d.reason, est_seconds=seconds, gpu_hours=hours,
                                 usd=hours * price if price else None,
@@ -262,7 +269,8 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calib
     if calib and workers > 1:  # experiments are claimed by W workers: the sweep ends with the busiest one
         start = worker_start_seconds() + _first_call(calib)  # each worker imports the training stack, reads plan.json
         calib = {**calib, "workers": workers, "worker_start_seconds": start}
-        total_seconds = makespan([r.est_seconds or 0.0 for r in rows], workers, _waits(units, calib, starts)) + start
+        total_seconds = makespan([r.est_seconds or 0.0 for r in rows], workers, _waits(units, calib,
+                                                                                       starts)) + start
     elif calib and any(r.est_seconds for r in rows):
         total_seconds += _first_call(calib)
     notes = list(plan.notes) + _group_note(plan, units, rows, layout, calib)
@@ -275,7 +283,8 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False, calib
             each = [steps(e) * _seconds_per_step(calib, e.num_params) + _overhead(calib) for e in items]
             return makespan(each, workers, _waits(items, calib, {})) if workers > 1 else sum(each)
         saved_seconds = sweep_seconds(plan.experiments, lambda e: e.steps) - sweep_seconds(units, _own_steps)
-    return Estimate(flop_rule=plan.flop_rule, flop_rule_description=RULE_DESCRIPTIONS[plan.flop_rule], experiments=rows,
+    return Estimate(flop_rule=plan.flop_rule, flop_rule_description=RULE_DESCRIPTIONS[plan.flop_rule],
+                    experiments=rows,
                     reuse=plan.reuse, notes=notes, standalone_flops=standalone,
                     saved_flops=standalone - total, saved_seconds=saved_seconds,
                     dropped=list(plan.dropped), total_flops=total,

@@ -151,7 +151,8 @@ def recipe_hash(spec: SpecModel, sizes: list[SizeInfo]) -> str:
 
 def _chosen(plan: Plan, middle: bool) -> list[SizeInfo]:
     ordered = sorted(plan.sizes, key=lambda s: s.num_params)
-    picks = [ordered[0], ordered[len(ordered) // 2], ordered[-1]] if middle and len(ordered) >= 3 else [ordered[0], ordered[-1]]
+    picks = [ordered[0], ordered[len(ordered) // 2],
+             ordered[-1]] if middle and len(ordered) >= 3 else [ordered[0], ordered[-1]]
     return list({s.num_params: s for s in picks}.values())
 
 
@@ -175,8 +176,10 @@ def transfer_experiments(spec: SpecModel, plan: Plan, middle: bool = False, max_
 
 def _need_two(spec: SpecModel, plan: Plan) -> None:
     if len(plan.sizes) < 2:
-        raise SpecError([Problem("a transfer check needs at least two sizes", key="model.sizes", file=spec.source,
-                                 value=[s.size for s in plan.sizes], has_value=True, hint="add sizes to model.sizes")])
+        raise SpecError([Problem("a transfer check needs at least two sizes", key="model.sizes",
+                                 file=spec.source,
+                                 value=[s.size for s in plan.sizes], has_value=True,
+                                 hint="add sizes to model.sizes")])
 
 
 def _check_widths(spec: SpecModel, infos: list[SizeInfo]) -> None:
@@ -185,14 +188,17 @@ def _check_widths(spec: SpecModel, infos: list[SizeInfo]) -> None:
 
     names = []
     for info in infos:
-        model = build_model(spec.model.target, spec.model.size_param, info.size, spec.model.kwargs, [str(spec.folder)], device="meta")
+        model = build_model(spec.model.target, spec.model.size_param, info.size, spec.model.kwargs,
+                            [str(spec.folder)], device="meta")
         names.append([n for n, m in model.named_modules() if not list(m.children())])
     if any(n != names[0] for n in names[1:]):
         only = sorted(set(names[-1]) ^ set(names[0]))[:3]
         raise SpecError([Problem(f"model.size_param = {spec.model.size_param!r} is not a width: the sizes have different "
                                  f"modules ({', '.join(only)} exist at only some sizes), so activations cannot be compared "
-                                 f"across sizes", key="model.size_param", file=spec.source, value=spec.model.size_param,
-                                 has_value=True, hint="vary a width (d_model, hidden size) for the transfer check")])
+                                 f"across sizes", key="model.size_param", file=spec.source,
+                                 value=spec.model.size_param,
+                                 has_value=True,
+                                 hint="vary a width (d_model, hidden size) for the transfer check")])
 
 
 def coordinate_check(spec: SpecModel, plan: Plan, steps: int = 5) -> tuple[list[Any], list[CoordinateRow]]:
@@ -235,7 +241,8 @@ def coordinate_check(spec: SpecModel, plan: Plan, steps: int = 5) -> tuple[list[
             return float(np.polyfit(widths, y, 1)[0]) if np.all(np.isfinite(y)) else math.nan
         s0, s1 = slope(init), slope(last)
         flag = "grows" if s1 > max(GROWTH, s0 + GROWTH) else ("grows at init" if s0 > GROWTH else "ok")
-        rows.append(CoordinateRow(module=name, at_init=init, at_step=last, spread=float(np.nanmax(last) / max(np.nanmin(last), 1e-30)),
+        rows.append(CoordinateRow(module=name, at_init=init, at_step=last,
+                                  spread=float(np.nanmax(last) / max(np.nanmin(last), 1e-30)),
                                   slope_init=s0, slope=s1, flag=flag))
     return [i.size for i in infos], rows
 
@@ -313,7 +320,8 @@ def transfer(spec: SpecModel, train: Callable[[list[Experiment], Store, str], No
     factors(octaves)  # a grid too narrow for the parabola fails before anything trains
     plan = compile_plan(spec)
     _need_two(spec, plan)
-    widths, coordinates = coordinate_check(spec, plan, coordinate_steps)  # also checks the size is a width, before training
+    widths, coordinates = coordinate_check(spec, plan,
+                                           coordinate_steps)  # also checks the size is a width, before training
     planned = transfer_experiments(spec, plan, middle, max_steps, octaves)
     store = Store(Path(plan.run_dir))
     train([e for _, _, e in planned], store, "transfer")
@@ -328,10 +336,13 @@ def transfer(spec: SpecModel, train: Callable[[list[Experiment], Store, str], No
               for info in _chosen(plan, middle)]
     verdict, reasons, shift, gap = judge(spec.train.learning_rate, optima)
     g, suggestion = _suggest(spec, optima) if verdict != "PASS" else (None, None)
-    result = Transfer(verdict=verdict, reasons=reasons, recipe=recipe_hash(spec, plan.sizes), spec_lr=spec.train.learning_rate,
+    result = Transfer(verdict=verdict, reasons=reasons, recipe=recipe_hash(spec, plan.sizes),
+                      spec_lr=spec.train.learning_rate,
                       widths=[o.size for o in optima], best_lr={str(o.size): o.best_lr for o in optima},
-                      shift_octaves=shift, spec_lr_gap=gap, suggestion=suggestion, lr_exponent=g, optima=optima,
-                      sweep=sweep, coordinates=coordinates, coordinate_widths=widths, coordinate_steps=coordinate_steps,
+                      shift_octaves=shift, spec_lr_gap=gap, suggestion=suggestion, lr_exponent=g,
+                      optima=optima,
+                      sweep=sweep, coordinates=coordinates, coordinate_widths=widths,
+                      coordinate_steps=coordinate_steps,
                       written=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     folder = Path(plan.run_dir) / "transfer"
     atomic_write_text(folder / "coordinates.csv", _coordinates_csv(result))
@@ -354,7 +365,8 @@ def _coordinates_csv(result: Transfer) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["module", *[f"init_{x}" for x in result.coordinate_widths],
-                *[f"steps2-{result.coordinate_steps}_{x}" for x in result.coordinate_widths], "spread", "slope_init", "slope", "flag"])
+                *[f"steps2-{result.coordinate_steps}_{x}" for x in result.coordinate_widths], "spread",
+                "slope_init", "slope", "flag"])
     for c in result.coordinates:
         w.writerow([c.module, *c.at_init, *c.at_step, c.spread, c.slope_init, c.slope, c.flag])
     return buf.getvalue()
@@ -369,8 +381,10 @@ def _figure(result: Transfer, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for k, o in enumerate(result.optima):
-        pts = sorted((p for p in result.sweep if p.num_params == o.num_params and p.loss is not None), key=lambda p: p.factor)
-        ax.plot([p.learning_rate for p in pts], [p.loss for p in pts], "o-", color=f"C{k}", label=f"N = {o.num_params:,}")
+        pts = sorted((p for p in result.sweep if p.num_params == o.num_params and p.loss is not None),
+                     key=lambda p: p.factor)
+        ax.plot([p.learning_rate for p in pts], [p.loss for p in pts], "o-", color=f"C{k}",
+                label=f"N = {o.num_params:,}")
         if o.best_lr:
             ax.plot([o.best_lr], [o.best_loss], "*", ms=14, color=f"C{k}")
     ax.axvline(result.spec_lr, color="grey", ls=":", label="spec learning rate")
