@@ -9,7 +9,7 @@ PKG = Path(__file__).resolve().parent.parent / "flops_fit"
 ORDER = ["_version",
          "core.frozen", "core.errors", "core.files", "core.hashing", "core.imports", "core.tomlpos",
          "core.eventlog", "core",
-         "spec.components", "spec.launcher", "spec.problems", "spec.types", "spec.spec", "spec.schema", "spec",
+         "spec.components", "spec.launcher", "spec.problems", "spec.types", "spec.sections", "spec.spec", "spec.schema", "spec",
          "plan.job", "plan.flops", "plan.sizing", "plan.plan", "plan.forward", "plan.validate", "plan",
          "store.records", "store.lease", "store.store", "store",
          "execute", "analysis",

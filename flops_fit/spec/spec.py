@@ -18,9 +18,9 @@ import tomli_w
 from pydantic import AfterValidator, PrivateAttr, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..core.errors import Problem, SpecError
-from ..core.frozen import Frozen
 from .launcher import LauncherSpec
-from .types import ImportPath, Kwargs, SizeValue, _check_import_path, _sorted_distinct, _tracker_name
+from .sections import AnalysisSpec, EstimateSpec
+from .types import ImportPath, Kwargs, SizeValue, _Frozen, _check_import_path, _sorted_distinct, _tracker_name
 from .problems import problem_of as _problem
 from ..core.tomlpos import key_lines
 
@@ -28,11 +28,6 @@ __all__ = [
     "SpecModel", "ModelSpec", "DataSpec", "LossSpec", "SweepSpec", "FlopsSpec", "TrainSpec", "LrScaling",
     "AnalysisSpec", "EstimateSpec", "LauncherSpec", "ImportPath",
 ]
-
-
-class _Frozen(Frozen):
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, populate_by_name=True,
-                              allow_inf_nan=False)
 
 
 class ModelSpec(_Frozen):
@@ -52,19 +47,25 @@ class ModelSpec(_Frozen):
 class DataSpec(_Frozen):
     """``[data]``: the dataset and how much data one sample counts for."""
 
-    target: ImportPath = Field(description="Callable or class returning a Dataset, IterableDataset or DataLoader.")
+    target: ImportPath = Field(description="Callable or class returning a Dataset, IterableDataset or "
+                                           "DataLoader.")
     kwargs: Kwargs = Field(default_factory=dict, description="Arguments of the data target.")
     tokens_per_sample: float = Field(default=1.0, gt=0,
                                      description="Data units D in one sample (1 when D counts samples).")
     eval_target: Optional[ImportPath] = Field(default=None,
-                                              description="Separate held-out dataset; default: split off eval_fraction.")
+                                              description="Separate held-out dataset; default: split off "
+                                                          "eval_fraction.")
     eval_kwargs: Kwargs = Field(default_factory=dict, description="Arguments of eval_target.")
     eval_fraction: float = Field(default=0.05, gt=0, lt=0.5,
                                  description="Share of a map-style dataset held out for the eval loss.")
     eval_batches: int = Field(default=8, ge=1,
                               description="Number of fixed held-out batches averaged for the final loss.")
     unique_tokens: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False,
-                                           description="Unique data units in the training data (U of the data-constrained law), for loaders that cannot tell (an IterableDataset); map-style data sets give it themselves. Never hashed: it changes the fit, not the training.")
+                                           description="Unique data units in the training data (U of the "
+                                                       "data-constrained law), for loaders that cannot tell "
+                                                       "(an IterableDataset); map-style data sets give it "
+                                                       "themselves. Never hashed: it changes the fit, not "
+                                                       "the training.")
 
     _v_target = field_validator("target", "eval_target")(lambda v: v if v is None else _check_import_path(v))
 
@@ -84,19 +85,32 @@ class SweepSpec(_Frozen):
     budgets: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
         min_length=1, description="Compute budgets in FLOPs (positive, distinct).")
     sizes_per_budget: Optional[int] = Field(default=None, ge=3,
-                                            description="Sizes run per budget, centred on the expected optimum; default: every feasible size.")
+                                            description="Sizes run per budget, centred on the expected "
+                                                        "optimum; default: every feasible size.")
     min_steps: int = Field(default=20, ge=1,
                            description="An experiment with fewer optimizer steps is infeasible and dropped.")
     tokens_per_param: float = Field(default=20.0, gt=0,
-                                    description="Expected optimal D/N used to centre sizes_per_budget (Chinchilla: 20).")
+                                    description="Expected optimal D/N used to centre sizes_per_budget "
+                                                "(Chinchilla: 20).")
     reuse: Literal["none", "branch"] = Field(default="none",
-                                             description="'none': every (budget, size) trained from scratch; 'branch': one constant-LR trunk per size, and per budget a wsd cooldown branched off it (needs train.schedule = 'wsd').")
+                                             description="'none': every (budget, size) trained from scratch; "
+                                                         "'branch': one constant-LR trunk per size, and per "
+                                                         "budget a wsd cooldown branched off it (needs "
+                                                         "train.schedule = 'wsd').")
     min_cooldown_steps: int = Field(default=20, ge=1,
-                                    description="reuse = 'branch': a branch's cooldown (round(decay_fraction · T_C) steps) must be at least this long.")
+                                    description="reuse = 'branch': a branch's cooldown (round(decay_fraction "
+                                                "· T_C) steps) must be at least this long.")
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list,
-                                                     description="Seeds to replicate chosen experiments with (each an ordinary hashed experiment; train.seed's is the one already planned); fits use each cell's mean and report the seeds' standard deviation as the noise floor.")
+                                                     description="Seeds to replicate chosen experiments with "
+                                                         "(each an ordinary hashed experiment; train.seed's "
+                                                         "is the one already planned); fits use each cell's "
+                                                         "mean and report the seeds' standard deviation as "
+                                                         "the noise floor.")
     replicate: Literal["optimum", "all"] = Field(default="optimum",
-                                                 description="Which experiments the seeds replicate: 'optimum', the 3 sizes of each budget nearest the planned optimum (D/N = tokens_per_param); 'all', every one.")
+                                                 description="Which experiments the seeds replicate: "
+                                                             "'optimum', the 3 sizes of each budget nearest "
+                                                             "the planned optimum (D/N = tokens_per_param); "
+                                                             "'all', every one.")
     seed_budgets: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
         default_factory=list, description="Budgets whose experiments the seeds replicate (each one of "
         "sweep.budgets); empty: every budget.  One small budget measures the noise floor at a fraction of "
@@ -112,7 +126,8 @@ class SweepSpec(_Frozen):
             raise ValueError(f"seed_budgets {missing} are not among sweep.budgets {self.budgets}: "
                              f"name budgets of the sweep")
         if self.seeds and self.reuse == "branch":
-            raise ValueError("seeds replicate experiments trained from scratch: with reuse = 'branch' each seed would "
+            raise ValueError("seeds replicate experiments trained from scratch: with reuse = 'branch' each "
+                             "seed would "
                              "need its own trunks; set reuse = 'none' or remove seeds")
         return self
 
@@ -121,9 +136,13 @@ class FlopsSpec(_Frozen):
     """``[flops]``: how training FLOPs are counted."""
 
     rule: Literal["6N", "measured", "function"] = Field(default="6N",
-                                                        description="'6N': C = 6·N·D (Chinchilla); 'measured': torch.utils.flop_counter on one batch, forward+backward; 'function': target(model, batch) -> FLOPs per sample.")
+                                                        description="'6N': C = 6·N·D (Chinchilla); "
+                                                            "'measured': torch.utils.flop_counter on one "
+                                                            "batch, forward+backward; 'function': "
+                                                            "target(model, batch) -> FLOPs per sample.")
     target: Optional[ImportPath] = Field(default=None,
-                                         description="Import path of fn(model, batch) -> FLOPs per sample; required when rule = 'function'.")
+                                         description="Import path of fn(model, batch) -> FLOPs per sample; "
+                                                     "required when rule = 'function'.")
 
     @model_validator(mode="after")
     def _needs_target(self) -> "FlopsSpec":
@@ -139,7 +158,8 @@ class LrScaling(_Frozen):
 
     ref_params: float = Field(gt=0, description="N0: the size whose peak LR is train.learning_rate.")
     exponent: float = Field(ge=-2, le=2,
-                            description="g: OLMo's rule for standard parameterisation is -1/3; about 0 under muP.")
+                            description="g: OLMo's rule for standard parameterisation is -1/3; about 0 under "
+                                        "muP.")
 
 
 class TrainSpec(_Frozen):
@@ -147,23 +167,30 @@ class TrainSpec(_Frozen):
 
     batch_size: int = Field(default=32, ge=1, description="Global batch size in samples.")
     micro_batch_size: Optional[int] = Field(default=None, ge=1,
-                                            description="Per-process micro-batch; gradients are accumulated to batch_size.")
+                                            description="Per-process micro-batch; gradients are accumulated "
+                                                        "to batch_size.")
     learning_rate: float = Field(default=3e-3, gt=0, le=10, description="Peak learning rate.")
     lr_scaling: Optional[LrScaling] = Field(default=None,
-                                            description="Peak LR as a power of N: learning_rate × (N/ref_params)^exponent; unset: one LR for every size.")
+                                            description="Peak LR as a power of N: learning_rate × "
+                                                        "(N/ref_params)^exponent; unset: one LR for every "
+                                                        "size.")
     weight_decay: float = Field(default=0.1, ge=0, description="AdamW weight decay (matrices only).")
     betas: tuple[float, float] = Field(default=(0.9, 0.95), description="AdamW betas.")
     eps: float = Field(default=1e-8, gt=0, description="AdamW epsilon.")
     grad_clip: Optional[float] = Field(default=1.0, gt=0,
                                        description="Clip the global gradient norm; unset to disable.")
     optimizer: Optional[ImportPath] = Field(default=None,
-                                            description="Import path of factory(params, lr) -> optimizer; default AdamW.")
+                                            description="Import path of factory(params, lr) -> optimizer; "
+                                                        "default AdamW.")
     schedule: Literal["cosine", "constant", "wsd"] = Field(default="cosine",
-                                                           description="Warmup then cosine to min_lr_ratio, constant, or warmup-stable-decay.")
+                                                           description="Warmup then cosine to min_lr_ratio, "
+                                                               "constant, or warmup-stable-decay.")
     warmup_tokens: Optional[float] = Field(default=None, ge=0,
-                                           description="Warmup length in data units; default N (the model's parameter count).")
+                                           description="Warmup length in data units; default N (the model's "
+                                                       "parameter count).")
     warmup_fraction: Optional[float] = Field(default=None, ge=0, lt=1,
-                                             description="Warmup as a fraction of the run; overrides warmup_tokens.")
+                                             description="Warmup as a fraction of the run; overrides "
+                                                         "warmup_tokens.")
     max_warmup_fraction: float = Field(default=0.25, gt=0, le=1,
                                        description="Cap on warmup as a fraction of the run.")
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="Final LR / peak LR for cosine and wsd.")
@@ -185,24 +212,43 @@ class TrainSpec(_Frozen):
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto",
                                                    description="'auto': CUDA when present, else CPU.")
     log_with: list[Annotated[str, AfterValidator(_tracker_name)]] = Field(default_factory=list,
-                                                                          description="Trackers, by accelerate's names (tensorboard, wandb, mlflow, aim, comet_ml, clearml, dvclive, swanlab, trackio, ...): one run per experiment grouped by the spec's name, and a summary run; metrics.jsonl is always written.")
+                                                                          description="Trackers, by "
+                                                                              "accelerate's names "
+                                                                              "(tensorboard, wandb, mlflow, "
+                                                                              "aim, comet_ml, clearml, "
+                                                                              "dvclive, swanlab, trackio, "
+                                                                              "...): one run per experiment "
+                                                                              "grouped by the spec's name, "
+                                                                              "and a summary run; "
+                                                                              "metrics.jsonl is always "
+                                                                              "written.")
     log_points: int = Field(default=40, ge=4,
-                            description="Points of the loss curve, spaced in FLOPs (half geometric, half linear).")
+                            description="Points of the loss curve, spaced in FLOPs (half geometric, half "
+                                        "linear).")
     eval_points: int = Field(default=4, ge=0,
                              description="Held-out evaluations during training, besides the final one.")
     num_workers: int = Field(default=0, ge=0,
-                             description="DataLoader worker processes for map-style datasets that are not tensors (0: load in the training process).")
+                             description="DataLoader worker processes for map-style datasets that are not "
+                                         "tensors (0: load in the training process).")
     checkpoint_seconds: float = Field(default=600.0, gt=0,
                                       description="Checkpoint at most this often (seconds).")
     checkpoint_steps: Optional[int] = Field(default=None, ge=1,
                                             description="Also checkpoint every this many steps.")
     keep_checkpoints: int = Field(default=1, ge=1, description="Complete checkpoints kept per experiment.")
     parallel: Literal["auto", "data", "experiment"] = Field(default="auto",
-                                                            description="Several GPUs/processes: 'data' trains each experiment data-parallel over all GPUs; 'experiment' gives whole experiments to worker processes; 'auto': experiment-parallel below data_parallel_min_params, data-parallel above.")
+                                                            description="Several GPUs/processes: 'data' "
+                                                                "trains each experiment data-parallel over "
+                                                                "all GPUs; 'experiment' gives whole "
+                                                                "experiments to worker processes; 'auto': "
+                                                                "experiment-parallel below "
+                                                                "data_parallel_min_params, data-parallel "
+                                                                "above.")
     workers_per_gpu: int = Field(default=1, ge=1, le=16,
-                                 description="Worker processes per GPU for experiment-parallel runs (packs small models onto one GPU); on CPU, worker processes.")
+                                 description="Worker processes per GPU for experiment-parallel runs (packs "
+                                             "small models onto one GPU); on CPU, worker processes.")
     data_parallel_min_params: float = Field(default=5e7, gt=0,
-                                            description="With parallel = 'auto', models at least this large are trained data-parallel.")
+                                            description="With parallel = 'auto', models at least this large "
+                                                        "are trained data-parallel.")
     divergence_factor: float = Field(default=3.0, gt=1,
                                      description="Loss above this times its initial value is divergence.")
 
@@ -220,42 +266,6 @@ class TrainSpec(_Frozen):
         return self
 
 
-class AnalysisSpec(_Frozen):
-    """``[analysis]``: which fits to make and which budgets to predict."""
-
-    approaches: list[Literal["isoflop", "parametric", "envelope"]] = Field(
-        default_factory=lambda: ["isoflop", "parametric"], min_length=1,
-        description="Chinchilla Approach 2 ('isoflop'), 3 ('parametric'), 1 ('envelope').")
-    predict: list[Annotated[float, Field(gt=0)]] = Field(default_factory=list,
-                                                         description="Extra budgets (FLOPs) for the Chinchilla table.")
-    bootstrap: int = Field(default=200, ge=0, description="Bootstrap resamples for intervals (0: none).")
-    seed: int = Field(default=0, ge=0, description="Seed of the bootstrap.")
-    keep_outliers: bool = Field(default=False, description="Keep points the outlier rules would exclude.")
-    outlier_z: float = Field(default=3.5, gt=0,
-                             description="Robust |z| beyond which a point is off its budget's profile curve.")
-    figures: list[Literal["png", "pdf"]] = Field(
-        default_factory=lambda: ["png", "pdf"], description="Formats the report's figures are written in "
-        "(PDF: vector, fonts embedded); [] writes none. Rendering five figures takes ~2 s as PNG, "
-        "~4 s as PDF.")
-    profile: Literal["window", "cubic", "parabola", "auto", "shape"] = Field(default="shape",
-                                                                             description="IsoFLOP profile estimator (default shape: the sharpest and still calibrated in simulation): 'window' (parabola over the 5 points around the lowest loss), 'cubic' (cubic in ln N over every point), 'parabola' (every point; biased on wide lopsided sweeps), 'auto' (per budget: the parabola unless an F test finds lack of fit, then the cubic or the window), 'shape' (the Chinchilla law's profile shape, shared by every budget and fitted jointly; level, scale and minimum per budget).")
-
-
-class EstimateSpec(_Frozen):
-    """``[estimate]``: how ``flops-fit estimate`` turns FLOPs into time."""
-
-    gpu: Literal["H100", "H200", "A100", "L4", "RTX4090"] = Field(default="H100",
-                                                                  description="GPU for the stated-MFU estimate.")
-    mfu: float = Field(default=0.3, gt=0, le=1, description="Model FLOP utilisation assumed on that GPU.")
-    calibrate: bool = Field(default=True, description="Time a few real steps on this machine.")
-    calibrate_steps: int = Field(default=4, ge=2,
-                                 description="Timed steps per calibration model (after one warm-up step).")
-    usd_per_gpu_hour: Optional[float] = Field(default=None, gt=0,
-                                              description="Price of one GPU-hour: estimate and report give the cost in $.")
-
-
-# The data of a spec file.  Users hold flops_fit.Spec, the one Spec class, which adds the
-# pipeline's verbs (run, estimate, ...) on top of it; the stages below the facade take a SpecModel.
 class SpecModel(_Frozen):
     """A flops-fit spec: everything needed to plan, train and fit an IsoFLOP sweep."""
 
@@ -275,7 +285,8 @@ class SpecModel(_Frozen):
     cost: EstimateSpec = Field(default_factory=EstimateSpec, alias="estimate",
                                description="[estimate]: the dry-run cost model.")
     launcher: LauncherSpec = Field(default_factory=LauncherSpec,
-                                   description="Where experiments run: local processes or Slurm job arrays (never hashed).")
+                                   description="Where experiments run: local processes or Slurm job arrays "
+                                               "(never hashed).")
     _source: Optional[str] = PrivateAttr(default=None)  # the file it was read from; not a TOML key
 
     @property

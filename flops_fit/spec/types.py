@@ -7,8 +7,9 @@ import difflib
 import math
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from ..core.frozen import Frozen
 from ..core.imports import IMPORT_PATH_RE
 
 __all__ = ["ImportPath", "Kwargs", "SizeValue", "known_trackers"]
@@ -71,3 +72,8 @@ def _finite_kwargs(value: Any, path: str = "") -> Any:
 
 
 Kwargs = Annotated[dict[str, Any], AfterValidator(_finite_kwargs)]
+
+
+class _Frozen(Frozen):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, populate_by_name=True,
+                              allow_inf_nan=False)
