@@ -78,7 +78,14 @@ def test_a_sweep_as_real_job_arrays_status_through_sacct_and_the_in_process_loss
     reference = _reference(spec, in_tmp / "ref")
     for exp_id, loss in reference.items():
         assert store.read_result(exp_id).loss == pytest.approx(loss, rel=1e-6)
-    print(f"3 experiments as a real array: {wall:.1f} s")
+    # the overhead of training inside a task: its threads come from SLURM_CPUS_PER_TASK (with every
+    # core's threads in each of two tasks on two cores, training took 3-20x as long as in process)
+    local = Store(in_tmp / "ref" / spec.name)
+    in_array = sum(store.read_result(i).train_seconds for i in reference)
+    in_process = sum(local.read_result(i).train_seconds for i in reference)
+    print(f"3 experiments as a real array: {wall:.1f} s; training {in_array:.2f} s in the tasks against "
+          f"{in_process:.2f} s in process ({in_array / in_process:.2f}x)")
+    assert in_array < 5 * in_process, (in_array, in_process)
 
 
 def _run_in_background(path: Path, cwd: Path) -> subprocess.Popen:
