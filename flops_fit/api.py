@@ -132,9 +132,7 @@ class Spec(SpecModel):
         """
         from .verbs.confirm import confirm
 
-        return confirm(self, float(budget_flops), sizes, approach, train=self._trainer(retry_failed,
-                                                                                       on_event),
-                                                                                       analyze=analyze_plan,
+        return confirm(self, float(budget_flops), sizes, approach, train=self._trainer(retry_failed, on_event), analyze=analyze_plan,
                        predict_only=predict_only, bracket=bracket)
 
     def analyze(self, report: bool = True) -> Result:
@@ -305,8 +303,7 @@ def compare(a: "Spec | str | Path", b: "Spec | str | Path", approach: str = "par
     specs = [s if isinstance(s, Spec) else Spec.load(s) for s in (a, b)]
     results = [s.run(retry_failed=retry_failed, on_event=on_event) for s in specs]
     try:
-        comparison = compare_results(*results, budgets=budgets, approach=approach, names=(specs[0].name,
-                                                                                          specs[1].name))
+        comparison = compare_results(*results, budgets=budgets, approach=approach, names=(specs[0].name, specs[1].name))
     except ValueError as exc:
         raise SpecError([Problem(str(exc), key="--approach",
                                  hint="compare with the approach both sweeps fitted")]) from None

@@ -236,8 +236,8 @@ def fit_cmd(points: str = typer.Argument(...,
             raise FlopsFitError([Problem("is a file; the report is a folder of files", key="--report",
                                          value=report,
                                          has_value=True, hint="give a new or existing folder")])
-        result = fit(points, approaches=[a.value for a in approach] if approach else ("isoflop",
-                                                                                      "parametric"),
+        chosen = [a.value for a in approach] if approach else ("isoflop", "parametric")
+        result = fit(points, approaches=chosen,
                      bootstrap=bootstrap, predict=predict or (), keep_outliers=keep_outliers,
                      profile=profile.value,
                      evaluate=evaluate)

@@ -76,8 +76,7 @@ class Fits(Frozen):
         under that repetition (the IsoFLOP and envelope laws cannot: they extrapolate the sweep)."""
         U = self.unique_tokens if unique_tokens is None else unique_tokens
         out = {}
-        for name, fit in (("isoflop", self.isoflop), ("parametric", self.parametric), ("envelope",
-                                                                                       self.envelope)):
+        for name, fit in (("isoflop", self.isoflop), ("parametric", self.parametric), ("envelope", self.envelope)):
             if fit is None:
                 continue
             p = fit.predict(budget_flops, U) if name == "parametric" else fit.predict(budget_flops)
@@ -253,8 +252,7 @@ def fit_points(points: Points, approaches: list[str] = ("isoflop", "parametric")
     with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
         warnings.simplefilter("always")
         fits = _fit_points(points, approaches, bootstrap, seed, keep_outliers, outlier_z, backtest, profile)
-    kinds = sorted({str(w.message).split(" in ")[0] for w in caught if issubclass(w.category,
-                                                                                  RuntimeWarning)})
+    kinds = sorted({str(w.message).split(" in ")[0] for w in caught if issubclass(w.category, RuntimeWarning)})
     par, iso = fits.parametric, fits.isoflop
     missing = bootstrap and ((par is not None and any(v is None for v in par.ci.values())) or
                              (iso is not None and iso.n_opt.exponent_ci is None))

@@ -135,8 +135,7 @@ def profile_minimum(x: np.ndarray, y: np.ndarray, profile: str = "window",
     if not (x_lo <= xs <= x_hi):
         side = "smallest" if xs < x_lo else "largest"
         return None, None, [], f"minimum outside the sampled sizes (beyond the {side})"
-    return float(xs), float(np.polyval(coef, xs)), [float(c) for c in coef] + [float(x.min()),
-                                                                               float(x.max())], ""
+    return float(xs), float(np.polyval(coef, xs)), [float(c) for c in coef] + [float(x.min()), float(x.max())], ""
 
 
 def budget_minima(lnN: np.ndarray, lnD: np.ndarray, L: np.ndarray, budgets: np.ndarray,

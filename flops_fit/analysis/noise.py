@@ -120,8 +120,7 @@ def _unresolved(N: np.ndarray, L: np.ndarray, B: np.ndarray, counts: np.ndarray,
     return out
 
 
-def seed_draw(L: np.ndarray, groups: list[np.ndarray], means: np.ndarray) -> Callable[[np.random.Generator],
-                                                                                      np.ndarray]:
+def seed_draw(L: np.ndarray, groups: list[np.ndarray], means: np.ndarray) -> Callable[[np.random.Generator], np.ndarray]:
     """A bootstrap draw of the cell ``means`` (from :func:`cell_means`): each replicated cell's seeds
     resampled with replacement."""
     reps = [(c, g) for c, g in enumerate(groups) if len(g) > 1]

@@ -194,8 +194,7 @@ def _outcome(job: Any) -> str | None:
     return lines[-1] if lines else "failed"
 
 
-def wait_for(jobs: list, records: list[JobRecord], store: Store, on_progress: Callable[[int, int],
-                                                                                       None] | None = None,
+def wait_for(jobs: list, records: list[JobRecord], store: Store, on_progress: Callable[[int, int], None] | None = None,
              poll_s: float = 2.0) -> list[JobFailure]:
     """Wait until every job has ended; ``on_progress(finished, total)`` with the experiments that
     have a result.  Returns the jobs that failed (the rest of the sweep is not affected)."""

@@ -56,8 +56,7 @@ def to_meta(value: Any) -> Any:
     return value
 
 
-def measure_flops_per_sample(model: torch.nn.Module, forward_loss: Callable[[torch.nn.Module, Any, Any],
-                                                                            torch.Tensor],
+def measure_flops_per_sample(model: torch.nn.Module, forward_loss: Callable[[torch.nn.Module, Any, Any], torch.Tensor],
                              inputs: Any, targets: Any, batch_size: int) -> float:
     """Forward + backward FLOPs of one batch, per sample, counted by FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode

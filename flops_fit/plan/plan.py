@@ -343,8 +343,7 @@ def _job(spec: SpecModel, budget: float, info: SizeInfo, steps: int) -> Job:
     t, d = spec.train, spec.data
     job = Job(experiment_id="", budget_flops=budget, model=Component(target=spec.model.target,
                                                                      kwargs=spec.model.kwargs),
-              size_param=spec.model.size_param, size=info.size, data=Component(target=d.target,
-                                                                               kwargs=d.kwargs),
+              size_param=spec.model.size_param, size=info.size, data=Component(target=d.target, kwargs=d.kwargs),
               eval_data=Component(target=d.eval_target, kwargs=d.eval_kwargs) if d.eval_target else None,
               eval_fraction=d.eval_fraction, eval_batches=d.eval_batches,
               loss=Component(target=spec.loss.target, kwargs=spec.loss.kwargs),

@@ -224,8 +224,7 @@ def _save(fig, target: Path, **kw) -> None:
         fig.savefig(target, **kw)
     except Exception as exc:
         Path(target).unlink(missing_ok=True)
-        cause = exc if isinstance(exc, OSError) else exc.__context__ if isinstance(exc.__context__,
-                                                                                   OSError) else None
+        cause = exc if isinstance(exc, OSError) else exc.__context__ if isinstance(exc.__context__, OSError) else None
         why = (cause.strerror or str(cause)) if cause is not None else f"{type(exc).__name__}: {exc}"
         raise OSError(getattr(cause, "errno", None) or 5, f"cannot write the figure ({why}); the results are "
                       f"kept: `flops-fit analyze SPEC` writes the report again", str(target)) from exc

@@ -90,11 +90,11 @@ def runs_table(rows) -> Table:
         return "–" if v is None else fmt.format(v)
     for r in rows:
         status = r.status if not r.excluded or r.status != "ok" else f"excluded: {r.excluded}"
-        d = g(r.planned_num_tokens) + ("" if r.num_tokens in (None,
-                                                              r.planned_num_tokens) else f" → {g(r.num_tokens)}")
+        d = g(r.planned_num_tokens) + ("" if r.num_tokens in (None, r.planned_num_tokens)
+                                       else f" → {g(r.num_tokens)}")
         f = g(r.planned_flops) + ("" if r.flops in (None, r.planned_flops) else f" → {g(r.flops)}")
-        t.add_row(r.id, g(r.budget_flops, "{:.2g}"), str(r.size), g(r.num_params or r.planned_num_params,
-                                                                    "{:,.0f}"), d, f,
+        n = g(r.num_params or r.planned_num_params, "{:,.0f}")
+        t.add_row(r.id, g(r.budget_flops, "{:.2g}"), str(r.size), n, d, f,
                   status, g(r.loss, "{:.4f}"), g(r.epochs, "{:.2f}"), g(r.steps, "{:d}"), g(r.peak_lr),
                   format_seconds(r.train_seconds), g(r.gpu_hours, "{:.3f}"), r.device or "–")
     return t

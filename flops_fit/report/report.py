@@ -51,12 +51,10 @@ class Table(BaseModel):
     rows: list[Prediction]
     size_param: Optional[str] = None
 
-    COLUMNS: ClassVar[tuple] = (("approach", "approach"), ("budget_flops", "C (FLOPs)"), ("num_params",
-                                                                                          "N_opt"),
-               ("num_params_ci", "N 95% CI"), ("num_tokens", "D_opt"), ("num_tokens_ci", "D 95% CI"),
-               ("tokens_per_param", "D/N"), ("epochs", "epochs"), ("loss", "loss"), ("loss_ci",
-                                                                                     "loss 95% CI"),
-               ("size", "size"))
+    COLUMNS: ClassVar[tuple] = (("approach", "approach"), ("budget_flops", "C (FLOPs)"),
+                                ("num_params", "N_opt"), ("num_params_ci", "N 95% CI"), ("num_tokens", "D_opt"),
+                                ("num_tokens_ci", "D 95% CI"), ("tokens_per_param", "D/N"), ("epochs", "epochs"),
+                                ("loss", "loss"), ("loss_ci", "loss 95% CI"), ("size", "size"))
 
     def _cells(self, row: Prediction) -> list[str]:
         out = []
@@ -87,8 +85,7 @@ class Table(BaseModel):
         w = csv.writer(buf)
         w.writerow(keys)
         for r in self.rows:
-            w.writerow([json.dumps(getattr(r, k)) if isinstance(getattr(r, k), list) else getattr(r,
-                                                                                                  k) for k in keys])
+            w.writerow([json.dumps(getattr(r, k)) if isinstance(getattr(r, k), list) else getattr(r, k) for k in keys])
         return buf.getvalue()
 
     def __rich__(self):
@@ -142,8 +139,8 @@ class Result(BaseModel):
         f = self.fits
         scalars: dict[str, float] = {}
         if f.parametric is not None:
-            scalars |= {f"parametric/{k}": float(getattr(f.parametric, k)) for k in ("E", "A", "B", "alpha",
-                                                                                     "beta", "a", "b")}
+            names = ("E", "A", "B", "alpha", "beta", "a", "b")
+            scalars |= {f"parametric/{k}": float(getattr(f.parametric, k)) for k in names}
         if f.isoflop is not None:
             scalars |= {"isoflop/a": float(f.isoflop.n_opt.exponent),
                         "isoflop/b": float(f.isoflop.d_opt.exponent)}

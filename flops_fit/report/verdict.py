@@ -122,9 +122,7 @@ def _design(fits: "Fits", points: "Points", usable: list, fit_budgets: list[floa
             continue
         mine = [points.point(int(i)) for i, b in zip(usable, budget_of) if b == d.budget_flops]
         by_size = [p.size for p in mine if p.size is not None]
-        values = _beyond(points.sizes, by_size, side) if by_size else _beyond([],
-                                                                              [p.num_params for p in mine],
-                                                                              side)
+        values = _beyond(points.sizes, by_size, side) if by_size else _beyond([], [p.num_params for p in mine], side)
         what = "sizes" if by_size else "N"
         advice.append(f"budget {d.budget_flops:.3g}: its minimum lies beyond the {side} sampled size; "
                       f"add {what} {', '.join(f'{v:g}' for v in values)}")

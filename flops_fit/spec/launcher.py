@@ -24,12 +24,11 @@ class LauncherSpec(Frozen):
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
 
-    kind: Literal["local", "slurm", "submitit-local"] = Field(default="local",
-                                                              description="'local': this machine, as `run` "
-                                                                  "always did; 'slurm': job arrays through "
-                                                                  "submitit; 'submitit-local': the same jobs "
-                                                                  "as subprocesses of this machine "
-                                                                  "(submitit's LocalExecutor).")
+    kind: Literal["local", "slurm", "submitit-local"] = Field(
+        default="local",
+        description="'local': this machine, as `run` always did; 'slurm': job arrays through submitit; "
+                    "'submitit-local': the same jobs as subprocesses of this machine (submitit's "
+                    "LocalExecutor).")
     partition: Optional[str] = Field(default=None, min_length=1,
                                      description="Slurm partition (required with kind = 'slurm').")
     account: Optional[str] = Field(default=None, min_length=1, description="Slurm account to charge.")

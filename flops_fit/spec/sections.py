@@ -18,9 +18,9 @@ class AnalysisSpec(_Frozen):
     approaches: list[Literal["isoflop", "parametric", "envelope"]] = Field(
         default_factory=lambda: ["isoflop", "parametric"], min_length=1,
         description="Chinchilla Approach 2 ('isoflop'), 3 ('parametric'), 1 ('envelope').")
-    predict: list[Annotated[float, Field(gt=0)]] = Field(default_factory=list,
-                                                         description="Extra budgets (FLOPs) for the "
-                                                             "Chinchilla table.")
+    predict: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=list,
+        description="Extra budgets (FLOPs) for the Chinchilla table.")
     bootstrap: int = Field(default=200, ge=0, description="Bootstrap resamples for intervals (0: none).")
     seed: int = Field(default=0, ge=0, description="Seed of the bootstrap.")
     keep_outliers: bool = Field(default=False, description="Keep points the outlier rules would exclude.")
@@ -30,36 +30,22 @@ class AnalysisSpec(_Frozen):
         default_factory=lambda: ["png", "pdf"], description="Formats the report's figures are written in "
         "(PDF: vector, fonts embedded); [] writes none. Rendering five figures takes ~2 s as PNG, "
         "~4 s as PDF.")
-    profile: Literal["window", "cubic", "parabola", "auto", "shape"] = Field(default="shape",
-                                                                             description="IsoFLOP profile "
-                                                                                 "estimator (default shape: "
-                                                                                 "the sharpest and still "
-                                                                                 "calibrated in simulation): "
-                                                                                 "'window' (parabola over "
-                                                                                 "the 5 points around the "
-                                                                                 "lowest loss), 'cubic' "
-                                                                                 "(cubic in ln N over every "
-                                                                                 "point), 'parabola' (every "
-                                                                                 "point; biased on wide "
-                                                                                 "lopsided sweeps), 'auto' "
-                                                                                 "(per budget: the parabola "
-                                                                                 "unless an F test finds "
-                                                                                 "lack of fit, then the "
-                                                                                 "cubic or the window), "
-                                                                                 "'shape' (the Chinchilla "
-                                                                                 "law's profile shape, "
-                                                                                 "shared by every budget and "
-                                                                                 "fitted jointly; level, "
-                                                                                 "scale and minimum per "
-                                                                                 "budget).")
+    profile: Literal["window", "cubic", "parabola", "auto", "shape"] = Field(
+        default="shape",
+        description="IsoFLOP profile estimator (default shape: the sharpest and still calibrated in "
+                    "simulation): 'window' (parabola over the 5 points around the lowest loss), 'cubic' "
+                    "(cubic in ln N over every point), 'parabola' (every point; biased on wide lopsided "
+                    "sweeps), 'auto' (per budget: the parabola unless an F test finds lack of fit, then the "
+                    "cubic or the window), 'shape' (the Chinchilla law's profile shape, shared by every "
+                    "budget and fitted jointly; level, scale and minimum per budget).")
 
 
 class EstimateSpec(_Frozen):
     """``[estimate]``: how ``flops-fit estimate`` turns FLOPs into time."""
 
-    gpu: Literal["H100", "H200", "A100", "L4", "RTX4090"] = Field(default="H100",
-                                                                  description="GPU for the stated-MFU "
-                                                                      "estimate.")
+    gpu: Literal["H100", "H200", "A100", "L4", "RTX4090"] = Field(
+        default="H100",
+        description="GPU for the stated-MFU estimate.")
     mfu: float = Field(default=0.3, gt=0, le=1, description="Model FLOP utilisation assumed on that GPU.")
     calibrate: bool = Field(default=True, description="Time a few real steps on this machine.")
     calibrate_steps: int = Field(default=4, ge=2,

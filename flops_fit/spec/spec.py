@@ -106,11 +106,10 @@ class SweepSpec(_Frozen):
                                                          "is the one already planned); fits use each cell's "
                                                          "mean and report the seeds' standard deviation as "
                                                          "the noise floor.")
-    replicate: Literal["optimum", "all"] = Field(default="optimum",
-                                                 description="Which experiments the seeds replicate: "
-                                                             "'optimum', the 3 sizes of each budget nearest "
-                                                             "the planned optimum (D/N = tokens_per_param); "
-                                                             "'all', every one.")
+    replicate: Literal["optimum", "all"] = Field(
+        default="optimum",
+        description="Which experiments the seeds replicate: 'optimum', the 3 sizes of each budget nearest "
+                    "the planned optimum (D/N = tokens_per_param); 'all', every one.")
     seed_budgets: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
         default_factory=list, description="Budgets whose experiments the seeds replicate (each one of "
         "sweep.budgets); empty: every budget.  One small budget measures the noise floor at a fraction of "
@@ -135,11 +134,10 @@ class SweepSpec(_Frozen):
 class FlopsSpec(_Frozen):
     """``[flops]``: how training FLOPs are counted."""
 
-    rule: Literal["6N", "measured", "function"] = Field(default="6N",
-                                                        description="'6N': C = 6·N·D (Chinchilla); "
-                                                            "'measured': torch.utils.flop_counter on one "
-                                                            "batch, forward+backward; 'function': "
-                                                            "target(model, batch) -> FLOPs per sample.")
+    rule: Literal["6N", "measured", "function"] = Field(
+        default="6N",
+        description="'6N': C = 6·N·D (Chinchilla); 'measured': torch.utils.flop_counter on one batch, "
+                    "forward+backward; 'function': target(model, batch) -> FLOPs per sample.")
     target: Optional[ImportPath] = Field(default=None,
                                          description="Import path of fn(model, batch) -> FLOPs per sample; "
                                                      "required when rule = 'function'.")
@@ -182,9 +180,9 @@ class TrainSpec(_Frozen):
     optimizer: Optional[ImportPath] = Field(default=None,
                                             description="Import path of factory(params, lr) -> optimizer; "
                                                         "default AdamW.")
-    schedule: Literal["cosine", "constant", "wsd"] = Field(default="cosine",
-                                                           description="Warmup then cosine to min_lr_ratio, "
-                                                               "constant, or warmup-stable-decay.")
+    schedule: Literal["cosine", "constant", "wsd"] = Field(
+        default="cosine",
+        description="Warmup then cosine to min_lr_ratio, constant, or warmup-stable-decay.")
     warmup_tokens: Optional[float] = Field(default=None, ge=0,
                                            description="Warmup length in data units; default N (the model's "
                                                        "parameter count).")
@@ -211,17 +209,11 @@ class TrainSpec(_Frozen):
         "scaler, no trackers); 'on': also on the CPU (no faster there); 'off'."))
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto",
                                                    description="'auto': CUDA when present, else CPU.")
-    log_with: list[Annotated[str, AfterValidator(_tracker_name)]] = Field(default_factory=list,
-                                                                          description="Trackers, by "
-                                                                              "accelerate's names "
-                                                                              "(tensorboard, wandb, mlflow, "
-                                                                              "aim, comet_ml, clearml, "
-                                                                              "dvclive, swanlab, trackio, "
-                                                                              "...): one run per experiment "
-                                                                              "grouped by the spec's name, "
-                                                                              "and a summary run; "
-                                                                              "metrics.jsonl is always "
-                                                                              "written.")
+    log_with: list[Annotated[str, AfterValidator(_tracker_name)]] = Field(
+        default_factory=list,
+        description="Trackers, by accelerate's names (tensorboard, wandb, mlflow, aim, comet_ml, clearml, "
+                    "dvclive, swanlab, trackio, ...): one run per experiment grouped by the spec's name, and "
+                    "a summary run; metrics.jsonl is always written.")
     log_points: int = Field(default=40, ge=4,
                             description="Points of the loss curve, spaced in FLOPs (half geometric, half "
                                         "linear).")
@@ -235,14 +227,11 @@ class TrainSpec(_Frozen):
     checkpoint_steps: Optional[int] = Field(default=None, ge=1,
                                             description="Also checkpoint every this many steps.")
     keep_checkpoints: int = Field(default=1, ge=1, description="Complete checkpoints kept per experiment.")
-    parallel: Literal["auto", "data", "experiment"] = Field(default="auto",
-                                                            description="Several GPUs/processes: 'data' "
-                                                                "trains each experiment data-parallel over "
-                                                                "all GPUs; 'experiment' gives whole "
-                                                                "experiments to worker processes; 'auto': "
-                                                                "experiment-parallel below "
-                                                                "data_parallel_min_params, data-parallel "
-                                                                "above.")
+    parallel: Literal["auto", "data", "experiment"] = Field(
+        default="auto",
+        description="Several GPUs/processes: 'data' trains each experiment data-parallel over all GPUs; "
+                    "'experiment' gives whole experiments to worker processes; 'auto': experiment-parallel "
+                    "below data_parallel_min_params, data-parallel above.")
     workers_per_gpu: int = Field(default=1, ge=1, le=16,
                                  description="Worker processes per GPU for experiment-parallel runs (packs "
                                              "small models onto one GPU); on CPU, worker processes.")

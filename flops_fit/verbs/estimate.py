@@ -170,8 +170,7 @@ def _waits(units: list[Experiment], calib: dict, starts: dict[str, int]) -> list
             continue
         trunk = units[where[b.trunk_id]]
         steps = max(0, b.step - starts.get(trunk.id, 0))
-        out.append((where[b.trunk_id], _overhead(calib) + steps * (_seconds_per_step(calib,
-                                                                                     trunk.num_params) or 0.0)))
+        out.append((where[b.trunk_id], _overhead(calib) + steps * (_seconds_per_step(calib, trunk.num_params) or 0.0)))
     return out
 
 
@@ -269,8 +268,7 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False,
     if calib and workers > 1:  # experiments are claimed by W workers: the sweep ends with the busiest one
         start = worker_start_seconds() + _first_call(calib)  # each worker imports the training stack, reads plan.json
         calib = {**calib, "workers": workers, "worker_start_seconds": start}
-        total_seconds = makespan([r.est_seconds or 0.0 for r in rows], workers, _waits(units, calib,
-                                                                                       starts)) + start
+        total_seconds = makespan([r.est_seconds or 0.0 for r in rows], workers, _waits(units, calib, starts)) + start
     elif calib and any(r.est_seconds for r in rows):
         total_seconds += _first_call(calib)
     notes = list(plan.notes) + _group_note(plan, units, rows, layout, calib)
