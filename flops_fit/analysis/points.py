@@ -94,8 +94,8 @@ class Points(Frozen):
     @model_validator(mode="after")
     def _same_lengths(self) -> "Points":
         n = len(self.id)
-        bad = [c for c in COLUMNS if len(getattr(self,
-                                                 c)) != n] + (["curve"] if self.curve and len(self.curve) != n else [])
+        bad = [c for c in COLUMNS if len(getattr(self, c)) != n]
+        bad += ["curve"] if self.curve and len(self.curve) != n else []
         if bad:
             raise ValueError(f"columns {', '.join(bad)} do not have one entry per id ({n})")
         return self
@@ -286,8 +286,9 @@ def _read_columns(reader, where: list[int], chunk: int = 1 << 16) -> tuple[list,
     flush()
     if exact:
         return [np.concatenate(p) if p else np.zeros(0) for p in parts], lines
-    return [[v for piece in p for v in (piece.tolist() if isinstance(piece,
-                                                                     np.ndarray) else piece)] for p in parts], lines
+    flat = [[v for piece in p for v in (piece.tolist() if isinstance(piece, np.ndarray) else piece)]
+            for p in parts]
+    return flat, lines
 
 
 def _cell_problems(cells: dict[str, list], source: str | None, lines: list[int] | None) -> list[Problem]:

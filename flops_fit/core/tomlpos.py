@@ -41,8 +41,8 @@ def key_lines(text: str) -> dict[tuple[str, ...], int]:
                     found.setdefault(path + (inner.group(1),), number)
                 line = rest
         stripped = re.sub(r"\"[^\"]*\"|'[^']*'|#.*$", "", line)
-        depth = max(0,
-                    depth + stripped.count("[") + stripped.count("{") - stripped.count("]") - stripped.count("}"))
+        opened = stripped.count("[") + stripped.count("{")
+        depth = max(0, depth + opened - stripped.count("]") - stripped.count("}"))
     return found
 
 

@@ -225,8 +225,8 @@ if __name__ == "__main__":
         sys.exit(2)
     os.environ[WORKER_ENV] = "1"
     try:
-        sys.exit(worker_main(sys.argv[1],
-                             Selection.model_validate_json(sys.argv[2]) if len(sys.argv) == 3 else Selection()))
+        selection = Selection.model_validate_json(sys.argv[2]) if len(sys.argv) == 3 else Selection()
+        sys.exit(worker_main(sys.argv[1], selection))
     except KeyboardInterrupt as exc:  # SIGINT/SIGTERM: the experiment in training was checkpointed
         print(f"worker {os.getpid()}: {exc or 'interrupted'}", file=sys.stderr, flush=True)
         sys.exit(130)

@@ -80,8 +80,8 @@ def log_summary(accelerator: Any, group: str, logging_dir: str | Path, scalars: 
 
     import matplotlib.image as mpimg
 
-    images = {png.stem: mpimg.imread(png)[None, ...,
-                                          :3] for png in sorted(Path(images_dir).glob("*.png"))}  # (1, H, W, 3)
+    images = {png.stem: mpimg.imread(png)[None, ..., :3]  # (1, H, W, 3)
+              for png in sorted(Path(images_dir).glob("*.png"))}
     start_run(accelerator, group, "summary", logging_dir, config)
     try:
         for tracker in accelerator.trackers:

@@ -15,7 +15,8 @@ __all__ = ["confirm_experiments"]
 
 def confirm_experiments(spec: SpecModel, sizes: list[SizeInfo], budget_flops: float, num_params: float,
                         k: int = 3) -> list[Experiment]:
-    """The ``k`` sizes of ``model.sizes`` around a predicted N_opt, as ordinary experiments at ``budget_flops``.
+    """The ``k`` sizes of ``model.sizes`` around a predicted N_opt, as ordinary experiments at
+    ``budget_flops``.
 
     The size nearest ``num_params`` (in ln N) is the centre, with ``k // 2`` sizes either side
     (one more above for even k).  Raises SpecError when the centre has no neighbour on a side
@@ -28,8 +29,9 @@ def confirm_experiments(spec: SpecModel, sizes: list[SizeInfo], budget_flops: fl
     problems = []
     if lo < 0 or hi >= len(ordered):
         side = "smaller" if lo < 0 else "larger"
-        problems.append(Problem(f"the predicted N_opt = {num_params:.3g} needs {k // 2 or 1} {side} size(s) beside "
-                                f"{spec.model.size_param} = {ordered[best].size} (N = {ordered[best].num_params:,}) "
+        centre = ordered[best]
+        problems.append(Problem(f"the predicted N_opt = {num_params:.3g} needs {k // 2 or 1} {side} size(s) "
+                                f"beside {spec.model.size_param} = {centre.size} (N = {centre.num_params:,}) "
                                 f"to bracket it", key="model.sizes", file=spec.source,
                                 value=[s.size for s in ordered],
                                 has_value=True,

@@ -89,7 +89,8 @@ def _isoflop(result: Result, plt):
         ax.scatter([p.num_params for p in bad], [p.loss for p in bad], marker="x", color="red",
                    label="excluded")
     _axes(ax, "parameters N", "final held-out loss",
-          f"IsoFLOP profiles (Approach 2, {iso.profile if iso else 'parabola'} profile in ln N), minima starred",
+          f"IsoFLOP profiles (Approach 2, {iso.profile if iso else 'parabola'} profile in ln N), "
+          "minima starred",
           logy=False)
     fig.tight_layout()
     return fig

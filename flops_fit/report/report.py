@@ -51,10 +51,11 @@ class Table(BaseModel):
     rows: list[Prediction]
     size_param: Optional[str] = None
 
-    COLUMNS: ClassVar[tuple] = (("approach", "approach"), ("budget_flops", "C (FLOPs)"),
-                                ("num_params", "N_opt"), ("num_params_ci", "N 95% CI"), ("num_tokens", "D_opt"),
-                                ("num_tokens_ci", "D 95% CI"), ("tokens_per_param", "D/N"), ("epochs", "epochs"),
-                                ("loss", "loss"), ("loss_ci", "loss 95% CI"), ("size", "size"))
+    COLUMNS: ClassVar[tuple] = (
+        ("approach", "approach"), ("budget_flops", "C (FLOPs)"), ("num_params", "N_opt"),
+        ("num_params_ci", "N 95% CI"), ("num_tokens", "D_opt"), ("num_tokens_ci", "D 95% CI"),
+        ("tokens_per_param", "D/N"), ("epochs", "epochs"), ("loss", "loss"), ("loss_ci", "loss 95% CI"),
+        ("size", "size"))
 
     def _cells(self, row: Prediction) -> list[str]:
         out = []

@@ -15,7 +15,8 @@ import re
 from typing import Annotated, Any, Literal, Optional
 
 import tomli_w
-from pydantic import AfterValidator, PrivateAttr, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 
 from ..core.errors import Problem, SpecError
 from .launcher import LauncherSpec

@@ -40,7 +40,8 @@ def _sorted_distinct(values: list, what: str) -> list:
 
 
 def known_trackers() -> list[str]:
-    """The tracker names the installed accelerate accepts in ``log_with`` (imported only when one is named)."""
+    """The tracker names the installed accelerate accepts in ``log_with`` (imported only when one is
+    named)."""
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
     return sorted(LOGGER_TYPE_TO_CLASS)
@@ -50,7 +51,8 @@ def _tracker_name(name: str) -> str:
     known = known_trackers()
     if name not in known:
         near = difflib.get_close_matches(name, known, n=1)
-        raise ValueError(f"{name!r} is not a tracker accelerate knows" + (f"; did you mean {near[0]!r}?" if near else "")
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ValueError(f"{name!r} is not a tracker accelerate knows" + hint
                          + f" (known: {', '.join(known)})")
     return name
 

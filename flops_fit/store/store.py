@@ -245,8 +245,8 @@ def decide(store: Store, experiment: Experiment, retry_failed: bool = False, hol
                                       f"(pinned checkpoint)", str(pinned), point.step)
         trunk = store.read_result(point.trunk_id, quarantine=not dry_run)
         if trunk is not None and trunk.status != "ok" and trunk.steps < point.step:
-            return Decision("skip",
-                            f"its trunk {point.trunk_id} {trunk.status} at step {trunk.steps}: {trunk.reason}")
+            return Decision("skip", f"its trunk {point.trunk_id} {trunk.status} at step {trunk.steps}: "
+                                    f"{trunk.reason}")
         return Decision("wait", f"waits for {point.trunk_id} to reach step {point.step}",
                         checkpoint_step=point.step)
     return Decision("run", "not trained yet")

@@ -320,8 +320,8 @@ def transfer(spec: SpecModel, train: Callable[[list[Experiment], Store, str], No
     factors(octaves)  # a grid too narrow for the parabola fails before anything trains
     plan = compile_plan(spec)
     _need_two(spec, plan)
-    widths, coordinates = coordinate_check(spec, plan,
-                                           coordinate_steps)  # also checks the size is a width, before training
+    # also checks the size is a width, before training
+    widths, coordinates = coordinate_check(spec, plan, coordinate_steps)
     planned = transfer_experiments(spec, plan, middle, max_steps, octaves)
     store = Store(Path(plan.run_dir))
     train([e for _, _, e in planned], store, "transfer")
