@@ -50,7 +50,8 @@ class Fits(Frozen):
     flops_per_unit: FlopsPerUnit = Field(default_factory=FlopsPerUnit)
     backtest: Optional[Backtest] = None
     num_points: int = 0  # the values fitted: points, or with seed replicates (budget, N, D) cells
-    noise: Optional[NoiseFloor] = None  # with seed replicates: the noise floor and the budgets it leaves unresolved
+    # with seed replicates: the noise floor and the budgets it leaves unresolved
+    noise: Optional[NoiseFloor] = None
     unique_tokens: Optional[float] = None  # U of the data (the points' median); None: not known
     data_limit: Optional[DataLimit] = None  # where the data run out (data-constrained law only)
 
@@ -60,7 +61,8 @@ class Fits(Frozen):
         under that repetition (the IsoFLOP and envelope laws cannot: they extrapolate the sweep)."""
         U = self.unique_tokens if unique_tokens is None else unique_tokens
         out = {}
-        for name, fit in (("isoflop", self.isoflop), ("parametric", self.parametric), ("envelope", self.envelope)):
+        fitted = (("isoflop", self.isoflop), ("parametric", self.parametric), ("envelope", self.envelope))
+        for name, fit in fitted:
             if fit is None:
                 continue
             p = fit.predict(budget_flops, U) if name == "parametric" else fit.predict(budget_flops)

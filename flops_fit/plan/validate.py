@@ -124,8 +124,8 @@ def _check_data(c: _Checker, key: str, path: str | None, kwargs: dict) -> Any:
         c.user_error(key, f"data target {path!r}", exc)
         return None
     if not is_data_source(data):
-        c.add(key, f"data target returned {type(data).__name__}, expected a torch Dataset, IterableDataset or "
-                   "DataLoader")
+        c.add(key, f"data target returned {type(data).__name__}, expected a torch Dataset, "
+                   "IterableDataset or DataLoader")
         return None
     from torch.utils.data import IterableDataset
 
