@@ -127,3 +127,28 @@ def test_a_narrower_grid_is_the_middle_of_the_wider_one(in_tmp):
     assert {p.id for p in narrow.sweep} < {p.id for p in wide.sweep}
     with pytest.raises(ValueError, match="at least 2 octaves"):
         spec.transfer(octaves=1)
+
+
+# The gutenberg recipe's check on an H100 (600 steps of 64 x 256 tokens; spec rate 7e-3 x 2^-3..2^3):
+# d = 48 scatters by ±0.1 with no trend in the rate (its plateau's escape decides), d = 160 and 512 curve.
+GUTENBERG = {48: [5.4902, 5.3005, 5.4643, 5.3837, 5.3048, 5.3723, 5.4597],
+             160: [5.3203, 5.1080, 4.9494, 4.8538, 4.8298, 5.0937, 5.2396],
+             512: [5.2670, 5.0333, 4.8406, 4.7699, 4.7368, 4.9637, 5.2041]}
+
+
+def test_a_size_whose_loss_does_not_curve_in_the_rate_is_not_given_a_best_rate():
+    """Its argmin would be a best rate 2.3 octaves from the others (FAIL, and a suggested exponent of
+    +0.33 that would mis-tune every middle size); instead it is flat, left out, and the verdict WARN."""
+    from flops_fit.verbs.transfer import SweepPoint, _optimum, _suggest, judge
+
+    spec_lr, factors = 7e-3, [2.0 ** k for k in range(-3, 4)]
+    sizes = {48: 167_136, 160: 1_847_360, 512: 18_887_680}
+    optima = [_optimum([SweepPoint(size=d, num_params=sizes[d], factor=f, learning_rate=spec_lr * f, loss=v,
+                                   status="ok", id=f"{d}-{f}") for f, v in zip(factors, losses)], spec_lr)
+              for d, losses in GUTENBERG.items()]
+    assert [o.flat for o in optima] == [True, False, False]
+    assert optima[1].best_lr == pytest.approx(8.35e-3, rel=0.01) and optima[2].best_lr == pytest.approx(8.44e-3, rel=0.01)
+    verdict, reasons, shift, gap = judge(spec_lr, optima)
+    assert verdict == "WARN" and shift == pytest.approx(0.0145, abs=0.002)
+    assert any("size 48" in r and "not measured" in r for r in reasons)
+    assert _suggest(None, optima) == (None, None)  # two measured sizes: no exponent to fit
