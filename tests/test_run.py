@@ -240,3 +240,38 @@ def test_edited_model_source_is_flagged_on_cached_results(in_tmp):
     (in_tmp / "mymodel.py").write_text((in_tmp / "mymodel.py").read_text().replace("nn.GELU()", "nn.ReLU()"))
     est = Spec.load(path).estimate()
     assert all(r.action == "skip" and "mymodel changed since it was trained" in r.reason for r in est.experiments)
+
+
+def test_a_packed_worker_out_of_device_memory_gives_way_and_a_later_round_trains_it(in_tmp, monkeypatch):
+    """Out of memory beside another worker is the packing's fault, not the experiment's: no failed
+    record, the worker steps aside, the next round (one worker fewer) trains it to the loss a lone
+    run gets.  Alone, out of memory is the experiment's own failure."""
+    from flops_fit.execute.memory import PACKED_ENV, gives_way
+
+    flag = in_tmp / "oom-once"
+    flag.write_text("")
+    kwargs = f', oom_width = 8, flag = "{flag}"'
+    spec_path = write_toy_spec(in_tmp, model="OutOfMemoryBeside",
+                               extra_kwargs=kwargs, train="workers_per_gpu = 2\n")
+    proc = subprocess.run([sys.executable, "-m", "flops_fit", "run", str(spec_path), "--json"], env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not flag.exists() and "gave way: out of device memory beside 1 experiment(s)" in proc.stderr
+    def results(name: str) -> dict:
+        return {r["id"]: r for r in (json.loads(p.read_text())
+                                     for p in (in_tmp / "runs" / name).glob("experiments/*/result.json"))}
+
+    packed = results("toy")
+    assert len(packed) == 8 and all(r["status"] == "ok" for r in packed.values()), proc.stderr[-3000:]
+    alone = write_toy_spec(in_tmp, name="alone", model="OutOfMemoryBeside",
+                           extra_kwargs=kwargs)
+    Spec.load(alone).run()
+    lone = {i: r["loss"] for i, r in results("alone").items()}
+    assert {i: r["loss"] for i, r in packed.items()} == pytest.approx(lone, rel=1e-6)
+
+    import torch
+
+    monkeypatch.setenv(PACKED_ENV, "1")
+    oom = torch.OutOfMemoryError("CUDA out of memory")
+    assert gives_way(oom, in_tmp / "runs" / "alone", "x") is None  # nobody beside it: a failure
+    assert gives_way(ValueError("out of memory in the user's code"), in_tmp, "x") is None

@@ -3,7 +3,8 @@
 * Experiment-parallel: ``G × workers_per_gpu`` worker processes (``G`` visible GPUs, or
   ``workers_per_gpu`` processes on CPU), worker ``i`` pinned to GPU ``i mod G``.  Each worker
   walks the plan and claims whole experiments through the store's file locks, so none is
-  trained twice; several workers on one GPU pack small models that would leave it idle.
+  trained twice; several workers on one GPU pack small models that would leave it idle.  A
+  packed worker out of device memory gives way (:mod:`.memory`) and the next round has fewer.
   The same mechanism lets several nodes on a shared filesystem work on one store.
 * Data-parallel: ``torchrun --nproc_per_node G -m flops_fit.execute.launch RUN_DIR SELECTION`` trains
   each experiment over all GPUs (accelerate reads torchrun's environment).
@@ -31,6 +32,7 @@ from typing import Optional
 from ..core.frozen import Frozen
 from ..plan.plan import Experiment, Plan
 from ..spec.spec import SpecModel
+from .memory import GAVE_WAY, PACKED_ENV
 
 __all__ = ["LaunchPlan", "Selection", "launch_plan", "data_parallel_selection", "run_launched",
            "worker_main", "import_roots", "WORKER_ENV"]
@@ -151,18 +153,23 @@ def run_launched(layout: LaunchPlan, plan: Plan, retry_failed: bool, on_progress
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     procs: list[subprocess.Popen] = []
     try:
-        if layout.workers > 1:
+        workers = layout.workers if layout.workers > 1 else 0
+        while workers:  # rounds: the workers that gave way (out of device memory) leave the next one
             selection = Selection(max_params=layout.threshold, retry_failed=retry_failed,
                                   plan=plan_file).model_dump_json()
-            for i in range(layout.workers):
-                child = dict(env)
+            procs = []
+            for i in range(workers):
+                child = {**env, **({PACKED_ENV: "1"} if workers > 1 else {})}  # alone: out of memory fails
                 if layout.gpus:
                     child["CUDA_VISIBLE_DEVICES"] = str(i % layout.gpus)
                 elif "OMP_NUM_THREADS" not in os.environ:  # CPU workers share the cores
-                    child["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // layout.workers))
+                    child["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
                 procs.append(subprocess.Popen([sys.executable, *entry, selection], env=child,
                                               preexec_fn=preexec))
-            codes += _wait(procs, plan, on_progress)
+            done = _wait(procs, plan, on_progress)
+            codes += [c for c in done if c != GAVE_WAY]
+            gave = done.count(GAVE_WAY)
+            workers = max(1, workers - gave) if gave else 0
         if layout.data_parallel:
             selection = Selection(min_params=layout.threshold, retry_failed=retry_failed,
                                   plan=plan_file).model_dump_json()
@@ -213,8 +220,15 @@ def worker_main(run_dir: str, selection: Selection) -> int:
     store = Store(Path(run_dir))
     plan = Plan.from_json((store.root / selection.plan).read_text(encoding="utf-8"))
     on_event, finish = _event_printer()
+    from .memory import GAVE_WAY, GaveWay
+
     session = Session(plan.runtime, str(store.root / "tracking"), selection.retry_failed, on_event)
-    session.train([e for e in plan.units() if selection.accepts(e)], store)
+    try:
+        session.train([e for e in plan.units() if selection.accepts(e)], store)
+    except GaveWay as gave:  # packed beside others on a device that ran out of memory: step aside
+        finish()
+        print(f"worker {os.getpid()}: {gave}", file=sys.stderr, flush=True)
+        return GAVE_WAY
     finish()
     return 0
 

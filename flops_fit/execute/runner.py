@@ -25,6 +25,7 @@ from .checkpoint import CorruptCheckpoint
 from ..store.store import CurvePoint, Decision, RunRecord, Store, decide
 from .tracking import finish_runs, start_run
 from .group import MAX_GROUP, group_key, grouping
+from .memory import GaveWay, gives_way
 from .worker import Interrupted, provenance, stopping, train_experiment, train_group
 
 __all__ = ["RunEvent", "run_plan", "run_experiments", "make_accelerator"]
@@ -94,6 +95,9 @@ def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: A
     except (LeaseLost, CorruptCheckpoint):
         raise
     except Exception as exc:  # the user's code failed: record it, the sweep goes on
+        gave = gives_way(exc, store.root, exp.id)  # unless packing ran the device out of memory
+        if gave is not None:
+            raise gave from exc
         return RunRecord.failed(exp.job, f"{type(exc).__name__}: {exc}", traceback.format_exc(),
                                 provenance(exp.job, accelerator))
     finally:
@@ -141,14 +145,16 @@ def _train_group(members: list, sweep: "_Sweep", emit, again: list) -> None:
                     lease.check()
                 except LeaseLost as lost:
                     outcome = lost
-            if isinstance(outcome, LeaseLost):
+            if isinstance(outcome, (LeaseLost, GaveWay)):
                 own("decision", decision=Decision("skip", str(outcome)))
+                gave.extend([outcome] if isinstance(outcome, GaveWay) else [])
                 return
             sweep.keep(outcome, exp, own)
         finally:
             if lease is not None:
                 lease.release()
 
+    gave: list[GaveWay] = []
     try:
         train_group([(exp.job, decision.checkpoint, lease, _logger(sweep.emitter(exp, index)))
                      for index, exp, decision, lease in members], sweep.store, sweep.accelerator, on_done,
@@ -157,6 +163,8 @@ def _train_group(members: list, sweep: "_Sweep", emit, again: list) -> None:
         for _, _, _, lease in members:
             if lease is not None:
                 lease.release()
+    if gave:  # the group's other members finished (or gave way too): now this worker steps aside
+        raise gave[0]
     if stopping.pending() is not None:
         raise Interrupted(f"{members[0][1].id} and {len(members) - 1} grouped: finished as the signal came; "
                           "the sweep stops here")

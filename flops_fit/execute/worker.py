@@ -23,6 +23,7 @@ from ..store.lease import Lease, LeaseLost
 from ..store.store import CurvePoint, RunRecord, Store
 from .checkpoint import CorruptCheckpoint
 from .lane import Lane, log_steps
+from .memory import GaveWay, gives_way
 from .run_state import provenance
 from .signals import Interrupted, stopping
 from .step import GraphMode, TrainStep
@@ -98,12 +99,15 @@ def train_group(members: list[tuple[Job, str | None, Lease | None, Callable[[Cur
     """Train experiments of one shape together (:mod:`.group`): ``members`` are ``(job, resume_from,
     lease, on_log)``.  ``on_done(k, outcome)`` is called as soon as member ``k`` ends — with its
     result, a failed record (its own code raised), or the :class:`LeaseLost` /
-    :class:`CorruptCheckpoint` that ends it without a result — so finished members are stored while
-    the others train.  A signal checkpoints every member still training, then raises Interrupted.
+    :class:`CorruptCheckpoint` / :class:`~.memory.GaveWay` that ends it without a result — so
+    finished members are stored while the others train.  A signal checkpoints every member still training, then raises Interrupted.
     ``cuda_graphs``: replay the batched forward and backward from a CUDA graph (as one experiment's)."""
     from .group import GroupStep
 
-    def failed(job: Job, exc: BaseException) -> RunRecord:
+    def failed(job: Job, exc: BaseException) -> RunRecord | GaveWay:
+        gave = gives_way(exc, store.root, job.experiment_id)  # packing ran the device out of memory
+        if gave is not None:
+            return gave
         return RunRecord.failed(job, f"{type(exc).__name__}: {exc}",
                                 "".join(traceback.format_exception(exc)), provenance(job, accelerator))
 
