@@ -100,7 +100,8 @@ def train_group(members: list[tuple[Job, str | None, Lease | None, Callable[[Cur
     lease, on_log)``.  ``on_done(k, outcome)`` is called as soon as member ``k`` ends — with its
     result, a failed record (its own code raised), or the :class:`LeaseLost` /
     :class:`CorruptCheckpoint` / :class:`~.memory.GaveWay` that ends it without a result — so
-    finished members are stored while the others train.  A signal checkpoints every member still training, then raises Interrupted.
+    finished members are stored while the others train.  A signal checkpoints every member still
+    training, then raises Interrupted.
     ``cuda_graphs``: replay the batched forward and backward from a CUDA graph (as one experiment's)."""
     from .group import GroupStep
 
