@@ -118,7 +118,7 @@ def _claim_mates(key: str, rest: list, taken: set, store: Store, retry_failed: b
     for index, exp in rest:
         if len(mates) == MAX_GROUP - 1:
             break
-        if exp.id in taken or group_key(exp.job) != key:
+        if exp.id in taken or group_key(exp.job, runtime.group) != key:
             continue
         decision, lease = _claim(store, exp, retry_failed, [], runtime.heartbeat_s)
         if decision.action == "wait":
@@ -284,7 +284,7 @@ class _Sweep:
             emit("decision", decision=decision)
             if decision.action == "skip":
                 continue
-            key = group_key(exp.job) if self.group_on else None
+            key = group_key(exp.job, self.runtime.group) if self.group_on else None
             mates = (_claim_mates(key, queue[position + 1:], taken, self.store, self.retry_failed,
                                   self.runtime, emit) if key is not None else [])
             if mates:

@@ -217,7 +217,7 @@ def _group_note(plan: Plan, units: list[Experiment], rows: list[EstimateRow], la
     from ..execute.group import group_sizes, grouping
 
     pending = [e.job for e, r in zip(units, rows) if r.action in ("run", "resume")]
-    sizes = group_sizes(pending)
+    sizes = group_sizes(pending, plan.runtime.group)
     if not sizes:
         return []
     rt = plan.runtime
