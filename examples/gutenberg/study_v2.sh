@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The second round of the gutenberg-en GPU study, end to end on one GPU:
+# The second round of the gutenberg-en GPU study, end to end on one GPU (docs/gutenberg_gpu_v2/):
 #   1. the learning-rate transfer check of the recipe (specs/gutenberg_transfer_v2.toml, three
 #      widths x seven rates), and its suggested learning_rate / lr_scaling written into
 #      specs/gutenberg_gpu_v2.toml;
