@@ -16,7 +16,7 @@ ORDER = ["_version",
          "report.runs_table", "report.plots", "report.verdict", "report.report", "report.progress",
          "report.render", "report",
          "verbs.status", "verbs.estimate", "verbs.compare", "verbs.confirmation", "verbs.confirm",
-         "verbs.transfer", "verbs",
+         "verbs.transfer_outputs", "verbs.transfer", "verbs",
          "api", "cli_common", "cli", "entry", "__main__"]
 
 

@@ -34,8 +34,6 @@ length, so ``estimate`` and ``run`` can tell whether the last verdict is for thi
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from datetime import datetime, timezone
@@ -50,6 +48,7 @@ from ..core.hashing import content_hash
 from ..plan.plan import Experiment, Plan, SizeInfo, compile_plan, plan_experiment
 from ..spec.spec import SpecModel
 from ..store.store import RunRecord, Store, atomic_write_text
+from .transfer_outputs import coordinates_csv, figure
 
 __all__ = ["CoordinateRow", "SweepPoint", "SizeOptimum", "Transfer", "transfer", "transfer_experiments",
            "recipe_hash", "last_verdict", "FACTORS", "factors"]
@@ -369,8 +368,8 @@ def transfer(spec: SpecModel, train: Callable[[list[Experiment], Store, str], No
                       coordinate_steps=coordinate_steps,
                       written=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     folder = Path(plan.run_dir) / "transfer"
-    atomic_write_text(folder / "coordinates.csv", _coordinates_csv(result))
-    _figure(result, folder / "transfer.png")
+    atomic_write_text(folder / "coordinates.csv", coordinates_csv(result))
+    figure(result, folder / "transfer.png")
     atomic_write_text(folder / "transfer.json", result.model_dump_json(indent=2) + "\n")  # last: the verdict
     return result
 
@@ -383,41 +382,3 @@ def last_verdict(spec: SpecModel, sizes: list[SizeInfo]) -> tuple[Optional[str],
     except (OSError, ValueError):
         return None, path
     return (data.get("verdict") if data.get("recipe") == recipe_hash(spec, sizes) else None), path
-
-
-def _coordinates_csv(result: Transfer) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["module", *[f"init_{x}" for x in result.coordinate_widths],
-                *[f"steps2-{result.coordinate_steps}_{x}" for x in result.coordinate_widths], "spread",
-                "slope_init", "slope", "flag"])
-    for c in result.coordinates:
-        w.writerow([c.module, *c.at_init, *c.at_step, c.spread, c.slope_init, c.slope, c.flag])
-    return buf.getvalue()
-
-
-def _figure(result: Transfer, path: Path) -> None:
-    """Loss against log2 learning rate, one colour per size, minima starred."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for k, o in enumerate(result.optima):
-        pts = sorted((p for p in result.sweep if p.num_params == o.num_params and p.loss is not None),
-                     key=lambda p: p.factor)
-        ax.plot([p.learning_rate for p in pts], [p.loss for p in pts], "o-", color=f"C{k}",
-                label=f"N = {o.num_params:,}")
-        if o.best_lr:
-            ax.plot([o.best_lr], [o.best_loss], "*", ms=14, color=f"C{k}")
-    ax.axvline(result.spec_lr, color="grey", ls=":", label="spec learning rate")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("peak learning rate")
-    ax.set_ylabel("final held-out loss")
-    ax.set_title(f"Learning-rate transfer: {result.verdict}")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
