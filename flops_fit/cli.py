@@ -130,8 +130,7 @@ def run(spec: str = SpecArg, as_json: bool = JsonOpt,
 def submit(spec: str = SpecArg, as_json: bool = JsonOpt,
            retry_failed: bool = RetryOpt,
            verbose: bool = VerboseOpt) -> None:
-    """Submit the pending experiments as job arrays (the spec's launcher table) and return; prints
-    the job ids."""
+    """Submit the pending experiments as job arrays (the launcher table) and return the job ids."""
     def go() -> None:
         s = _load(spec)
         sub = s.submit(retry_failed=retry_failed)
