@@ -118,9 +118,8 @@ class Spec(SpecModel):
         return sweep_status(plan, Store(Path(plan.run_dir)), scheduler)
 
     def confirm(self, budget_flops: float, sizes: int = 3, approach: str | None = None,
-                retry_failed: bool = False,
-                on_event: Callable[[RunEvent], None] | None = None, predict_only: bool = False,
-                bracket: bool = False) -> Confirmation:
+                retry_failed: bool = False, on_event: Callable[[RunEvent], None] | None = None,
+                predict_only: bool = False, bracket: bool = False) -> Confirmation:
         """The forward check at ``budget_flops`` (see :mod:`flops_fit.verbs.confirm`).
 
         Writes ``<run_dir>/confirm/<C>/prediction.json`` from the current fits before training,
@@ -181,8 +180,7 @@ def analyze_plan(spec: SpecModel, plan: Plan) -> Result:
         raise SpecError([Problem(f"the store {plan.run_dir} holds no finished experiment of this plan",
                                  hint="run `flops-fit run` first")])
     points = Points.from_records(records, [(s.size, s.num_params) for s in plan.sizes], plan.flop_rule,
-                                 plan.run_dir,
-                                 unique_tokens=spec.data.unique_tokens)
+                                 plan.run_dir, unique_tokens=spec.data.unique_tokens)
     a = spec.analysis
     fits = fit_points(points, a.approaches, a.bootstrap, a.seed, a.keep_outliers, a.outlier_z,
                       profile=a.profile)
@@ -190,8 +188,8 @@ def analyze_plan(spec: SpecModel, plan: Plan) -> Result:
 
     runs = run_rows(plan, records + store.collect(plan.trunks), fits)  # the trunks' cost too
     return Result(fits=fits, points=points, budgets=plan.budgets, predict_budgets=a.predict,
-                  size_param=plan.size_param,
-                  flop_rule=plan.flop_rule, runs=runs, cost=cost_of(runs, spec.cost.usd_per_gpu_hour))
+                  size_param=plan.size_param, flop_rule=plan.flop_rule, runs=runs,
+                  cost=cost_of(runs, spec.cost.usd_per_gpu_hour))
 
 
 def fit(points: "Points | str | Path | Iterable[dict]", approaches: Iterable[str] = ("isoflop", "parametric"),
@@ -224,8 +222,7 @@ def fit(points: "Points | str | Path | Iterable[dict]", approaches: Iterable[str
                                      hint="add --approach parametric, and at least 5 usable points")])
         evaluation = evaluate_rows(fits.parametric, rows, str(evaluate))
     return Result(fits=fits, points=pts, budgets=budgets, predict_budgets=list(predict),
-                  flop_rule=pts.flop_rule,
-                  evaluation=evaluation)
+                  flop_rule=pts.flop_rule, evaluation=evaluation)
 
 
 def _path_or_key(obj: Any, key: str, cache_key: str | None, role: str) -> str:
@@ -259,11 +256,10 @@ def find_optimal(model_cls: Any, model_size_param: str, model_sizes: list, datas
     data = {
         "name": name, "runs_dir": runs_dir,
         "model": {"target": _path_or_key(model_cls, "model_cls", cache_key, "model"),
-                  "size_param": model_size_param,
-                  "sizes": list(model_sizes), "kwargs": dict(model_kwargs or {})},
+                  "size_param": model_size_param, "sizes": list(model_sizes),
+                  "kwargs": dict(model_kwargs or {})},
         "data": {"target": _path_or_key(dataset, "dataset", cache_key, "data"),
-                 "kwargs": dict(dataset_kwargs or {}),
-                 "tokens_per_sample": tokens_per_sample},
+                 "kwargs": dict(dataset_kwargs or {}), "tokens_per_sample": tokens_per_sample},
         "loss": {"target": _path_or_key(loss_fn, "loss_fn", cache_key, "loss")},
         "sweep": {"budgets": list(compute_budgets), **options.pop("sweep", {})},
     }
@@ -288,8 +284,8 @@ def find_optimal(model_cls: Any, model_size_param: str, model_sizes: list, datas
 
 
 def compare(a: "Spec | str | Path", b: "Spec | str | Path", approach: str = "parametric",
-            retry_failed: bool = False,
-            on_event: Callable[[RunEvent], None] | None = None, budgets: list[float] | None = None):
+            retry_failed: bool = False, on_event: Callable[[RunEvent], None] | None = None,
+            budgets: list[float] | None = None):
     """Recipe ``b`` against recipe ``a`` at equal compute (see :mod:`flops_fit.verbs.compare`).
 
     Trains what either sweep has pending (specs may share a store: nothing is trained twice), fits

@@ -66,8 +66,7 @@ def estimate(spec: str = SpecArg, as_json: bool = JsonOpt, retry_failed: bool = 
         for r in est.experiments:
             t.add_row(r.id, f"{r.budget_flops:.2g}", str(r.size), f"{r.num_params:,}", f"{r.num_tokens:.3g}",
                       str(r.steps), f"{r.flops:.3g}", _fmt_seconds(r.est_seconds), f"{r.gpu_hours:.3g}",
-                      r.action,
-                      r.reason)
+                      r.action, r.reason)
         err.print(t)
         for d in est.dropped:
             err.print(f"[dim]dropped C={d.budget_flops:.2g} size={d.size}: {d.reason}[/]")
@@ -168,11 +167,10 @@ def status(spec: str = SpecArg, as_json: bool = JsonOpt,
             t.add_column(col, justify="right" if col in ("C", "size", "step") else "left")
         for r in rows:
             t.add_row(r.id, f"{r.budget_flops:.2g}", str(r.size), r.state, f"{r.step or 0}/{r.steps}",
-                      r.detail,
-                      r.job_id or "–", r.job_state or "–", *(r.part,) * parts)
+                      r.detail, r.job_id or "–", r.job_state or "–", *(r.part,) * parts)
         out.print(t)
-        counts = {k: sum(r.state == k for r in rows) for k in ("done", "running", "pending", "failed",
-                                                               "diverged")}
+        states = ("done", "running", "pending", "failed", "diverged")
+        counts = {k: sum(r.state == k for r in rows) for k in states}
         err.print(", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no experiments")
     _guard(go, verbose, as_json, trains=False)
 
@@ -183,7 +181,7 @@ def analyze(spec: str = SpecArg, as_json: bool = JsonOpt,
                                          help="Print the spec lines the trust advice asks for."),
             points: bool = typer.Option(False, "--points",
                                         help="Also print every experiment: planned and achieved "
-                                                                "N, D, FLOPs, status, loss, cost."),
+                                             "N, D, FLOPs, status, loss, cost."),
             verbose: bool = VerboseOpt) -> None:
     """Fit and report from whatever the store holds now."""
     def go() -> None:
@@ -211,9 +209,9 @@ def analyze(spec: str = SpecArg, as_json: bool = JsonOpt,
 
 
 @app.command("fit")
-def fit_cmd(points: str = typer.Argument(...,
-                                         help="CSV with columns params,tokens,loss[,flops][,unique_tokens or "
-                                          "epochs][,budget]."), as_json: bool = JsonOpt,
+def fit_cmd(points: str = typer.Argument(..., help="CSV with columns params,tokens,loss[,flops]"
+                                                   "[,unique_tokens or epochs][,budget]."),
+            as_json: bool = JsonOpt,
             predict: Optional[List[float]] = typer.Option(None, "--predict",
                                                           help="Budgets (FLOPs) to predict.",
                                                           callback=lambda v: _budgets(v, "--predict")),
@@ -225,8 +223,8 @@ def fit_cmd(points: str = typer.Argument(...,
                                                help="Keep points the outlier rule would exclude."),
             report: Optional[str] = typer.Option(None, help="Folder for fits.json, tables and plots."),
             evaluate: Optional[str] = typer.Option(None, "--evaluate",
-                                                   help="CSV of params,tokens[,unique_tokens]"
-                                                   "[,loss] rows whose loss the parametric law predicts."),
+                                                   help="CSV of params,tokens[,unique_tokens][,loss] rows "
+                                                        "whose loss the parametric law predicts."),
             verbose: bool = VerboseOpt) -> None:
     """Fit measurements made elsewhere."""
     def go() -> None:
@@ -234,13 +232,10 @@ def fit_cmd(points: str = typer.Argument(...,
 
         if report and Path(report).exists() and not Path(report).is_dir():
             raise FlopsFitError([Problem("is a file; the report is a folder of files", key="--report",
-                                         value=report,
-                                         has_value=True, hint="give a new or existing folder")])
+                                         value=report, has_value=True, hint="give a new or existing folder")])
         chosen = [a.value for a in approach] if approach else ("isoflop", "parametric")
-        result = fit(points, approaches=chosen,
-                     bootstrap=bootstrap, predict=predict or (), keep_outliers=keep_outliers,
-                     profile=profile.value,
-                     evaluate=evaluate)
+        result = fit(points, approaches=chosen, bootstrap=bootstrap, predict=predict or (),
+                     keep_outliers=keep_outliers, profile=profile.value, evaluate=evaluate)
         _print_result(result, as_json)
         if report:
             result.save(Path(report))
@@ -276,8 +271,7 @@ def compare(a: str = typer.Argument(..., help="Spec of the reference recipe A.")
         for r in c.rows:
             ci = f"{r.multiplier_ci[0]:.3g}–{r.multiplier_ci[1]:.3g}" if r.multiplier_ci else "–"
             t.add_row(f"{r.budget_flops:.3g}", f"{r.loss_a:.4g}", f"{r.loss_b:.4g}", f"{r.multiplier:.3g}x",
-                      ci,
-                      {None: "–", True: "yes", False: "no"}[r.resolved])
+                      ci, {None: "–", True: "yes", False: "no"}[r.resolved])
         out.print(t)
         for law in (c.a, c.b):
             out.print(f"{law.name}: a = {law.a:.3f} {ci_text(law.a_ci)}" + (f", E = {law.E:.4g}" if law.E is not None else ""))
@@ -296,8 +290,8 @@ def confirm(spec: str = SpecArg,
             predict_only: bool = typer.Option(False, "--predict-only",
                                               help="Register the prediction; train nothing."),
             bracket: bool = typer.Option(False, "--bracket",
-                                         help="While the best size is at an edge of those "
-                                         "trained, register and train the next size beyond it."),
+                                         help="While the best size is at an edge of those trained, "
+                                              "register and train the next size beyond it."),
             as_json: bool = JsonOpt, verbose: bool = VerboseOpt) -> None:
     """Pre-register a prediction at a larger budget, train the sizes around it, report predicted vs measured."""
     def go() -> None:

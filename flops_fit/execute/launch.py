@@ -32,7 +32,7 @@ from typing import Optional
 from ..core.frozen import Frozen
 from ..plan.plan import Experiment, Plan
 from ..spec.spec import SpecModel
-from .memory import GAVE_WAY, PACKED_ENV
+from .memory import GAVE_WAY, PACKED_ENV, GaveWay
 
 __all__ = ["LaunchPlan", "Selection", "launch_plan", "data_parallel_selection", "run_launched",
            "worker_main", "import_roots", "WORKER_ENV"]
@@ -220,8 +220,6 @@ def worker_main(run_dir: str, selection: Selection) -> int:
     store = Store(Path(run_dir))
     plan = Plan.from_json((store.root / selection.plan).read_text(encoding="utf-8"))
     on_event, finish = _event_printer()
-    from .memory import GAVE_WAY, GaveWay
-
     session = Session(plan.runtime, str(store.root / "tracking"), selection.retry_failed, on_event)
     try:
         session.train([e for e in plan.units() if selection.accepts(e)], store)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
@@ -25,8 +24,8 @@ from .checkpoint import CorruptCheckpoint
 from ..store.store import CurvePoint, Decision, RunRecord, Store, decide
 from .tracking import finish_runs, start_run
 from .group import MAX_GROUP, group_key, grouping
-from .memory import GaveWay, gives_way
-from .worker import Interrupted, provenance, stopping, train_experiment, train_group
+from .memory import GaveWay
+from .worker import Interrupted, failure, stopping, train_experiment, train_group
 
 __all__ = ["RunEvent", "run_plan", "run_experiments", "make_accelerator"]
 
@@ -70,8 +69,8 @@ def _claim(store: Store, exp: Experiment, retry_failed: bool, branches: list[Exp
         owner = store.holder(exp.id)
         return Decision("skip",
                         f"running on {owner.describe()}" if owner else "claimed by another process"), None
-    decision = decide(store, exp, retry_failed, holding_lock=True,
-                      branches=branches)  # re-read under the lease
+    # re-read under the lease
+    decision = decide(store, exp, retry_failed, holding_lock=True, branches=branches)
     if decision.action in ("skip", "wait"):
         lease.release()
         return decision, None
@@ -95,11 +94,10 @@ def _train_one(exp: Experiment, decision: Decision, store: Store, accelerator: A
     except (LeaseLost, CorruptCheckpoint):
         raise
     except Exception as exc:  # the user's code failed: record it, the sweep goes on
-        gave = gives_way(exc, store.root, exp.id)  # unless packing ran the device out of memory
-        if gave is not None:
-            raise gave from exc
-        return RunRecord.failed(exp.job, f"{type(exc).__name__}: {exc}", traceback.format_exc(),
-                                provenance(exp.job, accelerator))
+        outcome = failure(exp.job, exc, store, accelerator)
+        if isinstance(outcome, GaveWay):  # unless packing ran the device out of memory
+            raise outcome from exc
+        return outcome
     finally:
         finish_runs(accelerator)
 

@@ -50,9 +50,9 @@ def array_parameters(launcher: LauncherSpec, array: Array, workers_per_gpu: int,
                 "signal_delay_s": launcher.signal_delay_s, "setup": list(launcher.setup)}
     params: dict[str, Any] = {
         "job_name": name, "partition": launcher.partition, "time": math.ceil(launcher.timeout_min),
-        "nodes": 1,
-        "ntasks_per_node": tasks, "cpus_per_task": cpus, "signal_delay_s": launcher.signal_delay_s,
-        "array_parallelism": launcher.array_parallelism, "setup": list(launcher.setup),
+        "nodes": 1, "ntasks_per_node": tasks, "cpus_per_task": cpus,
+        "signal_delay_s": launcher.signal_delay_s, "array_parallelism": launcher.array_parallelism,
+        "setup": list(launcher.setup),
         "additional_parameters": dict(launcher.additional)}
     if gpus:
         params["gpus_per_node"] = gpus

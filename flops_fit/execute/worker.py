@@ -92,6 +92,17 @@ def _release(accelerator: Accelerator, compiled: bool) -> None:
         torch.cuda.empty_cache()
 
 
+def failure(job: Job, exc: BaseException, store: Store, accelerator: Accelerator) -> RunRecord | GaveWay:
+    """What ``exc`` raised by the user's code while training ``job`` ends in: its failed record, or,
+    when packing ran the device out of memory beside other workers, the :class:`~.memory.GaveWay`
+    that leaves it pending."""
+    gave = gives_way(exc, store.root, job.experiment_id)
+    if gave is not None:
+        return gave
+    return RunRecord.failed(job, f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc)),
+                            provenance(job, accelerator))
+
+
 def train_group(members: list[tuple[Job, str | None, Lease | None, Callable[[CurvePoint], None] | None]],
                 store: Store, accelerator: Accelerator,
                 on_done: Callable[[int, RunRecord | BaseException], None],
@@ -106,11 +117,7 @@ def train_group(members: list[tuple[Job, str | None, Lease | None, Callable[[Cur
     from .group import GroupStep
 
     def failed(job: Job, exc: BaseException) -> RunRecord | GaveWay:
-        gave = gives_way(exc, store.root, job.experiment_id)  # packing ran the device out of memory
-        if gave is not None:
-            return gave
-        return RunRecord.failed(job, f"{type(exc).__name__}: {exc}",
-                                "".join(traceback.format_exception(exc)), provenance(job, accelerator))
+        return failure(job, exc, store, accelerator)
 
     try:
         with stopping.handlers(enabled=accelerator.num_processes == 1):

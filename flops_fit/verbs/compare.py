@@ -104,8 +104,7 @@ def compare_results(a, b, budgets: list[float] | None = None, approach: Compared
             if len(draws) >= 10:
                 ci = percentile_interval([multiplier(la, fa, lb(C), C) for (la, fa), lb in draws])
             rows.append(CompareRow(budget_flops=C, loss_a=float(loss_a(C)), loss_b=float(target),
-                                   multiplier=m,
-                                   multiplier_ci=ci,
+                                   multiplier=m, multiplier_ci=ci,
                                    resolved=None if ci is None else not (ci[0] <= 1 <= ci[1])))
     notes = []
     span = (max(min(a.budgets), min(b.budgets)), min(max(a.budgets), max(b.budgets)))

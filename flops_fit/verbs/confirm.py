@@ -66,8 +66,8 @@ def _planned(fits, experiments: list[Experiment], created: str | None = None) ->
             loss, ci = float(value), None if lo is None else [float(lo), float(hi)]
         U = fits.unique_tokens
         out.append(PlannedSize(id=e.id, size=e.size, num_params=e.num_params, num_tokens=e.num_tokens,
-                               loss=loss,
-                               loss_ci=ci, epochs=e.num_tokens / U if U else None, created=created))
+                               loss=loss, loss_ci=ci, epochs=e.num_tokens / U if U else None,
+                               created=created))
     return out
 
 
@@ -116,8 +116,8 @@ def preregister(spec: SpecModel, plan: Plan, result, budget_flops: float, k: int
 
 
 def score(prediction: Registration, results: dict[str, RunRecord | None], sweep_epochs: float = 1.0,
-            added: list[PlannedSize] = (), beyond: dict[str,
-                                                        float | int | None] | None = None) -> Confirmation:
+            added: list[PlannedSize] = (),
+            beyond: dict[str, float | int | None] | None = None) -> Confirmation:
     """Predicted against measured (``results``: experiment id -> its run record, or None;
     ``sweep_epochs``: the most passes over the data of any sweep run, for the repetition note when the
     law assumed fresh data; ``added``: sizes registered after the prediction; ``beyond``: the next
@@ -131,8 +131,7 @@ def score(prediction: Registration, results: dict[str, RunRecord | None], sweep_
         inside = None if loss is None or p.loss_ci is None else bool(p.loss_ci[0] <= loss <= p.loss_ci[1])
         epochs = r.epochs if r else None
         measured.append(MeasuredSize(id=p.id, size=p.size, num_params=p.num_params, num_tokens=p.num_tokens,
-                                     loss=loss,
-                                     status=r.status if r else "missing", epochs=epochs,
+                                     loss=loss, status=r.status if r else "missing", epochs=epochs,
                                      predicted_loss=p.loss, predicted_loss_ci=p.loss_ci, inside=inside))
         if inside is False:
             side = "below" if loss < p.loss_ci[0] else "above"
@@ -161,9 +160,8 @@ def score(prediction: Registration, results: dict[str, RunRecord | None], sweep_
                                  f"model.sizes has no size {side} it: add one"))
     return Confirmation(budget_flops=prediction.budget_flops, predicted=prediction, measured=measured,
                         added=[a.size for a in added], best_size=best.size if best else None,
-                        predicted_size=centre.size,
+                        predicted_size=centre.size, best_is_adjacent=adjacent,
                         best_is_predicted=best is not None and best.size == centre.size,
-                        best_is_adjacent=adjacent,
                         loss_error=error, loss_at_predicted_size_error=centre_error,
                         inside=sum(1 for m in measured if m.inside), notes=notes)
 

@@ -123,8 +123,8 @@ def worker_start_seconds() -> float:
     return time.perf_counter() - t0
 
 
-def makespan(seconds: list[float], workers: int, after: list[tuple[int,
-                                                                   float] | None] | None = None) -> float:
+def makespan(seconds: list[float], workers: int,
+             after: list[tuple[int, float] | None] | None = None) -> float:
     """Wall-clock of jobs on ``workers`` processes that each take the next ready one in plan order
     as they free up (list scheduling, as the store's locks hand them out).
 
@@ -242,8 +242,8 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False,
     layout = launch_plan(spec)
     workers = max(1, layout.workers)
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 and not layout.gpus else None
-    calib = calibrate(plan, calibrate_steps or spec.cost.calibrate_steps,
-                      threads) if spec.cost.calibrate else {}
+    calib_steps = calibrate_steps or spec.cost.calibrate_steps
+    calib = calibrate(plan, calib_steps, threads) if spec.cost.calibrate else {}
     rows, remaining_flops, total_seconds = [], 0.0, 0.0
     gpu_rate = PEAK_FLOPS[spec.cost.gpu][plan.runtime.precision] * spec.cost.mfu  # FLOP/s on the stated GPU
     price = spec.cost.usd_per_gpu_hour
@@ -260,8 +260,8 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False,
         total_seconds += seconds or 0.0
         hours = exp.flops * left / exp.steps / gpu_rate / 3600
         rows.append(EstimateRow(id=exp.id, budget_flops=exp.budget_flops, size=exp.size,
-                                num_params=exp.num_params,
-                                num_tokens=exp.num_tokens, steps=exp.steps, flops=exp.flops, action=d.action,
+                                num_params=exp.num_params, num_tokens=exp.num_tokens, steps=exp.steps,
+                                flops=exp.flops, action=d.action,
                                 reason=d.reason, est_seconds=seconds, gpu_hours=hours,
                                 usd=hours * price if price else None,
                                 role="trunk" if exp.job.role == "trunk" else ("branch" if exp.job.branch else "experiment")))
@@ -282,8 +282,7 @@ def estimate_plan(spec: SpecModel, plan: Plan, retry_failed: bool = False,
             return makespan(each, workers, _waits(items, calib, {})) if workers > 1 else sum(each)
         saved_seconds = sweep_seconds(plan.experiments, lambda e: e.steps) - sweep_seconds(units, _own_steps)
     return Estimate(flop_rule=plan.flop_rule, flop_rule_description=RULE_DESCRIPTIONS[plan.flop_rule],
-                    experiments=rows,
-                    reuse=plan.reuse, notes=notes, standalone_flops=standalone,
+                    experiments=rows, reuse=plan.reuse, notes=notes, standalone_flops=standalone,
                     saved_flops=standalone - total, saved_seconds=saved_seconds,
                     dropped=list(plan.dropped), total_flops=total,
                     remaining_flops=remaining_flops, est_seconds=total_seconds if calib else None,

@@ -49,8 +49,8 @@ def _slurm_states(found: list[tuple[Submission, JobRecord]]) -> dict[str, str]:
     ids = sorted({rec.job_id for sub, rec in found if sub.kind == "slurm"})
     if not ids:
         return {}
-    jobs = [submitit.SlurmJob(folder=sub.folder, job_id=rec.job_id) for sub,
-            rec in found if sub.kind == "slurm"]
+    jobs = [submitit.SlurmJob(folder=sub.folder, job_id=rec.job_id)
+            for sub, rec in found if sub.kind == "slurm"]
     jobs[0].watcher.update()
     return {i: jobs[0].watcher.get_state(i, mode="cache") for i in ids}
 
@@ -99,8 +99,8 @@ def sweep_status(plan: Plan, store: Store, scheduler: bool = True) -> list[Exper
             if scheduler:
                 job_state = slurm.get(rec.job_id) if sub.kind == "slurm" else _local_state(sub, rec)
         out.append(ExperimentState(id=exp.id, budget_flops=exp.budget_flops, size=exp.size, state=state,
-                                   detail=detail,
-                                   step=step, steps=exp.steps, job_id=job_id, job_state=job_state, part=part))
+                                   detail=detail, step=step, steps=exp.steps, job_id=job_id,
+                                   job_state=job_state, part=part))
     return out
 
 

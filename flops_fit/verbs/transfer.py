@@ -98,7 +98,7 @@ class SizeOptimum(Frozen):
     edge: bool  # the lowest loss is at the grid's edge
     spec_lr_loss: Optional[float]  # measured at the spec's rate (None: diverged)
     spec_lr_fit: Optional[float] = None  # the parabola's value at the spec's rate
-    flat: bool = False  # the loss does not curve in the rate beyond its scatter: no best rate measured
+    flat: bool = False  # the loss does not curve in the rate (best_lr None): no best rate measured
 
 
 class Transfer(Frozen):
@@ -268,7 +268,7 @@ def _optimum(points: list[SweepPoint], spec_lr: float) -> SizeOptimum:
     xs, ys = x[lo:lo + 5], y[lo:lo + 5]
     c2, c1, c0 = np.polyfit(xs, ys, 2) if len(xs) >= 3 else (0.0, 0.0, 0.0)
     if not at_end and not _curves(xs, ys, c2):
-        return SizeOptimum(best_lr=ok[i].learning_rate, best_loss=float(y[i]), edge=False, flat=True, **base)
+        return SizeOptimum(best_lr=None, best_loss=float(y[i]), edge=False, flat=True, **base)
     if c2 <= 0 or at_end:
         return SizeOptimum(best_lr=ok[i].learning_rate, best_loss=float(y[i]), edge=at_end, **base)
     vertex = float(np.clip(-c1 / (2 * c2), x[0], x[-1]))
@@ -292,7 +292,7 @@ def judge(spec_lr: float, optima: list[SizeOptimum]
     the shift, and the verdict is at best WARN; with fewer than two sizes measured there is no shift."""
     reasons, verdict = [], "PASS"
     for o in optima:
-        if o.best_lr is None:
+        if o.best_lr is None and not o.flat:
             return "FAIL", [f"every learning rate diverged at size {o.size}"], None, None
         if o.spec_lr_loss is None:
             verdict = "FAIL"
@@ -327,7 +327,7 @@ def judge(spec_lr: float, optima: list[SizeOptimum]
 
 def _suggest(spec: SpecModel, optima: list[SizeOptimum]) -> tuple[Optional[float], Optional[str]]:
     """lr ∝ N^g through the best rates (three or more sizes) and the lines to paste."""
-    usable = [o for o in optima if o.best_lr and not o.flat]
+    usable = [o for o in optima if o.best_lr]
     if len(usable) < 3:
         return None, None
     g = float(np.polyfit(np.log([o.num_params for o in usable]), np.log([o.best_lr for o in usable]), 1)[0])
