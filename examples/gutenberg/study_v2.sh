@@ -3,7 +3,7 @@
 #   1. the learning-rate transfer check of the recipe (specs/gutenberg_transfer_v2.toml, three
 #      widths x seven rates), and its suggested learning_rate / lr_scaling written into
 #      specs/gutenberg_gpu_v2.toml;
-#   2. the sweep (5 budgets x 8 sizes, 3 seeds at one budget) and its fits;
+#   2. the sweep (5 budgets x 7 sizes, 3 seeds at one budget) and its fits;
 #   3. predictions at 2e15 and 4e15 FLOPs registered before anything trains there (parametric,
 #      data-constrained; and the IsoFLOP law's), then the five sizes around each trained
 #      (--bracket adds a size while the best is at an edge) and scored.
@@ -49,7 +49,7 @@ PY
 cp "$SPEC" "$LOG/"
 
 # 2. The sweep and its fits.
-ff estimate "$SPEC" --json > "$LOG/estimate.json" 2> "$LOG/estimate.log"
+[ -s "$LOG/estimate.json" ] || ff estimate "$SPEC" --json > "$LOG/estimate.json" 2> "$LOG/estimate.log"
 ff run "$SPEC" --json > "$LOG/run.json" 2> "$LOG/run.log"
 rc=$?; stamp "swept rc=$rc"; [ $rc = 0 ] || exit $rc
 
