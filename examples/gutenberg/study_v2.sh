@@ -9,7 +9,7 @@
 #      (--bracket adds a size while the best is at an edge) and scored.
 # Every step is cached in the stores (runs/gutenberg_*_v2), so a run cut off by SECONDS picks up
 # where it stopped when started again over the same stores.  Usage:
-#   bash examples/gutenberg/study_v2.sh LOG_DIR [CORPUS_DIR] [SECONDS]
+#   [TRANSFER=0] [PROCS=6] bash examples/gutenberg/study_v2.sh LOG_DIR [CORPUS_DIR] [SECONDS]
 set -u
 LOG=${1:?log folder}; CORPUS=${2:-}; LIMIT=${3:-0}
 SPEC=specs/gutenberg_gpu_v2.toml; CHECK=specs/gutenberg_transfer_v2.toml; PROCS=${PROCS:-6}
@@ -26,6 +26,8 @@ stamp start
 source "$(dirname "$0")/prepare.sh"
 
 # 1. Does one rate serve every width?  PROCS processes share the 21 runs through the store's leases.
+# TRANSFER=0 skips the check (the spec's rate as it stands).
+if [ "${TRANSFER:-1}" != 0 ]; then
 for i in $(seq "$PROCS"); do
     ff transfer "$CHECK" --middle --max-steps 600 > /dev/null 2> "$LOG/transfer-$i.log" &
 done
@@ -46,6 +48,7 @@ text = re.sub(r"^lr_scaling = .*\n", "", text, flags=re.M)
 text = re.sub(r"^(learning_rate = .*\n)", r"\1" + scaling + "\n", text, count=1, flags=re.M)
 open(sys.argv[2], "w").write(text)
 PY
+fi
 cp "$SPEC" "$LOG/"
 
 # 2. The sweep and its fits.
