@@ -135,10 +135,13 @@ def _run_deleting_a_lease(in_tmp, path, store: Store, exp_id: str) -> str:
 
 
 def _rerun_and_reference(in_tmp, path, spec: Spec) -> dict[str, float]:
-    """Run again (it must finish), then the in-process reference losses."""
+    """Run again (it must finish every experiment), then the in-process reference losses."""
     rerun = subprocess.run([sys.executable, "-m", "flops_fit", "run", str(path)], cwd=in_tmp, env=_env(),
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
+    store = Store(spec.run_dir)
+    missing = [e.id for e in spec.plan().experiments if store.read_result(e.id) is None]
+    assert not missing, f"no result for {missing} after the rerun:\n{rerun.stderr[-3000:]}"
     return _reference(spec, in_tmp / "ref")
 
 
