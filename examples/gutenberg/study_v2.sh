@@ -24,6 +24,11 @@ ff() {  # flops-fit under what is left of SECONDS (SIGTERM: it stops cleanly, ca
 }
 stamp start
 source "$(dirname "$0")/prepare.sh"
+# The sweep and the registered predictions as committed (docs/gutenberg_gpu_v2/store.tgz, no
+# checkpoints): a fresh checkout goes on from them instead of training the sweep again.
+if [ ! -d runs/gutenberg_gpu_v2 ] && [ -f docs/gutenberg_gpu_v2/store.tgz ]; then
+    tar xzf docs/gutenberg_gpu_v2/store.tgz && stamp "store restored from docs/gutenberg_gpu_v2/store.tgz"
+fi
 
 # 1. Does one rate serve every width?  PROCS processes share the 21 runs through the store's leases.
 # TRANSFER=0 skips the check (the spec's rate as it stands).
