@@ -66,6 +66,25 @@ def test_a_deleted_lease_is_a_lost_claim(tmp_path):
         lease.check()
 
 
+def test_a_lease_deleted_after_the_owners_check_stays_deleted(tmp_path, monkeypatch):
+    """The heartbeat checks that it still holds the lease, then writes: a deletion between the two
+    must not be undone by the write (the owner would train on, never told)."""
+    lease = acquire(tmp_path / "exp", interval_s=30.0)
+    path = tmp_path / "exp" / "lease.0"
+    held = lease.held
+
+    def held_then_deleted() -> bool:
+        ok = held()
+        path.unlink()
+        return ok
+
+    monkeypatch.setattr(lease, "held", held_then_deleted)
+    assert lease.refresh() is False and not path.exists()
+    monkeypatch.undo()
+    with pytest.raises(LeaseLost, match="deleted"):
+        lease.check()
+
+
 def _env(host: str | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     if host:

@@ -1,9 +1,9 @@
 """Leases: which process trains an experiment, safe on shared filesystems.
 
 ``flock`` is silently a no-op on NFS mounted ``nolock`` and disabled on Lustre mounted
-``noflock``, so two nodes could train the same experiment.  A lease needs only two
-operations every POSIX filesystem makes atomic, NFS and Lustre included: creating a hard
-link (fails when the name exists) and ``rename``.
+``noflock``, so two nodes could train the same experiment.  A lease needs only one
+operation every POSIX filesystem makes atomic, NFS and Lustre included: creating a hard
+link (fails when the name exists).
 
 * A lease is the file ``experiments/<id>/lease.<generation>`` holding :class:`LeaseInfo`
   (owner host, pid, token, Slurm job, since, heartbeat, interval).  It is written to a
@@ -11,9 +11,11 @@ link (fails when the name exists) and ``rename``.
   generation exactly one succeeds.
 * The current lease is the highest generation present; a claimer that finds a higher
   generation than its own after creating it steps back.  Its owner refreshes ``heartbeat``
-  every ``interval_s`` from a thread.  It is **live** while the heartbeat is younger than
-  three intervals (``EXPIRY``); a lease of this host whose process is gone is dead at once
-  (a killed local ``run`` is resumed immediately, as with a file lock).
+  every ``interval_s`` from a thread, rewriting the file in place (never creating it: a lease
+  deleted under its owner stays deleted, and the owner learns of it at the next beat).  It is
+  **live** while the heartbeat is younger than three intervals (``EXPIRY``); a lease of this
+  host whose process is gone is dead at once (a killed local ``run`` is resumed immediately,
+  as with a file lock).
 * Taking over a dead lease is claiming the next generation; the new owner resumes from the
   last complete checkpoint.  An owner that finds a higher generation (or its file gone) has
   lost the lease: it stops without writing anything (:class:`LeaseLost`).
@@ -204,6 +206,7 @@ class Lease:
         self.path = folder / f"{PREFIX}{generation}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._writing = threading.Lock()  # check() and the heartbeat thread: one refresh at a time
         self.lost: str | None = None  # why it was lost (set by the heartbeat thread, or by check())
 
     def held(self) -> bool:
@@ -211,14 +214,23 @@ class Lease:
         return mine is not None and mine.token == self.info.token and max(_generations(self.folder)) == self.generation
 
     def refresh(self) -> bool:
-        """Write a new heartbeat; False (nothing written) when the lease was taken over."""
-        if not self.held():
-            return False
-        self.info = self.info.model_copy(update={"heartbeat": time.time()})
-        tmp = self.path.with_name(f".{self.path.name}.{self.info.token}.tmp")
-        tmp.write_text(self.info.model_dump_json(), encoding="utf-8")
-        os.replace(tmp, self.path)
-        return True
+        """Write a new heartbeat; False (nothing written) when the lease was taken over or deleted.
+        The file is rewritten in place, never created: a lease deleted between the check and the
+        write stays deleted (a rename would bring it back and the owner would never learn of it).
+        Another process that catches the file half-written sees it as being written: live."""
+        with self._writing:
+            if not self.held():
+                return False
+            info = self.info.model_copy(update={"heartbeat": time.time()})
+            try:
+                fd = os.open(self.path, os.O_WRONLY)
+            except FileNotFoundError:
+                return False
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.truncate(0)
+                f.write(info.model_dump_json())
+            self.info = info
+            return True
 
     def _lost_reason(self) -> str:
         now = _current(self.folder)
