@@ -110,3 +110,28 @@ def test_cli_wrapper_embeds_find_optimal(in_tmp):
                    "--runs-dir", "runs"])  # 5 points (d48 at 1.5e10 is too short): 27 s, not 45
     assert result.summary()["points"] >= 5
     assert (in_tmp / "runs/cli_wrapper/report/fits.json").exists()
+
+
+@pytest.mark.slow
+def test_the_committed_gutenberg_store_refits_to_its_registered_prediction_and_recorded_check(tmp_path,
+                                                                                                monkeypatch):
+    """docs/gutenberg_gpu_v2/store.tgz (the second round's sweep, trained on an H100) fits here, on
+    the CPU, to the prediction registered on the GPU before the forward checks, and
+    examples/gutenberg/across_u.py reproduces its recorded comparison with the first round."""
+    import tarfile
+    from pathlib import Path
+
+    from examples.gutenberg import across_u
+
+    root = Path(__file__).resolve().parents[1]
+    with tarfile.open(root / "docs/gutenberg_gpu_v2/store.tgz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    monkeypatch.chdir(tmp_path)
+    registered = json.loads((tmp_path / "runs/gutenberg_gpu_v2/confirm/2e15/prediction.json").read_text())
+    assert across_u.main(["--json", str(tmp_path / "across_u.json")]) == 0
+    now = json.loads((tmp_path / "across_u.json").read_text())
+    recorded = json.loads((root / "docs/gutenberg_gpu_v2/sweep/across_u.json").read_text())
+    assert now["mape"] == pytest.approx(recorded["mape"], rel=1e-6) and now["runs"] == 39
+    optimum = next(o for o in now["optima"] if o["budget_flops"] == 2e15 and o["unique_tokens"] < 3e7)
+    assert optimum["num_params"] == pytest.approx(registered["num_params"], rel=1e-6)
+    assert optimum["loss"] == pytest.approx(registered["loss"], rel=1e-6)
