@@ -4,7 +4,8 @@ dependence on U that costs no training.
 
     python -m examples.gutenberg.across_u [--json OUT]
 
-Needs the second round's store (``tar xzf docs/gutenberg_gpu_v2/store.tgz``).  Prints, per budget of
+Needs the second round's store (``tar xzf docs/gutenberg_gpu_v2/store.tgz``), not the corpus: the
+fit is made with the plan the store holds (``plan.json``), as the GPU made it.  Prints, per budget of
 the first round, the law's loss against the measured one and the best size of each, and the law's
 N_opt at 1.2e15, 2e15 and 4e15 FLOPs for U = 20M and U = 41M.
 """
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from flops_fit import Spec
+from flops_fit.api import analyze_plan
+from flops_fit.plan.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRST = ROOT / "docs/gutenberg_gpu/points.csv"
@@ -29,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
-    fits = Spec.load(ROOT / "specs/gutenberg_gpu_v2.toml").analyze().fits
+    spec = Spec.load(ROOT / "specs/gutenberg_gpu_v2.toml")
+    plan = Plan.from_json((Path(spec.run_dir) / "plan.json").read_text())
+    fits = analyze_plan(spec, plan).fits
     rows = list(csv.DictReader(FIRST.open()))
     N, D, L, C = (np.array([float(r[k]) for r in rows])
                   for k in ("num_params", "num_tokens", "loss", "budget_flops"))
