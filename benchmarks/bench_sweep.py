@@ -4,8 +4,7 @@ the arithmetic limit.
     python -m benchmarks.bench_sweep specs/gutenberg_gpu.toml --budgets 3e13 7.5e13 \\
         --config graphs:auto:6 --config graphs:off:6 --out docs/gutenberg_gpu/sweep_bench.json
 
-Each ``--config`` is ``NAME:CUDA_GRAPHS:WORKERS_PER_GPU[:GROUP[:compile]]`` (``compile``: the model
-through ``torch.compile``, its fused kernels then captured like eager ones): the spec's sweep (restricted to
+Each ``--config`` is ``NAME:CUDA_GRAPHS:WORKERS_PER_GPU[:GROUP]``: the spec's sweep (restricted to
 ``--budgets``; ``--seeds K`` trains seeds 0..K-1 of every cell) is trained by ``Spec.run`` into its
 own store (``runs/<spec>_bench_<NAME>``, trained afresh unless ``--keep``) and timed from the call to
 the last result.  ``--transfer MAX_STEPS`` times ``Spec.transfer(middle=True, max_steps=...)``
@@ -40,7 +39,7 @@ LIMIT_MFU = 0.4
 
 
 def _spec(path: str, name: str, graphs: str, workers: int, budgets: list[float] | None, group: str,
-          seeds: int, compile: bool = False):
+          seeds: int):
     from flops_fit import Spec
 
     spec = Spec.load(path)
@@ -48,16 +47,15 @@ def _spec(path: str, name: str, graphs: str, workers: int, budgets: list[float] 
     if seeds:
         sweep = sweep.model_copy(update={"seeds": list(range(seeds)), "seed_budgets": [],
                                          "replicate": "all"})
-    train = spec.train.model_copy(update={"cuda_graphs": graphs, "workers_per_gpu": workers, "group": group,
-                                          "compile": compile})
+    train = spec.train.model_copy(update={"cuda_graphs": graphs, "workers_per_gpu": workers, "group": group})
     return spec.model_copy(update={"name": f"{spec.name}_bench_{name}", "sweep": sweep, "train": train})
 
 
 def engine_sweep(path: str, name: str, graphs: str, workers: int, budgets, peak: float, fresh: bool,
-                 group: str = "off", seeds: int = 0, transfer: int = 0, compile: bool = False) -> dict:
+                 group: str = "off", seeds: int = 0, transfer: int = 0) -> dict:
     """Train the sweep (or the transfer check) with flops-fit; per-size and sweep-level numbers from
     its records."""
-    spec = _spec(path, name, graphs, workers, budgets, group, seeds, compile)
+    spec = _spec(path, name, graphs, workers, budgets, group, seeds)
     store = Path(spec.run_dir)
     if fresh and store.exists():
         shutil.rmtree(store)
@@ -85,7 +83,7 @@ def engine_sweep(path: str, name: str, graphs: str, workers: int, budgets, peak:
              for k, v in sorted(by_size.items())}
     flops = sum(v["flops"] for v in by_size.values())
     return {"name": name, "cuda_graphs": graphs, "workers_per_gpu": workers, "group": group,
-            "compile": compile, "seeds": seeds, "transfer_steps": transfer, "experiments": len(records),
+            "seeds": seeds, "transfer_steps": transfer, "experiments": len(records),
             "failed": sum(r["status"] == "failed" for r in records), "wall_seconds": wall, "flops": flops,
             "mfu": flops / wall / peak, "gpu_hours": wall / 3600, "limit_seconds": flops / (LIMIT_MFU * peak),
             "worker_seconds": sum(v["seconds"] for v in by_size.values()),
@@ -166,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("spec")
     p.add_argument("--budgets", type=float, nargs="*", help="the sweep's budgets to train (default: all)")
-    p.add_argument("--config", action="append", default=[],
-                   help="NAME:CUDA_GRAPHS:WORKERS_PER_GPU[:GROUP[:compile]]")
+    p.add_argument("--config", action="append", default=[], help="NAME:CUDA_GRAPHS:WORKERS_PER_GPU[:GROUP]")
     p.add_argument("--seeds", type=int, default=0, help="train seeds 0..K-1 of every cell")
     p.add_argument("--transfer", type=int, default=0, metavar="MAX_STEPS",
                    help="time the transfer check (--middle, MAX_STEPS) instead of the sweep")
@@ -180,12 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     out = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "peak": a.peak,
            "limit_mfu": LIMIT_MFU, "budgets": a.budgets, "sweeps": [], "bare": {}}
     for config in a.config or ["graphs:auto:1", "eager:off:1"]:
-        name, graphs, workers, *rest = config.split(":")
-        group, compiled = (rest + ["off", ""])[:2]
-        if compiled not in ("", "compile"):
-            p.error(f"--config {config}: the fifth field is 'compile' or nothing")
+        name, graphs, workers, *group = config.split(":")
         out["sweeps"].append(engine_sweep(a.spec, name, graphs, int(workers), a.budgets, a.peak, not a.keep,
-                                          group or "off", a.seeds, a.transfer, compiled == "compile"))
+                                          group[0] if group else "off", a.seeds, a.transfer))
         _print_sweep(out["sweeps"][-1])
         if a.out:
             a.out.write_text(json.dumps(out, indent=1))

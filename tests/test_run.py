@@ -15,6 +15,7 @@ import pytest
 
 from flops_fit import Spec, find_optimal
 from flops_fit.core.errors import SpecError
+from flops_fit.store.store import Store
 from tests.conftest import ROOT, write_toy_spec
 
 
@@ -257,6 +258,7 @@ def test_a_packed_worker_out_of_device_memory_gives_way_and_a_later_round_trains
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not flag.exists() and "gave way: out of device memory beside 1 experiment(s)" in proc.stderr
+
     def results(name: str) -> dict:
         return {r["id"]: r for r in (json.loads(p.read_text())
                                      for p in (in_tmp / "runs" / name).glob("experiments/*/result.json"))}
@@ -273,5 +275,5 @@ def test_a_packed_worker_out_of_device_memory_gives_way_and_a_later_round_trains
 
     monkeypatch.setenv(PACKED_ENV, "1")
     oom = torch.OutOfMemoryError("CUDA out of memory")
-    assert gives_way(oom, in_tmp / "runs" / "alone", "x") is None  # nobody beside it: a failure
-    assert gives_way(ValueError("out of memory in the user's code"), in_tmp, "x") is None
+    assert gives_way(oom, Store(in_tmp / "runs" / "alone"), "x") is None  # nobody beside it: a failure
+    assert gives_way(ValueError("out of memory in the user's code"), Store(in_tmp), "x") is None

@@ -182,10 +182,12 @@ class OutOfMemoryBeside(MLP):
         from pathlib import Path
 
         from flops_fit.execute.memory import PACKED_ENV, others_training
+        from flops_fit.store.store import Store
 
         if self.oom and self.training and os.environ.get(PACKED_ENV) and Path(self.oom).exists():
             deadline = time.time() + 30
-            while not sum(others_training(root) for root in Path("runs").iterdir()) and time.time() < deadline:
+            stores = [Store(root) for root in Path("runs").iterdir()]
+            while not sum(others_training(st) for st in stores) and time.time() < deadline:
                 time.sleep(0.05)
             try:
                 os.remove(self.oom)

@@ -14,9 +14,8 @@ Alone on the device, out of memory is the experiment's own failure and is record
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from ..store.lease import holder
+from ..store.store import Store
 
 __all__ = ["GAVE_WAY", "PACKED_ENV", "GaveWay", "out_of_memory", "others_training", "gives_way"]
 
@@ -38,25 +37,21 @@ def out_of_memory(exc: BaseException) -> bool:
     return "out of memory" in text and ("CUDA" in text or type(exc).__name__ == "AcceleratorError")
 
 
-def others_training(root: Path) -> int:
-    """How many experiments of the store at ``root`` other live processes hold now."""
-    count = 0
+def others_training(store: Store) -> int:
+    """How many experiments of ``store`` other live processes hold now."""
     try:
-        folders = list((root / "experiments").iterdir())
+        ids = [folder.name for folder in (store.root / "experiments").iterdir()]
     except FileNotFoundError:
         return 0
-    for folder in folders:
-        info = holder(folder)
-        if info is not None and info.pid != os.getpid():
-            count += 1
-    return count
+    holders = (store.holder(exp_id) for exp_id in ids)
+    return sum(1 for info in holders if info is not None and info.pid != os.getpid())
 
 
-def gives_way(exc: BaseException, root: Path, exp_id: str) -> GaveWay | None:
+def gives_way(exc: BaseException, store: Store, exp_id: str) -> GaveWay | None:
     """The :class:`GaveWay` to raise instead of recording ``exc`` as a failure, or None."""
     if not os.environ.get(PACKED_ENV) or not out_of_memory(exc):
         return None
-    beside = others_training(root)
+    beside = others_training(store)
     if not beside:
         return None
     return GaveWay(f"gave way: out of device memory beside {beside} experiment(s) in training; {exp_id} "

@@ -145,7 +145,8 @@ def _train_group(members: list, sweep: "_Sweep", emit, again: list) -> None:
                     outcome = lost
             if isinstance(outcome, (LeaseLost, GaveWay)):
                 own("decision", decision=Decision("skip", str(outcome)))
-                gave.extend([outcome] if isinstance(outcome, GaveWay) else [])
+                if isinstance(outcome, GaveWay):
+                    gave.append(outcome)
                 return
             sweep.keep(outcome, exp, own)
         finally:

@@ -96,7 +96,7 @@ def failure(job: Job, exc: BaseException, store: Store, accelerator: Accelerator
     """What ``exc`` raised by the user's code while training ``job`` ends in: its failed record, or,
     when packing ran the device out of memory beside other workers, the :class:`~.memory.GaveWay`
     that leaves it pending."""
-    gave = gives_way(exc, store.root, job.experiment_id)
+    gave = gives_way(exc, store, job.experiment_id)
     if gave is not None:
         return gave
     return RunRecord.failed(job, f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc)),
@@ -116,9 +116,6 @@ def train_group(members: list[tuple[Job, str | None, Lease | None, Callable[[Cur
     ``cuda_graphs``: replay the batched forward and backward from a CUDA graph (as one experiment's)."""
     from .group import GroupStep
 
-    def failed(job: Job, exc: BaseException) -> RunRecord | GaveWay:
-        return failure(job, exc, store, accelerator)
-
     try:
         with stopping.handlers(enabled=accelerator.num_processes == 1):
             active: dict[int, Lane] = {}
@@ -128,7 +125,7 @@ def train_group(members: list[tuple[Job, str | None, Lease | None, Callable[[Cur
                 except (LeaseLost, CorruptCheckpoint) as exc:
                     on_done(k, exc)
                 except Exception as exc:  # noqa: BLE001 - the user's code failed for this member
-                    on_done(k, failed(job, exc))
+                    on_done(k, failure(job, exc, store, accelerator))
             step, together = GroupStep(accelerator, cuda_graphs), len(active)
 
             def notes() -> list[str]:
@@ -142,7 +139,7 @@ def train_group(members: list[tuple[Job, str | None, Lease | None, Callable[[Cur
                 for position, exc in step([lane for _, lane in lanes]).items():
                     k = lanes[position][0]
                     del active[k]
-                    on_done(k, failed(members[k][0], exc))
+                    on_done(k, failure(members[k][0], exc, store, accelerator))
                 signal, stopped = stopping.signum is not None, False
                 for k, lane in list(active.items()):
                     try:
@@ -151,7 +148,7 @@ def train_group(members: list[tuple[Job, str | None, Lease | None, Callable[[Cur
                     except LeaseLost as lost:
                         outcome = lost
                     except Exception as exc:  # noqa: BLE001 - its evaluation or checkpoint failed
-                        outcome = failed(members[k][0], exc)
+                        outcome = failure(members[k][0], exc, store, accelerator)
                     if outcome is not None:
                         del active[k]
                         on_done(k, outcome)
